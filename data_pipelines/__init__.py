@@ -1,0 +1,1 @@
+"""Input pipelines (grain streams of interleaved documents, image-text and video-text pairs)."""

@@ -1,0 +1,45 @@
+"""GATED XATTN-DENSE: the trainable block inserted before LM layers.
+
+y = y + tanh(a_attn) * xattn(q=LN(y), kv=LN(visual))   (only tokens with an image get a non-zero xattn)
+y = y + tanh(a_ffw)  * ffw(LN(y))
+The gates a_* start at 0, so a freshly initialised block is the identity.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flamingo_jax import masking
+from flamingo_jax.config import ExecutionConfig, XAttnConfig
+from flamingo_jax.layers import Attention, Mlp, layer_norm
+
+
+class GatedCrossAttentionDense(nn.Module):
+  config: XAttnConfig
+  execution: ExecutionConfig
+
+  def _gate(self, name: str, width: int) -> jax.Array:
+    shape, axes = ((), ()) if self.config.gate_shape == "scalar" else ((width,), ("norm",))
+    alpha = self.param(name, nn.with_logical_partitioning(nn.initializers.zeros_init(), axes),
+                       shape, jnp.dtype(self.execution.param_dtype))
+    return jnp.tanh(alpha.astype(jnp.float32))
+
+  @nn.compact
+  def __call__(self, y: jax.Array, visual: jax.Array, phi: jax.Array) -> jax.Array:
+    """y [B, T, D] text states, visual [B, N, R, D_v] visual tokens, phi [B, T] media index."""
+    c, ex = self.config, self.execution
+    b, n, r, dv = visual.shape
+    d = y.shape[-1]
+    kv = layer_norm(ex, name="visual_norm")(visual.reshape(b, n * r, dv)).astype(y.dtype)
+    q = layer_norm(ex, name="attn_norm")(y).astype(y.dtype)
+    mask = masking.cross_attention_mask(phi, n, r)
+    attn = Attention(c.num_heads, c.num_heads, c.head_dim, d, ex, qk_norm=c.qk_norm,
+                     name="attn")(q, kv, mask=mask)
+    attn = attn * masking.has_image(phi, n)[..., None].astype(attn.dtype)
+    self.sow("intermediates", "xattn_output", attn)
+    y = y + (self._gate("attn_gate", d) * attn).astype(y.dtype)
+    h = layer_norm(ex, name="ffw_norm")(y).astype(y.dtype)
+    ffw = Mlp(c.ffw_mult * d, c.ffw_activation, ex, name="ffw")(h)
+    return y + (self._gate("ffw_gate", d) * ffw).astype(y.dtype)

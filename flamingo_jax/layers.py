@@ -1,0 +1,188 @@
+"""Building blocks shared by the vision tower, the LM, the resampler and the gated blocks.
+
+Every parameter is created with logical axis names (see `flamingo_jax/sharding.py` for the table that
+maps them to mesh axes); activations are constrained with `constrain`, a no-op outside a mesh.
+Shapes: B batch, T query length, S key length, D width, H heads, K key/value heads, Dh head width.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flamingo_jax.config import ExecutionConfig
+
+Dtype = Any
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  return {
+      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+      "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+      "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+      "relu": jax.nn.relu,
+      "squared_relu": lambda x: jnp.square(jax.nn.relu(x)),
+      "silu": jax.nn.silu,
+  }[name]
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Logical sharding constraint on an activation; does nothing without a mesh and rules."""
+  return nn.with_logical_constraint(x, tuple(axes))
+
+
+class Dense(nn.Module):
+  """x [..., *in] @ kernel [*in, *out] (+ bias [*out]) -> [..., *out].
+
+  `axes` names the kernel's dimensions, input ones first (e.g. ("embed", "heads", "kv")); the bias is
+  named by the output ones. Initialised LeCun-normal over all input dimensions.
+  """
+
+  features: tuple[int, ...]
+  axes: tuple[str | None, ...]
+  num_in: int
+  execution: ExecutionConfig
+  use_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    ex, n_in = self.execution, self.num_in
+    shape = x.shape[x.ndim - n_in:] + self.features
+    in_axis = tuple(range(n_in))
+    out_axis = tuple(range(n_in, len(shape)))
+    init = nn.initializers.lecun_normal(in_axis=in_axis, out_axis=out_axis)
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), shape,
+                        jnp.dtype(ex.param_dtype))
+    dtype = jnp.dtype(ex.dtype)
+    y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
+                            ((tuple(range(x.ndim - n_in, x.ndim)), in_axis), ((), ())))
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                             self.axes[n_in:]),
+                        self.features, jnp.dtype(ex.param_dtype))
+      y = y + bias.astype(dtype)
+    return y
+
+
+def dense(features, axes: tuple[str | None, ...], execution: ExecutionConfig, *, use_bias=False,
+          num_in: int = 1, name=None) -> Dense:
+  """A Dense over the last `num_in` input dims producing `features` (an int or a tuple)."""
+  features = features if isinstance(features, tuple) else (features,)
+  return Dense(features, axes, num_in, execution, use_bias=use_bias, name=name)
+
+
+def layer_norm(execution: ExecutionConfig, eps: float = 1e-5, name=None) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=eps, dtype=jnp.float32, param_dtype=jnp.dtype(execution.param_dtype),
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)), name=name)
+
+
+def rms_norm(execution: ExecutionConfig, eps: float = 1e-5, name=None) -> nn.RMSNorm:
+  return nn.RMSNorm(
+      epsilon=eps, dtype=jnp.float32, param_dtype=jnp.dtype(execution.param_dtype),
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)), name=name)
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """LLaMA rotary embedding (halves rotated, not interleaved). x: [B, T, H, Dh], positions: [B, T]."""
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) / half))
+  angles = positions.astype(jnp.float32)[:, :, None, None] * inv_freq  # [B, T, 1, half]
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head attention with grouped key/value heads.
+
+  Queries come from `x` [B, T, Dq], keys and values from `context` [B, S, Dkv] (self-attention when
+  `context` is `x`). Output [B, T, out_features].
+  """
+
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  out_features: int
+  execution: ExecutionConfig
+  use_bias: bool = False
+  qk_norm: bool = False  # RMSNorm on projected queries and keys, per head.
+  rope_theta: float | None = None  # Rotary positions on q and k (self-attention only).
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array, *, positions: jax.Array | None = None,
+               mask: jax.Array | None = None, is_causal: bool = False) -> jax.Array:
+    ex = self.execution
+    q = dense((self.num_heads, self.head_dim), ("embed", "heads", "kv"), ex,
+              use_bias=self.use_bias, name="query")(x)
+    k = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), ex,
+              use_bias=self.use_bias, name="key")(context)
+    v = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), ex,
+              use_bias=self.use_bias, name="value")(context)
+    if self.qk_norm:
+      q = rms_norm(ex, name="query_norm")(q).astype(q.dtype)
+      k = rms_norm(ex, name="key_norm")(k).astype(k.dtype)
+    if self.rope_theta is not None:
+      q = rotary(q, positions, self.rope_theta)
+      k = rotary(k, positions, self.rope_theta)
+    q = constrain(q, ("batch", "length", "act_heads", "act_kv"))
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+    return dense(self.out_features, ("heads", "kv", "embed"), ex, use_bias=self.use_bias,
+                 num_in=2, name="out")(out)
+
+
+class Mlp(nn.Module):
+  """Feed-forward [.., D] -> [.., hidden] -> [.., D]; `gated` is SwiGLU-style (gate * up)."""
+
+  hidden: int
+  act: str
+  execution: ExecutionConfig
+  gated: bool = False
+  use_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    ex = self.execution
+    h = dense(self.hidden, ("embed", "mlp"), ex, use_bias=self.use_bias, name="up")(x)
+    if self.gated:
+      gate = dense(self.hidden, ("embed", "mlp"), ex, use_bias=self.use_bias, name="gate")(x)
+      h = activation(self.act)(gate) * h
+    else:
+      h = activation(self.act)(h)
+    h = constrain(h, ("batch", "length", "act_mlp"))
+    return dense(x.shape[-1], ("mlp", "embed"), ex, use_bias=self.use_bias, name="down")(h)
+
+
+_REMAT_POLICIES = {
+    "full": None,  # Save nothing: recompute the whole layer in the backward pass.
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def repeat(block: type[nn.Module], length: int, x: jax.Array, *broadcast: Any,
+           execution: ExecutionConfig, name: str, **block_fields) -> jax.Array:
+  """Applies `length` independent copies of `block` in sequence: x -> block_{length-1}(...(x)).
+
+  `block(execution=execution, **block_fields)(x, *broadcast)` must return `(x, None)`. With `execution.scan_layers` the
+  copies are one `nn.scan` named `name` whose parameters carry a leading `layers` axis [length, ...];
+  otherwise they are unrolled as `name_0`, `name_1`, ... (see `params.py` to convert). The remat
+  policy wraps each copy. Call from inside a compact method: the copies become its children.
+  """
+  if execution.remat_policy != "none":
+    block = nn.remat(block, policy=_REMAT_POLICIES[execution.remat_policy],
+                     prevent_cse=not execution.scan_layers)
+  if execution.scan_layers:
+    scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(nn.broadcast,) * len(broadcast), length=length,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+    x, _ = scanned(execution=execution, **block_fields, name=name)(x, *broadcast)
+    return x
+  for i in range(length):
+    x, _ = block(execution=execution, **block_fields, name=f"{name}_{i}")(x, *broadcast)
+  return x

@@ -1,0 +1,46 @@
+"""Which image each text token may see: the media index phi and the cross-attention mask.
+
+Images are numbered 1..N in the order of their `<image>` tokens; phi = 0 means "no image".
+
+* Previous-image rule (paper default): phi(l) = number of `<image>` tokens at positions <= l, so the
+  `<image>` token itself and every token after it, up to the next `<image>`, see that image; tokens
+  before the first `<image>` see none.
+* `p_next` rule (training augmentation, chosen per document): a token sees the first image at or after
+  it, phi(l) = (number of `<image>` tokens at positions < l) + 1. The `<image>` token still sees its own
+  image. Tokens after the document's last image have no next image and keep the last one.
+
+Tokens whose phi is 0 (or points past the images supplied) get exactly zero cross-attention output
+(see `gated_xattn.py`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def media_index(tokens: jax.Array, image_token_id: int,
+                attend_next: jax.Array | bool = False) -> jax.Array:
+  """tokens [B, T] int -> phi [B, T] int32; `attend_next` [B] bool (or a bool) picks the p_next rule."""
+  is_image = (tokens == image_token_id).astype(jnp.int32)
+  previous = jnp.cumsum(is_image, axis=-1)  # Images at positions <= l.
+  num_images = previous[:, -1:]
+  following = jnp.minimum(previous - is_image + 1, num_images)  # First image at or after l.
+  attend_next = jnp.broadcast_to(jnp.asarray(attend_next, bool), tokens.shape[:1])
+  return jnp.where(attend_next[:, None], following, previous).astype(jnp.int32)
+
+
+def sample_attend_next(rng: jax.Array, batch_size: int, p_next: float) -> jax.Array:
+  """Per-document draw of the p_next rule: [B] bool, True with probability p_next."""
+  return jax.random.bernoulli(rng, p_next, (batch_size,))
+
+
+def cross_attention_mask(phi: jax.Array, num_images: int, tokens_per_image: int) -> jax.Array:
+  """phi [B, T] -> mask [B, 1, T, N * R]: token l may attend to the R tokens of image phi(l) only."""
+  image_of_key = jnp.repeat(jnp.arange(1, num_images + 1), tokens_per_image)  # [N * R]
+  return (phi[:, None, :, None] == image_of_key[None, None, None, :])
+
+
+def has_image(phi: jax.Array, num_images: int) -> jax.Array:
+  """phi [B, T] -> [B, T] bool: the token has an image to attend to."""
+  return (phi >= 1) & (phi <= num_images)

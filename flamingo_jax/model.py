@@ -1,0 +1,59 @@
+"""The Flamingo model: frozen vision tower -> Perceiver Resampler -> LM with gated cross-attention.
+
+Parameter tree (see `params.py` for the frozen / trainable split):
+  vision/...                       frozen   VisionTransformer
+  resampler/...                    trainable PerceiverResampler
+  lm/embed, lm/head, lm/final_norm frozen   pretrained LM rows and norms
+  lm/segment_k/block_j/...         frozen   LM blocks (see the layer plan in `lm.py`)
+  lm/segment_k/xattn/...           trainable gated cross-attention + dense blocks
+  lm/extra_embed, lm/extra_head    trainable rows of <image> and <EOC>
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flamingo_jax.config import FlamingoConfig
+from flamingo_jax.lm import DecoderLM
+from flamingo_jax.resampler import PerceiverResampler
+from flamingo_jax.vision import VisionTransformer
+
+
+class Flamingo(nn.Module):
+  config: FlamingoConfig
+
+  def setup(self):
+    c = self.config
+    self.vision = VisionTransformer(c.vision, c.execution)
+    self.resampler = PerceiverResampler(c.resampler, c.execution)
+    self.lm = DecoderLM(c.lm, c.execution, xattn=c.xattn, num_extra_tokens=c.num_new_tokens)
+
+  def encode_images(self, images: jax.Array) -> jax.Array:
+    """images [B, N, F, H, W, 3] (pixels already normalised) -> visual tokens [B, N, R, D_res].
+
+    The frozen tower runs under stop_gradient: no gradient ever flows into it or its inputs.
+    """
+    features = jax.lax.stop_gradient(self.vision(images))
+    return self.resampler(features)
+
+  def __call__(self, tokens: jax.Array, images: jax.Array, phi: jax.Array) -> jax.Array:
+    """tokens [B, T], images [B, N, F, H, W, 3], phi [B, T] (masking.media_index) -> logits
+    [B, T, V + 2] in the compute dtype."""
+    return self.lm(tokens, self.encode_images(images), phi)
+
+
+def example_inputs(config: FlamingoConfig, batch: int = 1, length: int = 8, num_images: int = 1,
+                   num_frames: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Zero inputs of the right shapes and dtypes, for `init` and `jax.eval_shape`."""
+  size = config.vision.image_size
+  return (jnp.zeros((batch, length), jnp.int32),
+          jnp.zeros((batch, num_images, num_frames, size, size, 3), jnp.float32),
+          jnp.zeros((batch, length), jnp.int32))
+
+
+def abstract_params(config: FlamingoConfig):
+  """The parameter tree as ShapeDtypeStructs inside their nn.Partitioned boxes; allocates nothing."""
+  model = Flamingo(config)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), *example_inputs(config)))["params"]

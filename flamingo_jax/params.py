@@ -1,0 +1,110 @@
+"""Parameter-tree utilities: the frozen / trainable split and LM layer layouts.
+
+Split rule (the one place it is defined): a parameter is trainable when its path contains `resampler`,
+`xattn`, `extra_embed` or `extra_head`; everything else (vision tower, LM blocks, LM embedding, head and
+norms) is frozen. `split` returns two trees of the same nesting, each holding only its own leaves;
+`merge` puts them back together.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from flamingo_jax.config import FlamingoConfig
+from flamingo_jax.lm import Segment, layer_plan
+
+Params = dict[str, Any]
+TRAINABLE_KEYS = frozenset({"resampler", "xattn", "extra_embed", "extra_head"})
+
+
+def is_trainable(path: Sequence[str]) -> bool:
+  return any(key in TRAINABLE_KEYS for key in path)
+
+
+def split(params: Params) -> tuple[Params, Params]:
+  """params -> (frozen, trainable)."""
+  flat = traverse_util.flatten_dict(params)
+  frozen = {p: v for p, v in flat.items() if not is_trainable(p)}
+  trainable = {p: v for p, v in flat.items() if is_trainable(p)}
+  return traverse_util.unflatten_dict(frozen), traverse_util.unflatten_dict(trainable)
+
+
+def merge(frozen: Params, trainable: Params) -> Params:
+  flat_frozen, flat_trainable = traverse_util.flatten_dict(frozen), traverse_util.flatten_dict(trainable)
+  overlap = set(flat_frozen) & set(flat_trainable)
+  if overlap:
+    raise ValueError(f"merge: {len(overlap)} parameters are in both trees, e.g. "
+                     f"{'/'.join(sorted(overlap)[0])}.")
+  return traverse_util.unflatten_dict({**flat_frozen, **flat_trainable})
+
+
+def lm_layers(lm: Params, plan: Sequence[Segment]) -> tuple[list[Params], list[Params]]:
+  """Scanned LM params laid out by `plan` -> (per-layer LM blocks [L], per-gated-block trees [K])."""
+  blocks, xattns = [], []
+  for k, segment in enumerate(plan):
+    for u in range(segment.num_units):
+      unit = jax.tree.map(lambda a: a[u], lm[f"segment_{k}"])
+      if segment.has_xattn:
+        xattns.append(unit["xattn"])
+      blocks.extend(unit[f"block_{j}"] for j in range(segment.blocks_per_unit))
+  return blocks, xattns
+
+
+def with_lm_layers(lm: Params, blocks: Sequence[Params], xattns: Sequence[Params],
+                   plan: Sequence[Segment]) -> Params:
+  """Scanned LM params whose layers are `blocks` and `xattns` laid out by `plan` (the rest of `lm`,
+  embeddings, norms and heads, is kept). With `lm_layers` this moves a text-only LM's weights into
+  any gated-block placement, and back."""
+  want_blocks = sum(s.num_units * s.blocks_per_unit for s in plan)
+  want_xattns = sum(s.num_units for s in plan if s.has_xattn)
+  if (len(blocks), len(xattns)) != (want_blocks, want_xattns):
+    raise ValueError(f"The layer plan needs {want_blocks} LM blocks and {want_xattns} gated blocks "
+                     f"but got {len(blocks)} and {len(xattns)}; check model.lm.num_layers and "
+                     "model.xattn.every / offset against the checkpoint.")
+  out = {name: v for name, v in lm.items() if not name.startswith("segment_")}
+  next_block, next_xattn = iter(blocks), iter(xattns)
+  for k, segment in enumerate(plan):
+    units = []
+    for _ in range(segment.num_units):
+      unit = {f"block_{j}": next(next_block) for j in range(segment.blocks_per_unit)}
+      if segment.has_xattn:
+        unit["xattn"] = next(next_xattn)
+      units.append(unit)
+    out[f"segment_{k}"] = jax.tree.map(lambda *a: jnp.stack(a), *units)
+  return out
+
+
+def stacks(config: FlamingoConfig) -> list[tuple[tuple[str, ...], int]]:
+  """(path, length) of every `layers.repeat` stack in the Flamingo parameter tree."""
+  out = [(("vision", "blocks"), config.vision.num_layers),
+         (("resampler", "blocks"), config.resampler.num_layers)]
+  plan = layer_plan(config.lm.num_layers, config.xattn)
+  out += [(("lm", f"segment_{k}"), s.num_units) for k, s in enumerate(plan)]
+  return out
+
+
+def relayout(params: Params, config: FlamingoConfig, scanned: bool) -> Params:
+  """Converts Flamingo params between the scanned layout (each stack under its name with a leading
+  [length] axis) and the unrolled one (`name_0` ... `name_{length-1}`); `scanned` is the one wanted."""
+  params = jax.tree.map(lambda a: a, params)  # A copy whose dicts we may rebuild.
+  for (*parents, name), length in stacks(config):
+    parent = params
+    for key in parents:
+      parent = parent[key]
+    if scanned and name not in parent:
+      parent[name] = jax.tree.map(lambda *a: jnp.stack(a),
+                                  *[parent.pop(f"{name}_{i}") for i in range(length)])
+    elif not scanned and name in parent:
+      stacked = parent.pop(name)
+      parent.update({f"{name}_{i}": jax.tree.map(lambda a: a[i], stacked) for i in range(length)})
+  return params
+
+
+def count(tree: Any) -> int:
+  """Number of scalars in a tree of arrays or ShapeDtypeStructs."""
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))

@@ -1,0 +1,60 @@
+r"""Parameter table of a config, from abstract shapes only (nothing is allocated).
+
+  python -m flamingo_jax.summary --config experiments/flamingo.py:flamingo_80b [--json]
+"""
+
+from __future__ import annotations
+
+import json
+
+import flax.linen as nn
+from absl import app, flags
+from ml_collections import config_flags
+
+from flamingo_jax import params as P
+from flamingo_jax.config import FlamingoConfig
+from flamingo_jax.model import abstract_params
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/<file>.py:<preset>")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+
+
+def component_counts(config: FlamingoConfig) -> dict[str, dict[str, int]]:
+  """{component: {"frozen": n, "trainable": n}} plus "total", from `jax.eval_shape`."""
+  frozen, trainable = P.split(nn.meta.unbox(abstract_params(config)))
+  lm_frozen = frozen["lm"]
+  lm_trainable = trainable["lm"]
+  xattn = {k: v for k, v in lm_trainable.items() if k.startswith("segment_")}
+  new_rows = {k: v for k, v in lm_trainable.items() if not k.startswith("segment_")}
+  table = {
+      "vision": {"frozen": P.count(frozen["vision"]), "trainable": 0},
+      "resampler": {"frozen": 0, "trainable": P.count(trainable["resampler"])},
+      "lm": {"frozen": P.count(lm_frozen), "trainable": 0},
+      "xattn": {"frozen": 0, "trainable": P.count(xattn)},
+      "new_token_rows": {"frozen": 0, "trainable": P.count(new_rows)},
+  }
+  table["total"] = {kind: sum(row[kind] for row in table.values()) for kind in ("frozen", "trainable")}
+  return table
+
+
+def format_table(counts: dict[str, dict[str, int]]) -> str:
+  lines = [f"{'component':<16}{'frozen':>18}{'trainable':>18}{'total':>18}"]
+  for name, row in counts.items():
+    total = row["frozen"] + row["trainable"]
+    lines.append(f"{name:<16}{row['frozen']:>18,}{row['trainable']:>18,}{total:>18,}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  config = FlamingoConfig.from_dict(_CONFIG.value.model)
+  counts = component_counts(config)
+  if _JSON.value:
+    print(json.dumps(counts))
+  else:
+    print(format_table(counts))
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)
