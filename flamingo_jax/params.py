@@ -88,11 +88,13 @@ def stacks(config: FlamingoConfig) -> list[tuple[tuple[str, ...], int]]:
   return out
 
 
-def relayout(params: Params, config: FlamingoConfig, scanned: bool) -> Params:
-  """Converts Flamingo params between the scanned layout (each stack under its name with a leading
-  [length] axis) and the unrolled one (`name_0` ... `name_{length-1}`); `scanned` is the one wanted."""
+def relayout(params: Params, stack_list: Sequence[tuple[tuple[str, ...], int]],
+             scanned: bool) -> Params:
+  """Converts params between the scanned layout (each stack under its name with a leading [length]
+  axis) and the unrolled one (`name_0` ... `name_{length-1}`); `scanned` is the one wanted.
+  `stack_list` is `stacks(config)` for a Flamingo tree, [(("segment_0",), L)] for a text-only LM."""
   params = jax.tree.map(lambda a: a, params)  # A copy whose dicts we may rebuild.
-  for (*parents, name), length in stacks(config):
+  for (*parents, name), length in stack_list:
     parent = params
     for key in parents:
       parent = parent[key]

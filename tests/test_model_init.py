@@ -1,0 +1,67 @@
+"""At initialisation Flamingo *is* the frozen LM: same logits, with images present."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import apply_fn, init_params, make_batch, tiny_config
+
+from flamingo_jax import params as P
+from flamingo_jax.lm import DecoderLM, layer_plan
+
+
+def text_lm_logits(config, flamingo_params, tokens):
+  """Runs the text-only LM (same frozen weights and new-token rows, no gated blocks) in the
+  config's layout (scanned or unrolled)."""
+  lm = P.relayout(flamingo_params, P.stacks(config), scanned=True)["lm"]
+  blocks, xattns = P.lm_layers(lm, layer_plan(config.lm.num_layers, config.xattn))
+  assert len(xattns) == len(range(config.xattn.offset, config.lm.num_layers, config.xattn.every))
+  text_params = P.with_lm_layers(lm, blocks, [], layer_plan(config.lm.num_layers, None))
+  text_params = P.relayout(text_params, [(("segment_0",), config.lm.num_layers)],
+                           scanned=config.execution.scan_layers)
+  text_lm = DecoderLM(config.lm, config.execution, num_extra_tokens=config.num_new_tokens)
+  return jax.jit(text_lm.apply)({"params": text_params}, tokens)
+
+
+@pytest.mark.parametrize("scan", [True, False])
+@pytest.mark.parametrize("placement", [
+    {},  # tiny: 4 layers, every 2nd from the first.
+    {"lm.num_layers": 5, "xattn.every": 3},  # A shorter last unit (as Flamingo-80B).
+    {"lm.num_layers": 5, "xattn.every": 2, "xattn.offset": 1},  # OpenFlamingo-style offset.
+])
+def test_flamingo_equals_frozen_lm_at_init(scan, placement):
+  config = tiny_config(**{"execution.scan_layers": scan, **placement})
+  batch = make_batch(config)
+  params = init_params(config)
+  logits = apply_fn(config)({"params": params}, *batch)
+  reference = text_lm_logits(config, params, batch[0])
+  assert logits.shape == (2, 16, config.total_vocab_size)
+  assert np.isfinite(np.asarray(logits)).all()
+  np.testing.assert_array_less(np.abs(np.asarray(logits - reference)).max(), 1e-6)
+
+
+def test_opened_gates_change_the_logits(tiny):
+  """The equality above is not vacuous: with open gates the images change the output."""
+  batch = make_batch(tiny)
+  params = init_params(tiny)
+  closed = apply_fn(tiny)({"params": params}, *batch)
+  opened = jax.tree.map(lambda a: a, params)
+  for name in ("attn_gate", "ffw_gate"):
+    gates = opened["lm"]["segment_0"]["xattn"][name]
+    opened["lm"]["segment_0"]["xattn"][name] = jnp.ones_like(gates)
+  out = apply_fn(tiny)({"params": opened}, *batch)
+  assert np.abs(np.asarray(out - closed)).max() > 1e-3
+
+
+def test_relayout_round_trip(tiny):
+  batch = make_batch(tiny)
+  params = init_params(tiny)
+  unrolled = P.relayout(params, P.stacks(tiny), scanned=False)
+  assert "segment_0_1" in unrolled["lm"] and "segment_0" not in unrolled["lm"]
+  assert "blocks_1" in unrolled["vision"] and "blocks_1" in unrolled["resampler"]
+  unrolled_config = tiny_config(**{"execution.scan_layers": False})
+  np.testing.assert_allclose(  # Scanned and unrolled programs differ in float rounding only.
+      apply_fn(unrolled_config)({"params": unrolled}, *batch),
+      apply_fn(tiny)({"params": params}, *batch), atol=1e-5)
+  back = P.relayout(unrolled, P.stacks(tiny), scanned=True)
+  jax.tree.map(np.testing.assert_array_equal, back, params)
