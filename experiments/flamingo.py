@@ -80,6 +80,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   ))
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-4 if paper else 1e-3,
-      num_steps=30,  # Quickstart optimisation steps.
+      num_steps=300,  # Quickstart optimisation steps.
   ))
   return config
