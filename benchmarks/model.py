@@ -55,7 +55,7 @@ def make_batch(config: FlamingoConfig, batch: int, seq_len: int, num_images: int
   tokens[:, [i * gap + 1 for i in range(num_images)]] = config.image_token_id
   tokens = jnp.asarray(tokens, jnp.int32)
   size = config.vision.image_size
-  images = jnp.asarray(rng.normal(size=(batch, num_images, 1, size, size, 3)), jnp.float32)
+  images = jnp.asarray(rng.integers(0, 256, (batch, num_images, 1, size, size, 3), dtype=np.uint8))
   return tokens, images, masking.media_index(tokens, config.image_token_id)
 
 

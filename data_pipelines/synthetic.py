@@ -16,16 +16,16 @@ FIRST_COLOUR_WORD = 10  # Vocabulary id of the first colour word; the others fol
 
 def captioned_squares(rng: np.random.Generator, batch: int, seq_len: int, num_images: int,
                       image_size: int, image_token_id: int, eoc_token_id: int) -> dict[str, np.ndarray]:
-  """{"tokens" [B, T] int32, "images" [B, N, 1, H, W, 3] float32 (zero mean), "labels" [B, T] int32
+  """{"tokens" [B, T] int32, "images" [B, N, 1, H, W, 3] uint8, "labels" [B, T] int32
   (next token), "loss_mask" [B, T] float32 (1 where the next token is a colour word or <EOC>),
   "colour_mask" [B, T] float32 (1 where the next token is a colour word)}."""
   if seq_len < 3 * num_images + 1:
     raise ValueError(f"seq_len={seq_len} cannot hold {num_images} chunks of 3 tokens.")
   colours = rng.integers(0, len(COLOURS), (batch, num_images))
-  images = rng.normal(0.0, 0.1, (batch, num_images, 1, image_size, image_size, 3)).astype(np.float32)
+  images = rng.normal(0.2, 0.1, (batch, num_images, 1, image_size, image_size, 3))
   lo, hi = image_size // 4, 3 * image_size // 4
-  images[:, :, :, lo:hi, lo:hi, :] += COLOURS[colours][:, :, None, None, None, :]
-  images -= 0.5
+  images[:, :, :, lo:hi, lo:hi, :] += COLOURS[colours][:, :, None, None, None, :] - 0.2
+  images = (np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
   tokens = np.zeros((batch, seq_len), np.int32)
   colour_at = np.zeros((batch, seq_len), bool)
   for i in range(num_images):

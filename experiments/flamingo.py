@@ -21,12 +21,21 @@ PRESETS = ("tiny", "bench", "flamingo_3b", "flamingo_9b", "flamingo_80b")
 # stands in. Import CLIP / SigLIP towers with their own shapes instead (model.vision.*).
 _PAPER_VISION = dict(image_size=288, patch_size=16, width=1536, num_layers=15, num_heads=16,
                      mlp_dim=6144, activation="gelu_tanh", class_token=False, pre_norm=False,
-                     post_norm=True, patch_bias=True, norm_eps=1e-6)
+                     post_norm=True, patch_bias=True, norm_eps=1e-6, pixel_mean=(0.5, 0.5, 0.5),
+                     pixel_std=(0.5, 0.5, 0.5))
 # Resampler: 6 layers, width 1536, 64 latents, Squared-ReLU FFW of 4x. FLAMINGO.md states 16 heads of
 # 96, which gives 170M against the table's 194M; 16 heads of 128 (inner width 2048, as lucidrains and
 # IDEFICS separate head width from model width) gives 189M.
 _PAPER_RESAMPLER = dict(width=1536, num_layers=6, num_heads=16, head_dim=128, num_latents=64,
                         ffw_mult=4, num_time_embeddings=8)
+# LM (Chinchilla shapes from the paper; SwiGLU width, vocabulary 32k and multi-head attention chosen)
+# and gated blocks (every n-th layer from the first; heads chosen): width, layers, heads, SwiGLU width,
+# xattn every, xattn heads, xattn head width.
+_PAPER_LM = {
+    "flamingo_3b": (2048, 24, 16, 5632, 1, 16, 128),
+    "flamingo_9b": (4096, 40, 32, 8448, 4, 16, 128),
+    "flamingo_80b": (8192, 80, 64, 24576, 7, 64, 256),
+}
 
 
 def _model(preset: str) -> dict:
@@ -46,21 +55,12 @@ def _model(preset: str) -> dict:
         resampler=dict(width=384, num_layers=2, num_heads=6, head_dim=64, num_latents=64,
                        num_time_embeddings=1),
         xattn=dict(every=1, num_heads=8, head_dim=64))
-  if preset == "flamingo_3b":
+  if preset in _PAPER_LM:
+    width, layers, heads, mlp, every, x_heads, x_head_dim = _PAPER_LM[preset]
     return dict(vision=_PAPER_VISION, resampler=_PAPER_RESAMPLER,
-                lm=dict(vocab_size=32000, width=2048, num_layers=24, num_heads=16, num_kv_heads=16,
-                        mlp_dim=5632),
-                xattn=dict(every=1, num_heads=16, head_dim=128))
-  if preset == "flamingo_9b":
-    return dict(vision=_PAPER_VISION, resampler=_PAPER_RESAMPLER,
-                lm=dict(vocab_size=32000, width=4096, num_layers=40, num_heads=32, num_kv_heads=32,
-                        mlp_dim=8448),
-                xattn=dict(every=4, num_heads=16, head_dim=128))
-  if preset == "flamingo_80b":
-    return dict(vision=_PAPER_VISION, resampler=_PAPER_RESAMPLER,
-                lm=dict(vocab_size=32000, width=8192, num_layers=80, num_heads=64, num_kv_heads=64,
-                        mlp_dim=24576),
-                xattn=dict(every=7, num_heads=64, head_dim=256))
+                lm=dict(vocab_size=32000, width=width, num_layers=layers, num_heads=heads,
+                        num_kv_heads=heads, mlp_dim=mlp),
+                xattn=dict(every=every, num_heads=x_heads, head_dim=x_head_dim))
   raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
 
 

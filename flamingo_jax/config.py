@@ -35,6 +35,10 @@ class VisionConfig:
   post_norm: bool = False  # LayerNorm on the output features (SigLIP's post_layernorm).
   patch_bias: bool = False  # Bias in the patch embedding (CLIP: none, SigLIP: yes).
   norm_eps: float = 1e-5
+  # Inputs are uint8 pixels; the tower normalises (pixels / 255 - mean) / std per channel (CLIP's
+  # statistics by default; SigLIP uses 0.5 / 0.5).
+  pixel_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+  pixel_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +150,7 @@ def _build(cls, d: Mapping[str, Any], prefix: str):
     if dataclasses.is_dataclass(default):
       kwargs[name] = _build(type(default), value, f"{prefix}.{name}")
     else:
-      kwargs[name] = value
+      kwargs[name] = tuple(value) if isinstance(value, (list, tuple)) else value
   return cls(**kwargs)
 
 
@@ -177,6 +181,10 @@ def validate(config: FlamingoConfig, prefix: str = "model") -> None:
     _fail(f"{p}.patch_size", v.patch_size, f"must divide {p}.image_size={v.image_size}.")
   if v.width % v.num_heads:
     _fail(f"{p}.num_heads", v.num_heads, f"must divide {p}.width={v.width}.")
+  for name in ("pixel_mean", "pixel_std"):
+    value = getattr(v, name)
+    if len(value) != 3 or (name == "pixel_std" and min(value) <= 0):
+      _fail(f"{p}.{name}", value, "must be three per-channel values (std > 0).")
 
   p = f"{prefix}.lm"
   _positive(p, lm, "vocab_size", "width", "num_layers", "num_heads", "num_kv_heads", "mlp_dim")

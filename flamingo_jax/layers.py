@@ -15,7 +15,6 @@ import jax.numpy as jnp
 
 from flamingo_jax.config import ExecutionConfig
 
-Dtype = Any
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:

@@ -17,22 +17,21 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
-def media_index(tokens: jax.Array, image_token_id: int,
-                attend_next: jax.Array | bool = False) -> jax.Array:
-  """tokens [B, T] int -> phi [B, T] int32; `attend_next` [B] bool (or a bool) picks the p_next rule."""
-  is_image = (tokens == image_token_id).astype(jnp.int32)
-  previous = jnp.cumsum(is_image, axis=-1)  # Images at positions <= l.
+def media_index(tokens, image_token_id: int, attend_next=False):
+  """tokens [B, T] int -> phi [B, T] int32; `attend_next` [B] bool (or a bool) picks the p_next rule.
+
+  Works on numpy arrays (data pipelines, on the host) and on jax arrays (in a jitted step) alike.
+  """
+  xp = np if isinstance(tokens, np.ndarray) else jnp
+  is_image = (tokens == image_token_id).astype(np.int32)
+  previous = xp.cumsum(is_image, axis=-1)  # Images at positions <= l.
   num_images = previous[:, -1:]
-  following = jnp.minimum(previous - is_image + 1, num_images)  # First image at or after l.
-  attend_next = jnp.broadcast_to(jnp.asarray(attend_next, bool), tokens.shape[:1])
-  return jnp.where(attend_next[:, None], following, previous).astype(jnp.int32)
-
-
-def sample_attend_next(rng: jax.Array, batch_size: int, p_next: float) -> jax.Array:
-  """Per-document draw of the p_next rule: [B] bool, True with probability p_next."""
-  return jax.random.bernoulli(rng, p_next, (batch_size,))
+  following = xp.minimum(previous - is_image + 1, num_images)  # First image at or after l.
+  attend_next = xp.broadcast_to(xp.asarray(attend_next, bool), tokens.shape[:1])
+  return xp.where(attend_next[:, None], following, previous).astype(np.int32)
 
 
 def cross_attention_mask(phi: jax.Array, num_images: int, tokens_per_image: int) -> jax.Array:

@@ -31,7 +31,7 @@ class Flamingo(nn.Module):
     self.lm = DecoderLM(c.lm, c.execution, xattn=c.xattn, num_extra_tokens=c.num_new_tokens)
 
   def encode_images(self, images: jax.Array) -> jax.Array:
-    """images [B, N, F, H, W, 3] (pixels already normalised) -> visual tokens [B, N, R, D_res].
+    """uint8 images [B, N, F, H, W, 3] -> visual tokens [B, N, R, D_res].
 
     The frozen tower runs under stop_gradient: no gradient ever flows into it or its inputs.
     """
@@ -39,7 +39,7 @@ class Flamingo(nn.Module):
     return self.resampler(features)
 
   def __call__(self, tokens: jax.Array, images: jax.Array, phi: jax.Array) -> jax.Array:
-    """tokens [B, T], images [B, N, F, H, W, 3], phi [B, T] (masking.media_index) -> logits
+    """tokens [B, T], uint8 images [B, N, F, H, W, 3], phi [B, T] (masking.media_index) -> logits
     [B, T, V + 2] in the compute dtype."""
     return self.lm(tokens, self.encode_images(images), phi)
 
@@ -49,7 +49,7 @@ def example_inputs(config: FlamingoConfig, batch: int = 1, length: int = 8, num_
   """Zero inputs of the right shapes and dtypes, for `init` and `jax.eval_shape`."""
   size = config.vision.image_size
   return (jnp.zeros((batch, length), jnp.int32),
-          jnp.zeros((batch, num_images, num_frames, size, size, 3), jnp.float32),
+          jnp.zeros((batch, num_images, num_frames, size, size, 3), jnp.uint8),
           jnp.zeros((batch, length), jnp.int32))
 
 

@@ -28,7 +28,7 @@ class VisionBlock(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-  """Images or frames [B, T_img, F, H, W, 3] -> patch features [B, T_img, F, S, D_vis].
+  """uint8 images or frames [B, T_img, F, H, W, 3] -> patch features [B, T_img, F, S, D_vis].
 
   S = (H / patch)^2, plus one for the class token when the config has one (its feature is kept).
   """
@@ -40,9 +40,14 @@ class VisionTransformer(nn.Module):
   def __call__(self, images: jax.Array) -> jax.Array:
     c, ex = self.config, self.execution
     *lead, h, w, ch = images.shape
-    if (h, w) != (c.image_size, c.image_size):
-      raise ValueError(f"Images are {h}x{w} but model.vision.image_size={c.image_size}; resize the "
-                       "inputs or change the config.")
+    if (h, w, ch) != (c.image_size, c.image_size, 3):
+      raise ValueError(f"Images are {h}x{w}x{ch} but model.vision.image_size={c.image_size} (RGB); "
+                       "resize the inputs or change the config.")
+    if images.dtype != jnp.uint8:
+      raise ValueError(f"Images must be uint8 pixels in [0, 255], got {images.dtype}; the tower "
+                       "normalises them with model.vision.pixel_mean / pixel_std.")
+    mean, std = jnp.asarray(c.pixel_mean), jnp.asarray(c.pixel_std)
+    images = (images.astype(jnp.float32) / 255.0 - mean) / std
     p, g = c.patch_size, c.image_size // c.patch_size
     x = images.reshape(-1, g, p, g, p, ch).transpose(0, 1, 3, 2, 4, 5).reshape(-1, g * g, p * p * ch)
     x = dense(c.width, ("patch", "embed"), ex, use_bias=c.patch_bias, name="patch_embed")(

@@ -34,7 +34,7 @@ def make_batch(config: FlamingoConfig, batch=2, length=16, num_images=2, num_fra
   tokens[:, list(image_positions)] = config.image_token_id
   tokens[:, -1] = config.eoc_token_id
   size = config.vision.image_size
-  images = rng.normal(size=(batch, num_images, num_frames, size, size, 3)).astype(np.float32)
+  images = rng.integers(0, 256, (batch, num_images, num_frames, size, size, 3), dtype=np.uint8)
   tokens = jnp.asarray(tokens, jnp.int32)
   return tokens, jnp.asarray(images), masking.media_index(tokens, config.image_token_id)
 

@@ -92,3 +92,11 @@ def test_fresh_block_is_identity(tiny):
   _, _, y, visual, phi = _block_and_inputs()
   params = nn.meta.unbox(block.init(jax.random.key(1), y, visual, phi)["params"])
   np.testing.assert_array_equal(block.apply({"params": params}, y, visual, phi), y)
+
+
+def test_media_index_is_the_same_on_numpy():
+  tokens = np.array([[1, IMG, 3, IMG, 5], [IMG, 2, 3, 4, IMG]])
+  for attend_next in (False, np.array([True, False])):
+    on_host = masking.media_index(tokens, IMG, attend_next)
+    assert isinstance(on_host, np.ndarray)
+    np.testing.assert_array_equal(on_host, masking.media_index(jnp.asarray(tokens), IMG, attend_next))

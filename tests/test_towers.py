@@ -19,7 +19,7 @@ from flamingo_jax.vision import VisionTransformer
 def test_vision_output_shape(layout, tokens):
   config = tiny_config(**layout)
   vit = VisionTransformer(config.vision, config.execution)
-  images = jnp.zeros((2, 3, 4, 32, 32, 3))
+  images = jnp.zeros((2, 3, 4, 32, 32, 3), jnp.uint8)
   params = jax.jit(vit.init)(jax.random.key(0), images)
   out = jax.jit(vit.apply)(params, images)
   assert out.shape == (2, 3, 4, tokens, config.vision.width)
@@ -30,7 +30,14 @@ def test_vision_rejects_wrong_image_size():
   config = tiny_config()
   vit = VisionTransformer(config.vision, config.execution)
   with pytest.raises(ValueError, match="model.vision.image_size=32"):
-    jax.eval_shape(vit.init, jax.random.key(0), jnp.zeros((1, 1, 1, 48, 48, 3)))
+    jax.eval_shape(vit.init, jax.random.key(0), jnp.zeros((1, 1, 1, 48, 48, 3), jnp.uint8))
+
+
+def test_vision_rejects_float_images():
+  config = tiny_config()
+  vit = VisionTransformer(config.vision, config.execution)
+  with pytest.raises(ValueError, match="uint8"):
+    jax.eval_shape(vit.init, jax.random.key(0), jnp.zeros((1, 1, 1, 32, 32, 3), jnp.float32))
 
 
 @pytest.mark.parametrize("tied", [False, True])
