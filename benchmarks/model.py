@@ -89,8 +89,8 @@ def matmul_throughput(matmuls: list[flops.MatMul], repeats: int) -> float:
 def bench_preset(name: str, steps: int):
   cfg = presets.get_config(name)
   config = FlamingoConfig.from_dict(cfg.model)
-  d = cfg.data
-  batch = make_batch(config, d.batch_size, d.seq_len, d.num_images)
+  d = cfg.data.datasets.interleaved
+  batch = make_batch(config, d.batch_size, d.seq_len, d.max_images)
   model = Flamingo(config)
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), *batch)["params"])
   frozen, trainable = P.split(params)
@@ -117,7 +117,7 @@ def bench_preset(name: str, steps: int):
   fwd_s = timed(forward_c, params, *batch, repeats=steps)
   step_s = timed(fwd_bwd_c, trainable, frozen, batch, repeats=steps)
 
-  matmuls = flops.inventory(config, d.batch_size, d.seq_len, d.num_images)
+  matmuls = flops.inventory(config, d.batch_size, d.seq_len, d.max_images)
   fwd_flops, step_flops = flops.forward_flops(matmuls), flops.train_step_flops(matmuls)
   emit(f"{name}_fwd_examples_per_s", d.batch_size / fwd_s, "examples/s", preset=name)
   emit(f"{name}_fwd_bwd_examples_per_s", d.batch_size / step_s, "examples/s", preset=name)

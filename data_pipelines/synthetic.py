@@ -1,41 +1,108 @@
-"""A synthetic image-captioning task generated in-process, for the quickstart and smoke tests.
+"""A synthetic captioning stream with the mixture interface, for smoke runs, tests and benchmarks.
 
-Each example holds `num_images` chunks `<image> <colour word> <EOC>`; image i is a square of one of
-COLOURS on a noisy background, and its colour word is a fixed vocabulary id. The colour can only be
-predicted by looking at the image, so the loss on colour words measures whether the gated
-cross-attention carries visual information into the LM.
+Each example repeats chunks `<image> <colour word> <EOC>` up to `seq_len` tokens with at most
+`max_images` images; image i is a square of one of COLOURS on a noisy background (the same picture in
+each of its `num_frames` frames) and its colour word is a fixed vocabulary id, so only the images
+reveal the colour. Batches are a pure function of (seed, dataset, step): the state is the step count,
+and each process takes its own contiguous slice of the global batch, so P processes together see
+exactly the batch one process sees.
 """
 
 from __future__ import annotations
 
+import zlib
+from typing import Mapping
+
 import numpy as np
+
+from flamingo_jax import masking
 
 COLOURS = np.array([[0.9, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.2, 0.9], [0.9, 0.9, 0.1]], np.float32)
 FIRST_COLOUR_WORD = 10  # Vocabulary id of the first colour word; the others follow.
 
 
-def captioned_squares(rng: np.random.Generator, batch: int, seq_len: int, num_images: int,
-                      image_size: int, image_token_id: int, eoc_token_id: int) -> dict[str, np.ndarray]:
-  """{"tokens" [B, T] int32, "images" [B, N, 1, H, W, 3] uint8, "labels" [B, T] int32
-  (next token), "loss_mask" [B, T] float32 (1 where the next token is a colour word or <EOC>),
-  "colour_mask" [B, T] float32 (1 where the next token is a colour word)}."""
-  if seq_len < 3 * num_images + 1:
-    raise ValueError(f"seq_len={seq_len} cannot hold {num_images} chunks of 3 tokens.")
+def captioned_squares(rng: np.random.Generator, batch: int, seq_len: int, max_images: int,
+                      num_frames: int, image_size: int, image_token_id: int,
+                      eoc_token_id: int) -> dict[str, np.ndarray]:
+  """One batch in the mixture format (see `SyntheticMixture`); also "colour_mask" [B, T] float32,
+  1 where the label is a colour word."""
+  num_images = min(max_images, seq_len // 3)
+  if num_images < 1:
+    raise ValueError(f"seq_len={seq_len} cannot hold one chunk of 3 tokens.")
   colours = rng.integers(0, len(COLOURS), (batch, num_images))
-  images = rng.normal(0.2, 0.1, (batch, num_images, 1, image_size, image_size, 3))
+  pixels = rng.normal(0.2, 0.1, (batch, max_images, 1, image_size, image_size, 3))
   lo, hi = image_size // 4, 3 * image_size // 4
-  images[:, :, :, lo:hi, lo:hi, :] += COLOURS[colours][:, :, None, None, None, :] - 0.2
-  images = (np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
-  tokens = np.zeros((batch, seq_len), np.int32)
-  colour_at = np.zeros((batch, seq_len), bool)
+  pixels[:, :num_images, :, lo:hi, lo:hi, :] += COLOURS[colours][:, :, None, None, None, :] - 0.2
+  images = (np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8)
+  images = np.repeat(images, num_frames, axis=2)
+  images[:, num_images:] = 0
+  tokens = np.full((batch, seq_len), eoc_token_id, np.int32)
+  colour_mask = np.zeros((batch, seq_len), np.float32)
   for i in range(num_images):
     tokens[:, 3 * i] = image_token_id
     tokens[:, 3 * i + 1] = FIRST_COLOUR_WORD + colours[:, i]
-    tokens[:, 3 * i + 2] = eoc_token_id
-    colour_at[:, 3 * i] = True  # Predicting position 3i+1 (the colour word) from position 3i.
-  labels = np.concatenate([tokens[:, 1:], np.zeros((batch, 1), np.int32)], axis=1)
+    colour_mask[:, 3 * i] = 1.0  # Position 3i predicts the colour word at 3i + 1.
+  labels = np.concatenate([tokens[:, 1:], np.full((batch, 1), eoc_token_id, np.int32)], axis=1)
   loss_mask = np.zeros((batch, seq_len), np.float32)
   loss_mask[:, :3 * num_images - 1] = 1.0
-  loss_mask[:, 3 * np.arange(num_images) + 2] = 0.0  # <EOC> -> next <image> is not a caption token.
-  return {"tokens": tokens, "images": images, "labels": labels, "loss_mask": loss_mask,
-          "colour_mask": colour_at.astype(np.float32)}
+  loss_mask[:, 3 * np.arange(num_images - 1) + 2] = 0.0  # <EOC> -> <image>: images are given.
+  image_mask = np.zeros((batch, max_images), bool)
+  image_mask[:, :num_images] = True
+  return {"tokens": tokens, "labels": labels, "loss_mask": loss_mask, "images": images,
+          "image_mask": image_mask, "phi": masking.media_index(tokens, image_token_id),
+          "colour_mask": colour_mask}
+
+
+class SyntheticMixture:
+  """Iterator of {dataset: batch}; batch keys tokens, labels, loss_mask [B, T], images
+  [B, N, F, H, W, 3] uint8, image_mask [B, N], phi [B, T] (B = global batch / process_count)."""
+
+  def __init__(self, datasets: Mapping[str, Mapping], *, image_size: int, image_token_id: int,
+               eoc_token_id: int, seed: int = 0, process_index: int = 0, process_count: int = 1,
+               accumulation: str = "all"):
+    for name, spec in datasets.items():
+      if spec["batch_size"] % process_count:
+        raise ValueError(f"data.datasets.{name}.batch_size={spec['batch_size']} is not divisible by "
+                         f"the {process_count} processes.")
+    if accumulation not in ("all", "round_robin"):
+      raise ValueError(f"data.accumulation={accumulation!r}: choose 'all' or 'round_robin'.")
+    self._datasets = {name: dict(spec) for name, spec in datasets.items()}
+    self._names = sorted(self._datasets)
+    self._ids = dict(image_size=image_size, image_token_id=image_token_id, eoc_token_id=eoc_token_id)
+    self._seed, self._accumulation = seed, accumulation
+    self._process_index, self._process_count = process_index, process_count
+    self._step = 0
+
+  @property
+  def loss_weights(self) -> dict[str, float]:
+    return {name: float(spec["loss_weight"]) for name, spec in self._datasets.items()}
+
+  def counters(self) -> dict[str, int]:
+    return {}  # Synthetic records are never malformed.
+
+  def get_state(self) -> dict:
+    return {"step": self._step}
+
+  def set_state(self, state: Mapping) -> None:
+    self._step = int(state["step"])
+
+  def __iter__(self):
+    return self
+
+  def _batch(self, name: str) -> dict[str, np.ndarray]:
+    spec = self._datasets[name]
+    rng = np.random.default_rng([self._seed, zlib.crc32(name.encode()), self._step])
+    full = captioned_squares(rng, spec["batch_size"], spec["seq_len"], spec["max_images"],
+                             spec["num_frames"], **self._ids)
+    per_process = spec["batch_size"] // self._process_count
+    start = self._process_index * per_process
+    return {k: v[start:start + per_process] for k, v in full.items() if k != "colour_mask"}
+
+  def __next__(self) -> dict[str, dict[str, np.ndarray]]:
+    if self._accumulation == "all":
+      names = self._names
+    else:
+      names = [self._names[self._step % len(self._names)]]
+    out = {name: self._batch(name) for name in names}
+    self._step += 1
+    return out

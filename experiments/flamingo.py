@@ -64,22 +64,65 @@ def _model(preset: str) -> dict:
   raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
 
 
+def _datasets(preset: str) -> dict:
+  """Per-dataset stream settings: global batch size, tokens T, image slots N, frames F, lambda."""
+  if preset == "tiny":
+    return dict(
+        interleaved=dict(batch_size=8, seq_len=32, max_images=2, num_frames=1, loss_weight=1.0),
+        pairs=dict(batch_size=8, seq_len=12, max_images=1, num_frames=1, loss_weight=0.2),
+        video=dict(batch_size=4, seq_len=12, max_images=1, num_frames=4, loss_weight=0.03))
+  if preset == "bench":
+    return dict(interleaved=dict(batch_size=8, seq_len=128, max_images=2, num_frames=1,
+                                 loss_weight=1.0))
+  # The paper's recipe (FLAMINGO.md, Data); batch sizes are per update, over all hosts.
+  return dict(
+      interleaved=dict(batch_size=256, seq_len=256, max_images=5, num_frames=1, loss_weight=1.0),
+      pairs=dict(batch_size=512, seq_len=32, max_images=1, num_frames=1, loss_weight=0.2),
+      video=dict(batch_size=64, seq_len=32, max_images=1, num_frames=8, loss_weight=0.03))
+
+
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.preset = arg
-  config.seed = 0
+  config.seed = 0  # Initialisation of every random-init parameter (frozen towers included).
   config.model = FlamingoConfig().as_config_dict()
   config.model.update_from_flattened_dict(
       {f"{part}.{k}": v for part, fields in _model(arg).items() for k, v in fields.items()})
   paper = arg.startswith("flamingo_")
+
+  # Device mesh: sizes of the (data, fsdp, tensor) axes; one may be -1 to take the remaining devices.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
   config.data = ml_collections.ConfigDict(dict(
-      batch_size={"tiny": 4, "bench": 8}.get(arg, 8),  # Per update, over all hosts.
-      seq_len={"tiny": 32, "bench": 128}.get(arg, 256),  # Text tokens per example (M3W: 256).
-      num_images={"tiny": 2, "bench": 2}.get(arg, 5),  # Image slots per example (M3W: 5).
-      num_frames=1,  # Frames per media item (video: 8 in training).
+      source="synthetic",  # Where batches come from: "synthetic" (data_pipelines/synthetic.py).
+      seed=0,  # Shuffling and augmentation seed of the input streams.
+      accumulation="all",  # "all": a batch of every dataset per update (paper); "round_robin".
+      datasets=_datasets(arg),
   ))
+
   config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-4 if paper else 1e-3,
-      num_steps=300,  # Quickstart optimisation steps.
+      learning_rate=1e-4 if paper else 1e-3,  # Peak learning rate (paper: 1e-4).
+      warmup_steps=5000 if paper else 10,  # Linear warm-up from 0 (paper: 5k steps).
+      schedule="constant",  # After warm-up: "constant" (paper) or "cosine".
+      decay_steps=500_000 if paper else 1000,  # Cosine only: step where decay ends.
+      end_learning_rate=0.0,  # Cosine only: final learning rate.
+      weight_decay=0.1,  # AdamW decoupled weight decay; the resampler gets none (paper).
+      clip_norm=1.0,  # Global gradient-norm clip.
+      b1=0.9, b2=0.999, eps=1e-8,  # Adam moments.
+      max_consecutive_skips=1_000_000,  # Non-finite updates skipped in a row before one is applied.
   ))
+
+  config.train = ml_collections.ConfigDict(dict(
+      num_steps=500_000 if paper else 300,  # Updates to run (a resumed run continues to this step).
+      micro_batches=1,  # Each dataset's batch is split into this many slices (bounds activations).
+      z_loss=0.0,  # Weight of logsumexp(logits)^2 (IDEFICS: 1e-3).
+      frozen_dtype="bfloat16" if paper else "float32",  # Storage dtype of the frozen towers.
+      log_every=50 if paper else 25,  # Steps between metric records.
+      checkpoint_every=1000 if paper else 100,  # Steps between checkpoints.
+      keep_checkpoints=3,  # Most recent checkpoints kept.
+      keep_every=0,  # Also keep every k-th step's checkpoint forever (0: none).
+  ))
+
+  # Pretrained frozen towers (orbax checkpoints of the `vision` / `lm` subtrees), "" for random.
+  config.init = ml_collections.ConfigDict(dict(vision_checkpoint="", lm_checkpoint=""))
   return config

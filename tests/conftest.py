@@ -4,8 +4,11 @@ import functools
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# 8 virtual CPU devices for the mesh tests; LLVM optimisation off: compiles ~30% faster, and the
+# tests' programs are tiny. Subprocesses started by tests inherit both.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+                           " --xla_force_host_platform_device_count=8"
+                           " --xla_backend_optimization_level=0").strip()
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402

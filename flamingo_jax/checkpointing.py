@@ -1,0 +1,97 @@
+"""Checkpoints (orbax) and preemption.
+
+A training checkpoint holds what cannot be recomputed: the train state (step, trainable params,
+optimiser state, RNG) and the data iterator's position (JSON). Frozen weights are *referenced*, not
+rewritten: they are reloaded from their source (the config's `init.*` checkpoints, or the seed) on
+every start. Saves are asynchronous; orbax writes each step into a temporary directory and renames it
+only once complete, so a save cut short by a crash is never listed as a step and resume falls back to
+the previous one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+
+class Checkpointer:
+  """Train-state + data-state checkpoints in `<workdir>/checkpoints/<step>`."""
+
+  def __init__(self, workdir: str, *, keep: int, keep_every: int = 0):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, keep_period=keep_every or None, enable_async_checkpointing=True,
+        cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
+        item_names=("state", "data"))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: dict) -> None:
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """Restores onto the shardings of `abstract_state` (ShapeDtypeStructs with shardings), which may
+    come from a different mesh than the one that saved."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return restored["state"], restored["data"]
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def save_params(path: str, params: Any) -> None:
+  """Writes a parameter tree (e.g. a pretrained tower) as a standalone orbax checkpoint."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.abspath(path), params, force=True)
+
+
+def load_params(path: str, abstract_params: Any) -> Any:
+  """Reads a tree written by `save_params` onto the shardings and dtypes of `abstract_params`;
+  a tree of another structure or shape is an error naming the path."""
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      return checkpointer.restore(os.path.abspath(path), abstract_params)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    raise ValueError(f"Cannot load parameters from {path}: {e}. Check that it was written for this "
+                     "model config (shapes and layer plan).") from e
+
+
+class PreemptionGuard:
+  """Turns SIGTERM (TPU preemption, `kill`) into a request to save and stop at the next step.
+
+  Every process calls `should_stop(step)` at the same steps; all of them agree, so a multi-host job
+  stops everywhere after the same step.
+  """
+
+  def __init__(self):
+    self._requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._requested = True
+
+  def should_stop(self) -> bool:
+    flag = np.array(self._requested)
+    if jax.process_count() > 1:
+      flag = multihost_utils.process_allgather(flag).any()
+    return bool(flag)
+
+  def restore_handler(self) -> None:
+    signal.signal(signal.SIGTERM, self._previous)

@@ -1,0 +1,224 @@
+r"""Flamingo training: the same command on a laptop CPU, one GPU host or every host of a TPU pod.
+
+  python -m flamingo_jax.train --config experiments/flamingo.py:tiny --workdir /tmp/run
+
+The story, in order: processes -> mesh -> input -> model and shardings -> state (restored from the
+workdir if a checkpoint is there, else initialised) -> compiled update -> loop (log, checkpoint, stop
+on SIGTERM). Multi-host: pass --coordinator_address/--num_processes/--process_id (or set
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); on Cloud TPU and SLURM,
+--distributed=auto lets JAX find them. Each process feeds only its share of every batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from flamingo_jax import flops, sharding
+from flamingo_jax import params as P
+from flamingo_jax.checkpointing import Checkpointer, PreemptionGuard, load_params
+from flamingo_jax.config import FlamingoConfig
+from flamingo_jax.metrics import MetricWriter, peak_flops_per_device
+from flamingo_jax.model import Flamingo, abstract_params, example_inputs
+from flamingo_jax.optimizer import learning_rate_schedule, make_optimizer
+from flamingo_jax.train_step import TrainState, make_train_step
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/<file>.py:<preset>")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and logs; a run resumes from it.")
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "env", ["env", "auto", "off"],
+                                 "env: use the flags / JAX_* variables if set; auto: let JAX detect "
+                                 "the cluster (TPU pod, SLURM); off: single process.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def initialize_processes() -> None:
+  if _DISTRIBUTED.value == "off":
+    return
+  if _DISTRIBUTED.value == "auto":
+    jax.distributed.initialize()
+    return
+  coordinator = _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if coordinator:
+    num = _NUM_PROCESSES.value or int(os.environ["JAX_NUM_PROCESSES"])
+    index = _PROCESS_ID.value if _PROCESS_ID.value is not None else int(os.environ["JAX_PROCESS_ID"])
+    jax.distributed.initialize(coordinator, num_processes=num, process_id=index)
+
+
+def build_mixture(config: ml_collections.ConfigDict, model_config: FlamingoConfig):
+  """The input stream of this process (its share of every dataset's global batch)."""
+  data = config.data
+  common = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  if data.source == "synthetic":
+    from data_pipelines.synthetic import SyntheticMixture
+    return SyntheticMixture(data.datasets.to_dict(), image_size=model_config.vision.image_size,
+                            image_token_id=model_config.image_token_id,
+                            eoc_token_id=model_config.eoc_token_id, seed=data.seed,
+                            accumulation=data.accumulation, **common)
+  raise ValueError(f"data.source={data.source!r} is not known; use 'synthetic'.")
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything the loop needs, built from the config (no arrays allocated yet)."""
+
+  mesh: jax.sharding.Mesh
+  model_config: FlamingoConfig
+  frozen_shardings: Any
+  state_shardings: TrainState
+  abstract_state: TrainState  # ShapeDtypeStructs carrying the shardings, for restore.
+  batch_sharding: jax.sharding.NamedSharding
+  optimizer: Any
+
+
+def build_setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
+  mesh = sharding.make_mesh(**config.mesh, devices=devices)
+  model_config = FlamingoConfig.from_dict(config.model)
+  optimizer = make_optimizer(config.optimizer)
+  frozen_boxed, trainable_boxed = P.split(abstract_params(model_config))
+  to_shardings = lambda boxed: sharding.shardings(boxed, mesh)  # noqa: E731
+  replicated = jax.sharding.NamedSharding(mesh, jax.P())
+  state_shardings = TrainState(
+      step=replicated, trainable=to_shardings(trainable_boxed),
+      opt_state=to_shardings(jax.eval_shape(optimizer.init, trainable_boxed)), rng=replicated)
+  abstract_trainable = nn.meta.unbox(trainable_boxed)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), trainable=abstract_trainable,
+                 opt_state=jax.eval_shape(optimizer.init, abstract_trainable),
+                 rng=jax.ShapeDtypeStruct((2,), jnp.uint32)),
+      state_shardings)
+  return Setup(mesh, model_config, to_shardings(frozen_boxed), state_shardings, abstract_state,
+               jax.sharding.NamedSharding(mesh, jax.P(("data", "fsdp"))), optimizer)
+
+
+def initial_params(config: ml_collections.ConfigDict, setup: Setup) -> tuple[P.Params, P.Params]:
+  """(frozen, trainable) initialised from `config.seed` directly onto their shardings, frozen cast to
+  `train.frozen_dtype`; pretrained towers from `init.*` replace the random frozen ones."""
+  model = Flamingo(setup.model_config)
+  frozen_dtype = jnp.dtype(config.train.frozen_dtype)
+
+  def init():
+    params = nn.meta.unbox(model.init(jax.random.key(config.seed),
+                                      *example_inputs(setup.model_config))["params"])
+    frozen, trainable = P.split(params)
+    return jax.tree.map(lambda x: x.astype(frozen_dtype), frozen), trainable
+
+  frozen_shardings = setup.frozen_shardings
+  frozen, trainable = jax.jit(init, out_shardings=(
+      frozen_shardings, setup.state_shardings.trainable))()
+  for part in ("vision", "lm"):
+    path = config.init.get(f"{part}_checkpoint")
+    if path:
+      abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                              frozen[part], frozen_shardings[part])
+      frozen = {**frozen, part: load_params(path, abstract)}
+  return frozen, trainable
+
+
+def step_flops(model_config: FlamingoConfig, batches: dict[str, dict[str, np.ndarray]],
+               process_count: int) -> int:
+  """Model FLOPs (matmuls) of one update over the global batches."""
+  total = 0
+  for batch in batches.values():
+    b, t = batch["tokens"].shape
+    n, f = batch["images"].shape[1:3]
+    total += flops.train_step_flops(flops.inventory(model_config, b * process_count, t, n, f))
+  return total
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> TrainState:
+  """Runs (or resumes) training to `config.train.num_steps` on `devices` (default: all); returns the
+  final state."""
+  setup = build_setup(config, devices)
+  mixture = build_mixture(config, setup.model_config)
+  model = Flamingo(setup.model_config)
+  checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                              keep_every=config.train.keep_every)
+  writer = MetricWriter(workdir)
+  guard = PreemptionGuard()
+
+  with sharding.active(setup.mesh):
+    frozen, trainable = initial_params(config, setup)
+    latest = checkpointer.latest_step()
+    if latest is None:
+      opt_state = jax.jit(setup.optimizer.init,
+                          out_shardings=setup.state_shardings.opt_state)(trainable)
+      state = TrainState(jnp.zeros((), jnp.int32), trainable, opt_state,
+                         jax.random.key_data(jax.random.key(config.seed + 1)))
+      state = jax.device_put(state, setup.state_shardings)
+    else:
+      del trainable
+      state, data_state = checkpointer.restore(latest, setup.abstract_state)
+      mixture.set_state(data_state)
+      print(f"Resumed from step {latest} in {workdir}", flush=True)
+
+    train_step = jax.jit(
+        make_train_step(model, setup.optimizer, learning_rate_schedule(config.optimizer),
+                        mixture.loss_weights,
+                        micro_batches=config.train.micro_batches, z_loss=config.train.z_loss),
+        in_shardings=(setup.state_shardings, setup.frozen_shardings, setup.batch_sharding),
+        out_shardings=(setup.state_shardings, jax.sharding.NamedSharding(setup.mesh, jax.P())),
+        donate_argnums=(0,))
+
+    peak, peak_source = peak_flops_per_device()
+    step = int(state.step)
+    last_log_time, last_log_step = time.perf_counter(), step
+    while step < config.train.num_steps:
+      local = next(mixture)
+      batches = jax.tree.map(
+          lambda x: jax.make_array_from_process_local_data(setup.batch_sharding, x), local)
+      state, metrics = train_step(state, frozen, batches)
+      step += 1
+      stop = guard.should_stop()
+      if step % config.train.log_every == 0 or step == config.train.num_steps or stop:
+        metrics = jax.device_get(metrics)
+        seconds = (time.perf_counter() - last_log_time) / (step - last_log_step)
+        examples = sum(b["tokens"].shape[0] for b in local.values()) * jax.process_count()
+        tokens = sum(b["tokens"].size for b in local.values()) * jax.process_count()
+        model_flops = step_flops(setup.model_config, local, jax.process_count())
+        metrics.update({
+            "examples_per_s": examples / seconds, "tokens_per_s": tokens / seconds,
+            "mfu": model_flops / seconds / (peak * jax.device_count()),
+            **{f"data/{k}": v for k, v in mixture.counters().items()},
+        })
+        writer.write(step, metrics)
+        if jax.process_index() == 0:
+          print(f"step {step}/{config.train.num_steps}  loss {metrics['loss']:.4f}  grad_norm "
+                f"{metrics['grad_norm']:.3f}  {metrics['examples_per_s']:.1f} examples/s  "
+                f"mfu {metrics['mfu']:.3f} (peak: {peak_source})", flush=True)
+        last_log_time, last_log_step = time.perf_counter(), step
+      if step % config.train.checkpoint_every == 0 or step == config.train.num_steps or stop:
+        checkpointer.save(step, state, mixture.get_state())
+      if stop:
+        print(f"SIGTERM: saved step {step}, stopping.", flush=True)
+        break
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+    guard.restore_handler()
+  return state
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Keep the console to progress lines.
+  initialize_processes()
+  train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
