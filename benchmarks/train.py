@@ -34,7 +34,9 @@ from flamingo_jax import params as P  # noqa: E402
 from flamingo_jax.config import FlamingoConfig  # noqa: E402
 from flamingo_jax.model import Flamingo  # noqa: E402
 from flamingo_jax.optimizer import learning_rate_schedule, make_optimizer  # noqa: E402
-from flamingo_jax.train_step import TrainState, make_train_step, token_losses  # noqa: E402
+from flamingo_jax.losses import token_losses  # noqa: E402
+from flamingo_jax.tasks import make_task  # noqa: E402
+from flamingo_jax.train_step import TrainState, make_train_step  # noqa: E402
 
 emit = emitter("train")
 
@@ -72,7 +74,8 @@ def main():
   state = TrainState(jnp.zeros((), jnp.int32), trainable, optimizer.init(trainable),
                      jax.random.key_data(jax.random.key(1)))
   weights = {k: v.loss_weight for k, v in cfg.data.datasets.items()}
-  step = jax.jit(make_train_step(model, optimizer, learning_rate_schedule(cfg.optimizer), weights,
+  step = jax.jit(make_train_step(make_task("flamingo", config), optimizer,
+                                 learning_rate_schedule(cfg.optimizer), weights,
                                  micro_batches=cfg.train.micro_batches), donate_argnums=(0,))
   compiled = step.lower(state, frozen, batches).compile()
   times = []

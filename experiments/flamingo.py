@@ -84,6 +84,7 @@ def _datasets(preset: str) -> dict:
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.preset = arg
+  config.task = "flamingo"  # "contrastive" / "lm" / "flamingo": the paper's three stages (tasks.py).
   config.seed = 0  # Initialisation of every random-init parameter (frozen towers included).
   config.model = FlamingoConfig().as_config_dict()
   config.model.update_from_flattened_dict(

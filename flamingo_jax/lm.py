@@ -86,7 +86,7 @@ class DecoderUnit(nn.Module):
 
 
 class DecoderLM(nn.Module):
-  """Tokens [B, T] -> logits [B, T, V + num_extra_tokens].
+  """Tokens [B, T] -> logits [B, T, V + num_extra_tokens] (or hidden states [B, T, D]).
 
   Text-only with `xattn=None`; with `xattn` set, `visual` [B, N, R, D_v] and the media index `phi`
   [B, T] must be given (see `masking.py`).
@@ -99,7 +99,8 @@ class DecoderLM(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, visual: jax.Array | None = None,
-               phi: jax.Array | None = None, positions: jax.Array | None = None) -> jax.Array:
+               phi: jax.Array | None = None, positions: jax.Array | None = None,
+               return_hidden: bool = False) -> jax.Array:
     c, ex = self.config, self.execution
     if (self.xattn is not None) != (visual is not None and phi is not None):
       raise ValueError("DecoderLM: pass `visual` and `phi` exactly when the LM has gated blocks.")
@@ -125,6 +126,8 @@ class DecoderLM(nn.Module):
                  xattn=self.xattn if segment.has_xattn else None)
 
     y = rms_norm(ex, c.norm_eps, name="final_norm")(y).astype(dtype)
+    if return_hidden:  # [B, T, D] final-normed states (the contrastive text tower pools them).
+      return y
     if c.tie_embeddings:
       logits = embed.attend(y)
     else:

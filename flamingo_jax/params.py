@@ -26,11 +26,11 @@ def is_trainable(path: Sequence[str]) -> bool:
   return any(key in TRAINABLE_KEYS for key in path)
 
 
-def split(params: Params) -> tuple[Params, Params]:
-  """params -> (frozen, trainable)."""
+def split(params: Params, trainable_if=is_trainable) -> tuple[Params, Params]:
+  """params -> (frozen, trainable); `trainable_if(path)` decides (default: the Flamingo rule)."""
   flat = traverse_util.flatten_dict(params)
-  frozen = {p: v for p, v in flat.items() if not is_trainable(p)}
-  trainable = {p: v for p, v in flat.items() if is_trainable(p)}
+  frozen = {p: v for p, v in flat.items() if not trainable_if(p)}
+  trainable = {p: v for p, v in flat.items() if trainable_if(p)}
   return traverse_util.unflatten_dict(frozen), traverse_util.unflatten_dict(trainable)
 
 
@@ -55,24 +55,24 @@ def lm_layers(lm: Params, plan: Sequence[Segment]) -> tuple[list[Params], list[P
   return blocks, xattns
 
 
-def with_lm_layers(lm: Params, blocks: Sequence[Params], xattns: Sequence[Params],
+def with_lm_layers(lm: Params, blocks: Sequence[Params], xattns: Sequence[Params] | None,
                    plan: Sequence[Segment]) -> Params:
   """Scanned LM params whose layers are `blocks` and `xattns` laid out by `plan` (the rest of `lm`,
   embeddings, norms and heads, is kept). With `lm_layers` this moves a text-only LM's weights into
-  any gated-block placement, and back."""
+  any gated-block placement, and back. `xattns=None` builds the frozen part only (no gated blocks)."""
   want_blocks = sum(s.num_units * s.blocks_per_unit for s in plan)
-  want_xattns = sum(s.num_units for s in plan if s.has_xattn)
-  if (len(blocks), len(xattns)) != (want_blocks, want_xattns):
+  want_xattns = sum(s.num_units for s in plan if s.has_xattn) if xattns is not None else 0
+  if (len(blocks), len(xattns or ())) != (want_blocks, want_xattns):
     raise ValueError(f"The layer plan needs {want_blocks} LM blocks and {want_xattns} gated blocks "
                      f"but got {len(blocks)} and {len(xattns)}; check model.lm.num_layers and "
                      "model.xattn.every / offset against the checkpoint.")
   out = {name: v for name, v in lm.items() if not name.startswith("segment_")}
-  next_block, next_xattn = iter(blocks), iter(xattns)
+  next_block, next_xattn = iter(blocks), iter(xattns or ())
   for k, segment in enumerate(plan):
     units = []
     for _ in range(segment.num_units):
       unit = {f"block_{j}": next(next_block) for j in range(segment.blocks_per_unit)}
-      if segment.has_xattn:
+      if segment.has_xattn and xattns is not None:
         unit["xattn"] = next(next_xattn)
       units.append(unit)
     out[f"segment_{k}"] = jax.tree.map(lambda *a: jnp.stack(a), *units)
@@ -97,8 +97,8 @@ def relayout(params: Params, stack_list: Sequence[tuple[tuple[str, ...], int]],
   for (*parents, name), length in stack_list:
     parent = params
     for key in parents:
-      parent = parent[key]
-    if scanned and name not in parent:
+      parent = parent.get(key, {})  # A partial tree (e.g. the frozen part) may lack a stack.
+    if scanned and f"{name}_0" in parent:
       parent[name] = jax.tree.map(lambda *a: jnp.stack(a),
                                   *[parent.pop(f"{name}_{i}") for i in range(length)])
     elif not scanned and name in parent:

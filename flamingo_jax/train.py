@@ -20,16 +20,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from flamingo_jax import flops, sharding
+from flamingo_jax import sharding
 from flamingo_jax import params as P
-from flamingo_jax.checkpointing import Checkpointer, PreemptionGuard, load_params
+from flamingo_jax.checkpointing import Checkpointer, PreemptionGuard, load_params, save_params
 from flamingo_jax.config import FlamingoConfig
 from flamingo_jax.metrics import MetricWriter, peak_flops_per_device
-from flamingo_jax.model import Flamingo, abstract_params, example_inputs
+from flamingo_jax.lm import DecoderLM, layer_plan
+from flamingo_jax.model import example_inputs
+from flamingo_jax.tasks import Task, make_task
 from flamingo_jax.optimizer import learning_rate_schedule, make_optimizer
 from flamingo_jax.train_step import TrainState, make_train_step
 
@@ -75,6 +76,7 @@ class Setup:
 
   mesh: jax.sharding.Mesh
   model_config: FlamingoConfig
+  task: Task
   frozen_shardings: Any
   state_shardings: TrainState
   abstract_state: TrainState  # ShapeDtypeStructs carrying the shardings, for restore.
@@ -85,8 +87,13 @@ class Setup:
 def build_setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
   mesh = sharding.make_mesh(**config.mesh, devices=devices)
   model_config = FlamingoConfig.from_dict(config.model)
+  task = make_task(config.task, model_config, z_loss=config.train.z_loss)
+  if config.task == "contrastive" and config.train.micro_batches != 1:
+    raise ValueError("train.micro_batches must be 1 for task=contrastive: the in-batch negatives "
+                     "of a micro-batch would change the loss.")
   optimizer = make_optimizer(config.optimizer)
-  frozen_boxed, trainable_boxed = P.split(abstract_params(model_config))
+  boxed = jax.eval_shape(lambda: task.model.init(jax.random.key(0), *task.init_inputs))["params"]
+  frozen_boxed, trainable_boxed = P.split(boxed, task.trainable_if)
   to_shardings = lambda boxed: sharding.shardings(boxed, mesh)  # noqa: E731
   replicated = jax.sharding.NamedSharding(mesh, jax.P())
   state_shardings = TrainState(
@@ -99,43 +106,51 @@ def build_setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
                  opt_state=jax.eval_shape(optimizer.init, abstract_trainable),
                  rng=jax.ShapeDtypeStruct((2,), jnp.uint32)),
       state_shardings)
-  return Setup(mesh, model_config, to_shardings(frozen_boxed), state_shardings, abstract_state,
+  return Setup(mesh, model_config, task, to_shardings(frozen_boxed), state_shardings, abstract_state,
                jax.sharding.NamedSharding(mesh, jax.P(("data", "fsdp"))), optimizer)
 
 
 def initial_params(config: ml_collections.ConfigDict, setup: Setup) -> tuple[P.Params, P.Params]:
   """(frozen, trainable) initialised from `config.seed` directly onto their shardings, frozen cast to
   `train.frozen_dtype`; pretrained towers from `init.*` replace the random frozen ones."""
-  model = Flamingo(setup.model_config)
+  task = setup.task
   frozen_dtype = jnp.dtype(config.train.frozen_dtype)
 
   def init():
-    params = nn.meta.unbox(model.init(jax.random.key(config.seed),
-                                      *example_inputs(setup.model_config))["params"])
-    frozen, trainable = P.split(params)
+    params = nn.meta.unbox(task.model.init(jax.random.key(config.seed), *task.init_inputs)["params"])
+    frozen, trainable = P.split(params, task.trainable_if)
     return jax.tree.map(lambda x: x.astype(frozen_dtype), frozen), trainable
 
-  frozen_shardings = setup.frozen_shardings
   frozen, trainable = jax.jit(init, out_shardings=(
-      frozen_shardings, setup.state_shardings.trainable))()
-  for part in ("vision", "lm"):
-    path = config.init.get(f"{part}_checkpoint")
-    if path:
-      abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                              frozen[part], frozen_shardings[part])
-      frozen = {**frozen, part: load_params(path, abstract)}
-  return frozen, trainable
+      setup.frozen_shardings, setup.state_shardings.trainable))()
+  if config.init.vision_checkpoint:
+    frozen = {**frozen, "vision": load_params(config.init.vision_checkpoint,
+                                              _abstract(frozen["vision"]))}
+  if config.init.lm_checkpoint:
+    frozen = {**frozen, "lm": load_text_lm(config.init.lm_checkpoint, setup.model_config,
+                                           frozen["lm"])}
+  return jax.device_put(frozen, setup.frozen_shardings), trainable
 
 
-def step_flops(model_config: FlamingoConfig, batches: dict[str, dict[str, np.ndarray]],
-               process_count: int) -> int:
-  """Model FLOPs (matmuls) of one update over the global batches."""
-  total = 0
-  for batch in batches.values():
-    b, t = batch["tokens"].shape
-    n, f = batch["images"].shape[1:3]
-    total += flops.train_step_flops(flops.inventory(model_config, b * process_count, t, n, f))
-  return total
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def load_text_lm(path: str, config: FlamingoConfig, frozen_lm: P.Params) -> P.Params:
+  """The frozen LM subtree from a text-only LM export (task=lm): its blocks regrouped into this
+  config's gated-block placement, in `frozen_lm`'s dtypes; its new-token rows are not used."""
+  text_lm = DecoderLM(config.lm, config.execution, num_extra_tokens=config.num_new_tokens)
+  abstract = jax.eval_shape(lambda: nn.meta.unbox(text_lm.init(
+      jax.random.key(0), example_inputs(config)[0])["params"]))
+  loaded = load_params(path, abstract)
+  if not config.execution.scan_layers:
+    loaded = P.relayout(loaded, [(("segment_0",), config.lm.num_layers)], scanned=True)
+  blocks, _ = P.lm_layers(loaded, layer_plan(config.lm.num_layers, None))
+  rest = {k: v for k, v in loaded.items() if k not in ("extra_embed", "extra_head")}
+  lm = P.with_lm_layers(rest, blocks, None, layer_plan(config.lm.num_layers, config.xattn))
+  if not config.execution.scan_layers:
+    lm = P.relayout({"lm": lm}, P.stacks(config), scanned=False)["lm"]
+  return jax.tree.map(lambda new, old: new.astype(old.dtype), lm, frozen_lm)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> TrainState:
@@ -143,7 +158,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Trai
   final state."""
   setup = build_setup(config, devices)
   mixture = build_mixture(config, setup.model_config)
-  model = Flamingo(setup.model_config)
   checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints,
                               keep_every=config.train.keep_every)
   writer = MetricWriter(workdir)
@@ -165,9 +179,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Trai
       print(f"Resumed from step {latest} in {workdir}", flush=True)
 
     train_step = jax.jit(
-        make_train_step(model, setup.optimizer, learning_rate_schedule(config.optimizer),
+        make_train_step(setup.task, setup.optimizer, learning_rate_schedule(config.optimizer),
                         mixture.loss_weights,
-                        micro_batches=config.train.micro_batches, z_loss=config.train.z_loss),
+                        micro_batches=config.train.micro_batches),
         in_shardings=(setup.state_shardings, setup.frozen_shardings, setup.batch_sharding),
         out_shardings=(setup.state_shardings, jax.sharding.NamedSharding(setup.mesh, jax.P())),
         donate_argnums=(0,))
@@ -187,7 +201,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Trai
         seconds = (time.perf_counter() - last_log_time) / (step - last_log_step)
         examples = sum(b["tokens"].shape[0] for b in local.values()) * jax.process_count()
         tokens = sum(b["tokens"].size for b in local.values()) * jax.process_count()
-        model_flops = step_flops(setup.model_config, local, jax.process_count())
+        model_flops = setup.task.step_flops(setup.model_config, local, jax.process_count())
         metrics.update({
             "examples_per_s": examples / seconds, "tokens_per_s": tokens / seconds,
             "mfu": model_flops / seconds / (peak * jax.device_count()),
@@ -206,6 +220,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Trai
         break
     checkpointer.wait()
     checkpointer.close()
+    if setup.task.export and step >= config.train.num_steps:
+      export = os.path.join(workdir, "export", setup.task.export)
+      tree = state.trainable if setup.task.name == "lm" else state.trainable[setup.task.export]
+      save_params(export, tree)
+      print(f"Exported {setup.task.export} to {export}", flush=True)
     writer.close()
     guard.restore_handler()
   return state

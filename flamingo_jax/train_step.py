@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
 from flamingo_jax import params as P
 from flamingo_jax.optimizer import skipped_updates
+from flamingo_jax.tasks import Task
 
 Batch = Mapping[str, jax.Array]
 
@@ -31,14 +31,6 @@ class TrainState:
   rng: jax.Array  # uint32 [2] raw key data, advanced every step.
 
 
-def token_losses(logits: jax.Array, labels: jax.Array, z_loss: float) -> jax.Array:
-  """Per-token cross-entropy (+ z_loss * logsumexp^2) in float32: [B, T, V], [B, T] -> [B, T]."""
-  logits = logits.astype(jnp.float32)
-  lse = jax.nn.logsumexp(logits, axis=-1)
-  label_logits = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-  return lse - label_logits + z_loss * jnp.square(lse)
-
-
 def _split_micro(batch: Batch, micro_batches: int) -> Batch:
   def split(x):
     if x.shape[0] % micro_batches:
@@ -48,30 +40,27 @@ def _split_micro(batch: Batch, micro_batches: int) -> Batch:
   return jax.tree.map(split, dict(batch))
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
+def make_train_step(task: Task, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, loss_weights: Mapping[str, float], *,
-                    micro_batches: int = 1,
-                    z_loss: float = 0.0) -> Callable[..., Any]:
+                    micro_batches: int = 1) -> Callable[..., Any]:
   """Returns train_step(state, frozen, batches) -> (state, metrics).
 
   batches: {dataset: {"tokens", "labels", "loss_mask", "images", "phi", ...}} with per-dataset
   shapes; the datasets present decide which losses are accumulated (lambda from `loss_weights`).
   """
-  def micro_loss(trainable, frozen, micro, num_tokens):
-    logits = model.apply({"params": P.merge(frozen, trainable)}, micro["tokens"], micro["images"],
-                         micro["phi"])
-    mask = micro["loss_mask"].astype(jnp.float32)
-    per_token = token_losses(logits, micro["labels"], z_loss)
-    return jnp.sum(per_token * mask) / num_tokens
+
+  def micro_loss(trainable, frozen, micro, total_weight):
+    values, weights = task.losses(task.model, P.merge(frozen, trainable), micro)
+    return jnp.sum(values * weights.astype(jnp.float32)) / total_weight
 
   grad_fn = jax.value_and_grad(micro_loss)
 
   def dataset_grads(trainable, frozen, batch):
-    num_tokens = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
+    total_weight = task.total_weight(batch)
     micro = _split_micro(batch, micro_batches)
 
     def body(acc, m):
-      loss, grads = grad_fn(trainable, frozen, m, num_tokens)
+      loss, grads = grad_fn(trainable, frozen, m, total_weight)
       return jax.tree.map(jnp.add, acc, (loss, grads)), None
     zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, trainable))
     (loss, grads), _ = jax.lax.scan(body, zeros, micro)

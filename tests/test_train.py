@@ -11,14 +11,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 from conftest import init_params, make_batch, tiny_config
 
 from flamingo_jax import params as P
 from flamingo_jax import train as T
 from flamingo_jax.checkpointing import Checkpointer
-from flamingo_jax.model import Flamingo, abstract_params
-from flamingo_jax.train_step import TrainState, make_train_step, token_losses
+from flamingo_jax.losses import token_losses
+from flamingo_jax.model import abstract_params
+from flamingo_jax.tasks import make_task
+from flamingo_jax.train_step import TrainState, make_train_step
 from tests.configs import train_small
 
 TRAIN_CONFIG = "tests/configs/train_small.py"
@@ -45,14 +46,14 @@ def test_step_on_2x2x2_mesh_matches_one_device(tmp_path):
 
 def _step_pieces(weights, optimizer=None, micro_batches=1):
   config = tiny_config()
-  model = Flamingo(config)
+  task = make_task("flamingo", config)
   frozen, trainable = P.split(init_params(config))
   optimizer = optimizer or optax.apply_if_finite(optax.sgd(1.0), 10**6)  # Plain SGD, lr 1.
-  step = jax.jit(make_train_step(model, optimizer, lambda s: 1.0, weights,
+  step = jax.jit(make_train_step(task, optimizer, lambda s: 1.0, weights,
                                  micro_batches=micro_batches))
   state = TrainState(jnp.zeros((), jnp.int32), trainable, optimizer.init(trainable),
                      jax.random.key_data(jax.random.key(0)))
-  return config, model, frozen, state, step
+  return config, task.model, frozen, state, step
 
 
 def _batches(config):
