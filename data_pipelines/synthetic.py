@@ -3,7 +3,7 @@
 Each example repeats chunks `<image> <colour word> <EOC>` up to `seq_len` tokens with at most
 `max_images` images; image i is a square of one of COLOURS on a noisy background (the same picture in
 each of its `num_frames` frames) and its colour word is a fixed vocabulary id, so only the images
-reveal the colour. Batches are a pure function of (seed, dataset, step): the state is the step count,
+reveal the colour. Batches are a pure function of (seed, split, dataset, step): the state is the step count,
 and each process takes its own contiguous slice of the global batch, so P processes together see
 exactly the batch one process sees.
 """
@@ -58,8 +58,8 @@ class SyntheticMixture:
   [B, N, F, H, W, 3] uint8, image_mask [B, N], phi [B, T] (B = global batch / process_count)."""
 
   def __init__(self, datasets: Mapping[str, Mapping], *, image_size: int, image_token_id: int,
-               eoc_token_id: int, seed: int = 0, process_index: int = 0, process_count: int = 1,
-               accumulation: str = "all"):
+               eoc_token_id: int, seed: int = 0, split: str = "train", process_index: int = 0,
+               process_count: int = 1, accumulation: str = "all"):
     for name, spec in datasets.items():
       if spec["batch_size"] % process_count:
         raise ValueError(f"data.datasets.{name}.batch_size={spec['batch_size']} is not divisible by "
@@ -69,7 +69,7 @@ class SyntheticMixture:
     self._datasets = {name: dict(spec) for name, spec in datasets.items()}
     self._names = sorted(self._datasets)
     self._ids = dict(image_size=image_size, image_token_id=image_token_id, eoc_token_id=eoc_token_id)
-    self._seed, self._accumulation = seed, accumulation
+    self._seed, self._accumulation = [seed, zlib.crc32(split.encode())], accumulation
     self._process_index, self._process_count = process_index, process_count
     self._step = 0
 
@@ -91,7 +91,7 @@ class SyntheticMixture:
 
   def _batch(self, name: str) -> dict[str, np.ndarray]:
     spec = self._datasets[name]
-    rng = np.random.default_rng([self._seed, zlib.crc32(name.encode()), self._step])
+    rng = np.random.default_rng([*self._seed, zlib.crc32(name.encode()), self._step])
     full = captioned_squares(rng, spec["batch_size"], spec["seq_len"], spec["max_images"],
                              spec["num_frames"], **self._ids)
     per_process = spec["batch_size"] // self._process_count

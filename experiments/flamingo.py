@@ -126,4 +126,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   # Pretrained frozen towers (orbax checkpoints of the `vision` / `lm` subtrees), "" for random.
   config.init = ml_collections.ConfigDict(dict(vision_checkpoint="", lm_checkpoint=""))
+
+  # flamingo_jax.quickstart: steps of each stage and the held-out evaluation.
+  config.quickstart = ml_collections.ConfigDict(dict(
+      contrastive_steps=150, lm_steps=150, flamingo_steps=300,
+      contrastive_dataset="pairs",  # The image-text dataset the vision tower pretrains on.
+      heldout_batches=4,  # Held-out batches of every dataset in the final comparison.
+  ))
   return config

@@ -13,8 +13,6 @@ from absl import app, flags
 
 from flamingo_jax.metrics import read_metrics
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (reads its metrics.jsonl).")
-_OUT = flags.DEFINE_string("out", None, "PNG path (default: <workdir>/training.png).")
 
 
 def plot_training(workdir: str, out: str) -> str:
@@ -48,10 +46,11 @@ def plot_training(workdir: str, out: str) -> str:
 
 def main(argv):
   del argv
-  out = _OUT.value or os.path.join(_WORKDIR.value, "training.png")
-  print(plot_training(_WORKDIR.value, out))
+  workdir = flags.FLAGS.workdir
+  print(plot_training(workdir, flags.FLAGS.out or os.path.join(workdir, "training.png")))
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("workdir")
+  flags.DEFINE_string("workdir", None, "A training workdir (reads its metrics.jsonl).", required=True)
+  flags.DEFINE_string("out", None, "PNG path (default: <workdir>/training.png).")
   app.run(main)

@@ -15,8 +15,6 @@ from flamingo_jax import params as P
 from flamingo_jax.config import FlamingoConfig
 from flamingo_jax.model import abstract_params
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/<file>.py:<preset>")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 
 
 def component_counts(config: FlamingoConfig) -> dict[str, dict[str, int]]:
@@ -47,14 +45,16 @@ def format_table(counts: dict[str, dict[str, int]]) -> str:
 
 def main(argv):
   del argv
-  config = FlamingoConfig.from_dict(_CONFIG.value.model)
+  config = FlamingoConfig.from_dict(flags.FLAGS.config.model)
   counts = component_counts(config)
-  if _JSON.value:
+  if flags.FLAGS.json:
     print(json.dumps(counts))
   else:
     print(format_table(counts))
 
 
 if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "experiments/<file>.py:<preset>")
+  flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
   flags.mark_flag_as_required("config")
   app.run(main)

@@ -34,30 +34,37 @@ from flamingo_jax.tasks import Task, make_task
 from flamingo_jax.optimizer import learning_rate_schedule, make_optimizer
 from flamingo_jax.train_step import TrainState, make_train_step
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/<file>.py:<preset>")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and logs; a run resumes from it.")
-_DISTRIBUTED = flags.DEFINE_enum("distributed", "env", ["env", "auto", "off"],
-                                 "env: use the flags / JAX_* variables if set; auto: let JAX detect "
-                                 "the cluster (TPU pod, SLURM); off: single process.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+def define_flags() -> None:
+  """The command-line flags (defined only when this module is the program)."""
+  config_flags.DEFINE_config_file("config", None, "experiments/<file>.py:<preset>")
+  flags.DEFINE_string("workdir", None, "Checkpoints and logs; a run resumes from it.")
+  flags.DEFINE_enum("distributed", "env", ["env", "auto", "off"],
+                    "env: use the flags / JAX_* variables if set; auto: let JAX detect the cluster "
+                    "(TPU pod, SLURM); off: single process.")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+  flags.DEFINE_integer("num_processes", None, "Number of processes.")
+  flags.DEFINE_integer("process_id", None, "This process's index.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
-def initialize_processes() -> None:
-  if _DISTRIBUTED.value == "off":
+def initialize_processes(mode: str, coordinator: str | None, num_processes: int | None,
+                         process_id: int | None) -> None:
+  """jax.distributed from the flags, else JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+  JAX_PROCESS_ID; `mode="auto"` lets JAX detect a TPU pod or SLURM job; no coordinator: 1 process."""
+  if mode == "off":
     return
-  if _DISTRIBUTED.value == "auto":
+  if mode == "auto":
     jax.distributed.initialize()
     return
-  coordinator = _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
   if coordinator:
-    num = _NUM_PROCESSES.value or int(os.environ["JAX_NUM_PROCESSES"])
-    index = _PROCESS_ID.value if _PROCESS_ID.value is not None else int(os.environ["JAX_PROCESS_ID"])
+    num = num_processes or int(os.environ["JAX_NUM_PROCESSES"])
+    index = process_id if process_id is not None else int(os.environ["JAX_PROCESS_ID"])
     jax.distributed.initialize(coordinator, num_processes=num, process_id=index)
 
 
-def build_mixture(config: ml_collections.ConfigDict, model_config: FlamingoConfig):
+def build_mixture(config: ml_collections.ConfigDict, model_config: FlamingoConfig,
+                  split: str = "train"):
   """The input stream of this process (its share of every dataset's global batch)."""
   data = config.data
   common = dict(process_index=jax.process_index(), process_count=jax.process_count())
@@ -65,7 +72,7 @@ def build_mixture(config: ml_collections.ConfigDict, model_config: FlamingoConfi
     from data_pipelines.synthetic import SyntheticMixture
     return SyntheticMixture(data.datasets.to_dict(), image_size=model_config.vision.image_size,
                             image_token_id=model_config.image_token_id,
-                            eoc_token_id=model_config.eoc_token_id, seed=data.seed,
+                            eoc_token_id=model_config.eoc_token_id, seed=data.seed, split=split,
                             accumulation=data.accumulation, **common)
   raise ValueError(f"data.source={data.source!r} is not known; use 'synthetic'.")
 
@@ -232,12 +239,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Trai
 
 def main(argv):
   del argv
-  if not flags.FLAGS["verbosity"].present:
+  f = flags.FLAGS
+  if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Keep the console to progress lines.
-  initialize_processes()
-  train(_CONFIG.value, _WORKDIR.value)
+  initialize_processes(f.distributed, f.coordinator_address, f.num_processes, f.process_id)
+  train(f.config, f.workdir)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
+  define_flags()
   app.run(main)
