@@ -1,0 +1,113 @@
+"""Image decoding and augmentation: encoded bytes -> [H, W, 3] uint8 at the config resolution.
+
+Images leave the pipeline as uint8; the model normalises them on the device with
+`model.vision.pixel_mean / pixel_std` (flamingo_jax/vision.py), so no float images cross the host.
+
+Geometry: the largest centred (eval) or randomly placed (training) square crop, resized to
+size x size with bilinear filtering (`PIL.Image.resize(box=...)`, one pass). Training adds a random
+horizontal flip (p = 0.5) and colour jitter (brightness, contrast, saturation, each a factor in
+[1 - JITTER, 1 + JITTER]). The frames of one video share one draw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import warnings
+
+import numpy as np
+from PIL import Image
+
+JITTER = 0.2
+DEFAULT_MAX_PIXELS = 64_000_000  # Larger images (w * h) are refused before decoding (bombs).
+
+# We refuse large images ourselves (BadImage "enormous_image"), before PIL's own, later check.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class BadImage(Exception):
+  """An image the pipeline skips; `reason` is its counter name."""
+
+  def __init__(self, reason: str, detail: str = ""):
+    super().__init__(f"{reason}: {detail}")
+    self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """One draw of the geometric and colour augmentation (identity for evaluation)."""
+  crop_x: float = 0.5  # Position of the square crop along the free axis, in [0, 1].
+  crop_y: float = 0.5
+  flip: bool = False
+  brightness: float = 1.0
+  contrast: float = 1.0
+  saturation: float = 1.0
+
+  @classmethod
+  def draw(cls, rng: np.random.Generator) -> "Augmentation":
+    crop_x, crop_y, flip = rng.random(), rng.random(), bool(rng.random() < 0.5)
+    b, c, s = rng.uniform(1 - JITTER, 1 + JITTER, 3)
+    return cls(crop_x, crop_y, flip, float(b), float(c), float(s))
+
+
+def decode(data: bytes, size: int, aug: Augmentation = Augmentation(),
+           max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+  """Encoded JPEG / PNG / ... bytes -> [size, size, 3] uint8. Raises BadImage with reason
+  "empty_image", "enormous_image" (more than max_pixels, checked from the header before decoding) or
+  "corrupt_image" (unreadable or truncated)."""
+  if not data:
+    raise BadImage("empty_image")
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      im = Image.open(io.BytesIO(data))
+      w, h = im.size
+      if w * h > max_pixels:
+        raise BadImage("enormous_image", f"{w}x{h} > {max_pixels} pixels")
+      im.draft("RGB", (size, size))  # JPEG: decode at the smallest DCT scale still >= size.
+      im = im.convert("RGB")  # Decodes; raises on truncated or corrupt data.
+  except BadImage:
+    raise
+  except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...) on bad data.
+    raise BadImage("corrupt_image", repr(e)) from e
+  w, h = im.size
+  side = min(w, h)
+  x0, y0 = round(aug.crop_x * (w - side)), round(aug.crop_y * (h - side))
+  im = im.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + side, y0 + side))
+  if aug.flip:
+    im = im.transpose(Image.FLIP_LEFT_RIGHT)
+  pixels = np.asarray(im)
+  if (aug.brightness, aug.contrast, aug.saturation) != (1.0, 1.0, 1.0):
+    pixels = colour_jitter(pixels, aug)
+  return pixels
+
+
+def colour_jitter(pixels: np.ndarray, aug: Augmentation) -> np.ndarray:
+  """[H, W, 3] uint8 -> [H, W, 3] uint8: brightness, then contrast (around the mean grey), then
+  saturation (around each pixel's grey)."""
+  x = pixels.astype(np.float32) * aug.brightness
+  x = (x - x.mean()) * aug.contrast + x.mean()
+  grey = x.mean(axis=-1, keepdims=True)
+  x = (x - grey) * aug.saturation + grey
+  return np.clip(x + 0.5, 0, 255).astype(np.uint8)
+
+
+def encode_jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
+  """[H, W, 3] uint8 -> JPEG bytes (converters and the demo corpus)."""
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+  return buf.getvalue()
+
+
+def reencode(data: bytes) -> bytes:
+  """Any format PIL reads (GIF, BMP, WebP...) -> PNG bytes; JPEG and PNG are kept as they are.
+  Raises BadImage as `decode` does (converters count and skip such images)."""
+  if data[:3] == b"\xff\xd8\xff" or data[:8] == b"\x89PNG\r\n\x1a\n":
+    return data
+  try:
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+  except Exception as e:
+    raise BadImage("corrupt_image", repr(e)) from e
+  buf = io.BytesIO()
+  im.save(buf, format="PNG")
+  return buf.getvalue()
