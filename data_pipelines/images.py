@@ -98,16 +98,3 @@ def encode_jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
   Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
   return buf.getvalue()
 
-
-def reencode(data: bytes) -> bytes:
-  """Any format PIL reads (GIF, BMP, WebP...) -> PNG bytes; JPEG and PNG are kept as they are.
-  Raises BadImage as `decode` does (converters count and skip such images)."""
-  if data[:3] == b"\xff\xd8\xff" or data[:8] == b"\x89PNG\r\n\x1a\n":
-    return data
-  try:
-    im = Image.open(io.BytesIO(data)).convert("RGB")
-  except Exception as e:
-    raise BadImage("corrupt_image", repr(e)) from e
-  buf = io.BytesIO()
-  im.save(buf, format="PNG")
-  return buf.getvalue()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import zlib
 
+from absl import flags
 import grain
 import numpy as np
 
@@ -70,6 +71,8 @@ def build_stream(name: str, spec: ExampleSpec, path: str, *, batch_size: int, to
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * batch_size))
   ds = SkipInvalid(ds).batch(batch_size, drop_remainder=True)
   if num_workers > 0:
+    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside absl.app (tests,
+      flags.FLAGS.mark_as_parsed()  # notebooks) nobody parsed them: take the defaults.
     ds = ds.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=num_workers))
   return ds
 
