@@ -5,11 +5,11 @@ import io
 
 import numpy as np
 import pytest
-from conftest import jpeg
 from PIL import Image
 
 from data_pipelines import records
 from data_pipelines.examples import COUNTERS, ExampleSpec, ToExample
+from data_helpers import demo_corpus, jpeg, tokenizer  # noqa: F401 (fixtures)
 
 COLOURS = [(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0), (0, 250, 250)]
 

@@ -4,9 +4,9 @@ import os
 
 import pytest
 from array_record.python import array_record_module
-from conftest import jpeg, write_shard
 
 from data_pipelines import records
+from data_helpers import jpeg, write_shard
 
 
 def test_round_trip_keeps_parts_in_order():

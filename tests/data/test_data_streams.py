@@ -3,15 +3,14 @@
 
 import json
 
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import jpeg, write_shard
 
 from data_pipelines import records
 from data_pipelines.mixture import build_mixture
 from experiments.data import demo_data_config
+from data_helpers import demo_corpus, jpeg, single, tokenizer, write_shard  # noqa: F401 (fixtures)
 
 
 def take(mixture, steps):
@@ -24,14 +23,6 @@ def assert_same(a_steps, b_steps):
     for name in a:
       for key in a[name]:
         np.testing.assert_array_equal(a[name][key], b[name][key], err_msg=f"{name}/{key}")
-
-
-def single(kind, path, **fields):
-  """A data config with one dataset `kind` at `path`."""
-  dataset = dict(kind=kind, path=path, batch_size=2, seq_len=16, max_images=1, num_frames=1,
-                 loss_weight=1.0) | fields
-  return ml_collections.ConfigDict(dict(seed=0, num_workers=0, accumulation="all",
-                                        datasets={kind: dataset}))
 
 
 def test_demo_batches_have_the_contract_shapes(demo_corpus, tokenizer):
