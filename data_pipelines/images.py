@@ -4,16 +4,16 @@ Images leave the pipeline as uint8; the model normalises them on the device with
 `model.vision.pixel_mean / pixel_std` (flamingo_jax/vision.py), so no float images cross the host.
 
 Geometry: the largest centred (eval) or randomly placed (training) square crop, resized to
-size x size with bilinear filtering (`PIL.Image.resize(box=...)`, one pass). Training adds a random
-horizontal flip (p = 0.5) and colour jitter (brightness, contrast, saturation, each a factor in
-[1 - JITTER, 1 + JITTER]). The frames of one video share one draw.
+size x size with bilinear filtering (`PIL.Image.resize(box=...)`, one pass; JPEGs are decoded at the
+smallest DCT scale that still covers size x size). Training adds a random horizontal flip (p = 0.5) and
+colour jitter (brightness, contrast, saturation, each a factor in [1 - JITTER, 1 + JITTER]). The
+frames of one video share one draw.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-import warnings
 
 import numpy as np
 from PIL import Image
@@ -58,14 +58,12 @@ def decode(data: bytes, size: int, aug: Augmentation = Augmentation(),
   if not data:
     raise BadImage("empty_image")
   try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("error", Image.DecompressionBombWarning)
-      im = Image.open(io.BytesIO(data))
-      w, h = im.size
-      if w * h > max_pixels:
-        raise BadImage("enormous_image", f"{w}x{h} > {max_pixels} pixels")
-      im.draft("RGB", (size, size))  # JPEG: decode at the smallest DCT scale still >= size.
-      im = im.convert("RGB")  # Decodes; raises on truncated or corrupt data.
+    im = Image.open(io.BytesIO(data))  # Reads the header only.
+    w, h = im.size
+    if w * h > max_pixels:
+      raise BadImage("enormous_image", f"{w}x{h} > {max_pixels} pixels")
+    im.draft("RGB", (size, size))  # JPEG: decode at the smallest DCT scale still >= size.
+    im = im.convert("RGB")  # Decodes; raises on truncated or corrupt data.
   except BadImage:
     raise
   except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...) on bad data.
@@ -76,20 +74,18 @@ def decode(data: bytes, size: int, aug: Augmentation = Augmentation(),
   im = im.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + side, y0 + side))
   if aug.flip:
     im = im.transpose(Image.FLIP_LEFT_RIGHT)
-  pixels = np.asarray(im)
   if (aug.brightness, aug.contrast, aug.saturation) != (1.0, 1.0, 1.0):
-    pixels = colour_jitter(pixels, aug)
-  return pixels
+    im = colour_jitter(im, aug)
+  return np.asarray(im)
 
 
-def colour_jitter(pixels: np.ndarray, aug: Augmentation) -> np.ndarray:
-  """[H, W, 3] uint8 -> [H, W, 3] uint8: brightness, then contrast (around the mean grey), then
-  saturation (around each pixel's grey)."""
-  x = pixels.astype(np.float32) * aug.brightness
-  x = (x - x.mean()) * aug.contrast + x.mean()
-  grey = x.mean(axis=-1, keepdims=True)
-  x = (x - grey) * aug.saturation + grey
-  return np.clip(x + 0.5, 0, 255).astype(np.uint8)
+def colour_jitter(im: Image.Image, aug: Augmentation) -> Image.Image:
+  """Brightness (scale), then contrast (around the image's mean grey), as one lookup table; then
+  saturation (blend with the pixel's grey, as PIL.ImageEnhance.Color). uint8 in, uint8 out."""
+  mean = float(np.asarray(im.convert("L")).mean()) * aug.brightness
+  lut = np.clip((np.arange(256) * aug.brightness - mean) * aug.contrast + mean + 0.5, 0, 255)
+  im = im.point(lut.astype(np.uint8).tolist() * 3)
+  return Image.blend(im.convert("L").convert("RGB"), im, aug.saturation)
 
 
 def encode_jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
