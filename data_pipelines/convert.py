@@ -18,9 +18,11 @@ Sources
 * tfds: any prepared TFDS dataset with an image and captions, read through `tfds.data_source` (nothing
   is downloaded; build it first with `tfds build`). `coco_captions`: one pair per caption
   (--caption_key captions/text); datasets with one string caption: --caption_key caption.
-* folder: `NAME.jpg|png|...` next to `NAME.txt` -> a pair; a sub-folder holding frames
-  (`*.jpg|png`, in name order, sampled at 1 fps: frame i at i seconds) and `caption.txt` -> a video.
-  (Video files are not decoded here: no video decoder is in the stack; extract frames at 1 fps first.)
+* folder: `NAME.jpg|png|...` next to `NAME.txt` -> a pair; an animated `NAME.gif|webp|png` next to
+  `NAME.txt` -> a video, sampled at 1 fps from its frame durations; a sub-folder holding frames
+  (`*.jpg|png`, in name order, taken as 1 fps: frame i at i seconds) and `caption.txt` -> a video.
+  (MP4 and other video files are not decoded: no video decoder is in the stack; extract frames at
+  1 fps, e.g. `ffmpeg -i v.mp4 -vf fps=1 dir/%05d.jpg`, and convert the folder.)
 
 A missing image file or an undecodable base64 string is counted ("missing_image") and left out; a row
 with no text and no image left is counted ("empty_document") and not written. Image bytes are stored
@@ -35,11 +37,13 @@ import base64
 import binascii
 import collections
 import contextlib
+import io
 import json
 import os
 import tarfile
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from data_pipelines import images as image_ops
@@ -107,6 +111,26 @@ def document_parts(row: dict, image_root: str | None, counts: collections.Counte
     return parts
   raise records.SchemaError(f"Row has neither OBELICS keys (texts, images) nor MMC4 keys (text_list, "
                             f"image_info); its keys are {sorted(row)}.")
+
+
+def sample_1fps(data: bytes) -> tuple[list[bytes], list[float]]:
+  """An animated image (GIF, WebP, APNG) -> the frames shown at 0, 1, 2... s (JPEG, quality 95) and
+  their times; a still or unreadable image -> ([], [])."""
+  try:
+    im = Image.open(io.BytesIO(data))
+    if getattr(im, "n_frames", 1) < 2:
+      return [], []
+    frames, times, start = [], [], 0.0
+    for index in range(im.n_frames):
+      im.seek(index)
+      end = start + im.info.get("duration", 1000) / 1000
+      while len(times) < end and len(times) >= start:  # Whole seconds shown during this frame.
+        times.append(float(len(times)))
+        frames.append(image_ops.encode_jpeg(np.asarray(im.convert("RGB")), quality=95))
+      start = end
+    return frames, times
+  except (OSError, SyntaxError, ValueError):
+    return [], []
 
 
 def _write_document(writer, source, parts, counts):
@@ -245,8 +269,13 @@ def from_folder(folder: str, out_dir: str, max_shard_bytes: int = 256 << 20) -> 
           counts["missing_caption"] += 1
           continue
         image, caption = _read(path), _read(caption_path).strip()
-        pairs.write(records.pair(entry, image, caption))
-        counts["written_pairs"] += 1
+        frames, times = sample_1fps(image)
+        if len(frames) > 1:  # An animated GIF / WebP / PNG is a video.
+          videos.write(records.video(entry, frames, times, caption))
+          counts["written_video"] += 1
+        else:
+          pairs.write(records.pair(entry, image, caption))
+          counts["written_pairs"] += 1
   return dict(counts)
 
 

@@ -125,3 +125,21 @@ def test_folder_of_pairs_and_frame_sequences(tmp_path, tokenizer):
   config = single("video", str(tmp_path / "out" / "video"), batch_size=1, num_frames=4)
   step = next(build_mixture(config, image_size=16, tokenizer=tokenizer))
   assert step["video"]["images"].shape == (1, 1, 4, 16, 16, 3)
+
+
+def test_animated_gif_becomes_a_video_sampled_at_1_fps(tmp_path):
+  from PIL import Image
+  colours = [(20 * i + 30, 250 - 20 * i, (97 * i) % 256) for i in range(10)]
+  frames = [Image.new("RGB", (16, 16), c) for c in colours]
+  src = tmp_path / "src"
+  src.mkdir()
+  frames[0].save(src / "clip.gif", save_all=True, append_images=frames[1:], duration=500, loop=0)
+  (src / "clip.txt").write_text("colours changing")
+  counts = convert.from_folder(str(src), str(tmp_path / "out"))
+  assert counts == {"written_video": 1}
+  (clip,) = read_all(str(tmp_path / "out" / "video"))
+  assert [p.time for p in clip.images] == [0, 1, 2, 3, 4]  # 10 frames of 0.5 s.
+  means = [np.asarray(Image.open(io.BytesIO(p.data))).reshape(-1, 3).mean(0) for p in clip.images]
+  for mean, colour in zip(means, colours[::2], strict=True):
+    assert np.abs(mean - colour).max() < 12
+
