@@ -62,6 +62,7 @@ class ExampleSpec:
   image_size: int  # H = W
   p_next: float = 0.0  # Interleaved only.
   train: bool = True  # Augmentation, random windows, p_next and the caption space.
+  random_flip: bool = True  # Training flips images with p = 0.5 (off where text says left / right).
   max_pixels: int = image_ops.DEFAULT_MAX_PIXELS
 
   def __post_init__(self):
@@ -172,7 +173,9 @@ class ToExample(grain.transforms.RandomMap):
     return tokens, item_at
 
   def _augmentation(self, rng: np.random.Generator) -> image_ops.Augmentation:
-    return image_ops.Augmentation.draw(rng) if self.spec.train else image_ops.Augmentation()
+    if not self.spec.train:
+      return image_ops.Augmentation()
+    return image_ops.Augmentation.draw(rng, self.spec.random_flip)
 
   # Pairs and video.
   def _captioned(self, record: records.Record, rng: np.random.Generator, counts: np.ndarray) -> dict:

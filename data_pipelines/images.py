@@ -44,10 +44,11 @@ class Augmentation:
   saturation: float = 1.0
 
   @classmethod
-  def draw(cls, rng: np.random.Generator) -> "Augmentation":
+  def draw(cls, rng: np.random.Generator, random_flip: bool = True) -> "Augmentation":
+    """A training draw; random_flip=False never flips (for captions that say "left" / "right")."""
     crop_x, crop_y, flip = rng.random(), rng.random(), bool(rng.random() < 0.5)
     b, c, s = rng.uniform(1 - JITTER, 1 + JITTER, 3)
-    return cls(crop_x, crop_y, flip, float(b), float(c), float(s))
+    return cls(crop_x, crop_y, flip and random_flip, float(b), float(c), float(s))
 
 
 def decode(data: bytes, size: int, aug: Augmentation = Augmentation(),

@@ -8,7 +8,8 @@ dataset per step in turn (the round-robin ablation), with loss weights, counters
 `data_config` (experiments/data.py builds one): seed, num_workers (grain worker processes per dataset;
 0 = in-process), accumulation ("all" | "round_robin"), and datasets: name -> {kind, path, batch_size
 (global, per step), seq_len, max_images, num_frames, loss_weight, p_next (interleaved only)}.
-Optional per dataset: max_pixels (larger images are skipped; default images.DEFAULT_MAX_PIXELS).
+Optional per dataset: max_pixels (larger images are skipped; default images.DEFAULT_MAX_PIXELS),
+random_flip (default True: training flips images with p = 0.5).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from data_pipelines.tokenizer import Tokenizer
 
 ACCUMULATION = ("all", "round_robin")
 _FIELDS = {"kind", "path", "batch_size", "seq_len", "max_images", "num_frames", "loss_weight",
-           "p_next", "max_pixels"}
+           "p_next", "max_pixels", "random_flip"}
 
 
 class Mixture:
@@ -100,7 +101,8 @@ def build_mixture(data_config: ml_collections.ConfigDict, *, image_size: int, to
     spec = ExampleSpec(kind=cfg.kind, seq_len=cfg.seq_len, max_images=cfg.max_images,
                        num_frames=cfg.num_frames, image_size=image_size,
                        p_next=cfg.get("p_next", 0.0), train=split == "train",
-                       max_pixels=cfg.get("max_pixels", image_ops.DEFAULT_MAX_PIXELS))
+                       max_pixels=cfg.get("max_pixels", image_ops.DEFAULT_MAX_PIXELS),
+                       random_flip=cfg.get("random_flip", True))
     built[name] = streams.build_stream(
         name, spec, cfg.path, batch_size=cfg.batch_size // process_count, tokenizer=tokenizer,
         seed=data_config.seed, process_index=process_index, process_count=process_count,

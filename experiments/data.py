@@ -2,7 +2,7 @@
 
 `demo_data_config(root)` reads the demo corpus (`python -m data_pipelines.demo --out ROOT`) with shapes
 for the `tiny` model (image_size 32): the three kinds with the paper's loss weights and p_next, small
-batches. Pass split="eval" to read the held-out shards (and build_mixture(..., split="eval") to turn
+batches, no flips (mirrored digits and "moving left" clips would contradict their captions). Pass split="eval" to read the held-out shards (and build_mixture(..., split="eval") to turn
 off augmentation). Fields are documented in data_pipelines/mixture.py.
 """
 
@@ -17,7 +17,7 @@ def demo_data_config(root: str, split: str = "train") -> ml_collections.ConfigDi
   def dataset(kind, batch_size, seq_len, max_images, num_frames, loss_weight, **extra):
     return dict(kind=kind, path=os.path.join(root, split, kind), batch_size=batch_size,
                 seq_len=seq_len, max_images=max_images, num_frames=num_frames,
-                loss_weight=loss_weight, **extra)
+                loss_weight=loss_weight, random_flip=False, **extra)
   return ml_collections.ConfigDict(dict(
       seed=0,
       num_workers=0,

@@ -210,3 +210,20 @@ def test_malformed_record_is_skipped(tokenizer):
   out = ToExample(spec, tokenizer).random_map(b"garbage bytes", np.random.default_rng(0))
   counts = dict(zip(COUNTERS, out.pop("counts").tolist()))
   assert out == {} and counts["malformed_record"] == 1 and counts["skipped"] == 1
+
+
+def test_training_flips_half_the_images_unless_flips_are_off(tokenizer):
+  pixels = np.zeros((40, 40, 3), np.uint8)
+  pixels[:, :20] = COLOURS[0]
+  pixels[:, 20:] = COLOURS[2]
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format="PNG")
+  record = records.pair("p", buf.getvalue(), "red left, blue right")
+
+  def flipped(seed, random_flip):
+    out, _ = run(tokenizer, record, seed=seed, seq_len=16, max_images=1, train=True,
+                 random_flip=random_flip)
+    left = out["images"][0, 0, :, :4].reshape(-1, 3).mean(0)
+    return left[2] > left[0]  # Blue on the left.
+  assert 0 < sum(flipped(seed, True) for seed in range(16)) < 16
+  assert not any(flipped(seed, False) for seed in range(16))
