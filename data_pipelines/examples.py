@@ -93,7 +93,7 @@ class ToExample(grain.transforms.RandomMap):
     try:
       try:
         record = records.decode_record(data)
-      except (records.SchemaError, KeyError, TypeError, ValueError) as e:
+      except records.SchemaError as e:
         raise _Skip("malformed_record") from e
       if record.kind != self.spec.kind:
         raise _Skip("malformed_record")

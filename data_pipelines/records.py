@@ -96,19 +96,23 @@ def decode_record(data: bytes) -> Record:
   if data[:4] != MAGIC:
     raise SchemaError(f"Record does not start with {MAGIC!r} (got {data[:4]!r}): not a flamingo_jax "
                       "record; convert the data with the data_pipelines.convert CLI.")
+  if len(data) < 8:
+    raise SchemaError(f"Record of {len(data)} bytes is shorter than the 8-byte preamble.")
   (header_len,) = struct.unpack("<I", data[4:8])
+  offset, parts = 8 + header_len, []
   try:
     header = json.loads(data[8:8 + header_len])
-    kind, source, specs = header["kind"], header["source"], header["parts"]
+    kind, source = header["kind"], header["source"]
+    for spec in header["parts"]:
+      if spec["type"] not in ("text", "image"):
+        raise ValueError(f"part type {spec['type']!r}")
+      end = offset + int(spec["length"])
+      parts.append(Part(spec["type"], data[offset:end], spec.get("time")))
+      offset = end
   except (ValueError, KeyError, TypeError) as e:
-    raise SchemaError(f"Record header is not the schema's JSON: {e}") from e
+    raise SchemaError(f"Record header is not the schema's JSON: {e!r}") from e
   if kind not in KINDS:
     raise SchemaError(f"Unknown record kind {kind!r}; expected one of {KINDS}.")
-  offset, parts = 8 + header_len, []
-  for spec in specs:
-    end = offset + spec["length"]
-    parts.append(Part(spec["type"], data[offset:end], spec.get("time")))
-    offset = end
   if offset != len(data):
     raise SchemaError(f"Record payload is {len(data) - 8 - header_len} bytes but its header lists "
                       f"{offset - 8 - header_len}.")

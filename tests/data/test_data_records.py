@@ -21,6 +21,8 @@ def test_round_trip_keeps_parts_in_order():
     (b"PK\x03\x04" + b"\0" * 20, "does not start with"),
     (records.MAGIC + b"\x05\x00\x00\x00nojsn", "header"),
     (records.encode_record(records.pair("p", b"abc", "cap")) + b"extra", "payload"),
+    (records.MAGIC + b"\x01", "shorter"),
+    (records.encode_record(records.pair("p", b"abc", "cap")).replace(b'"image"', b'"audio"'), "audio"),
 ])
 def test_decode_rejects_records_off_schema(data, message):
   with pytest.raises(records.SchemaError, match=message):
