@@ -33,6 +33,7 @@ Skip and truncation rules (counter names in COUNTERS):
 * video with fewer than F frames (after drops): skipped ("too_few_frames"); longer: F consecutive
   frames (random start in training, centred in evaluation).
 * a record that does not parse: skipped ("malformed_record").
+* more than streams.MAX_CONSECUTIVE_SKIPS (1000) skipped records in a row: an error naming the dataset.
 """
 
 from __future__ import annotations

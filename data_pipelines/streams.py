@@ -8,6 +8,8 @@ Every stage is index-based or stateless except SkipInvalid, whose state is its p
 iterator's `get_state()` therefore pins the very next batch (grain checkpointing), with or without
 worker processes. Evaluation streams (split != "train") are neither shuffled nor augmented, and repeat
 so that every batch has the same shape (the last batch of a pass wraps round to the first records).
+More than MAX_CONSECUTIVE_SKIPS skipped records in a row stop the stream with an error naming the
+dataset and the reasons: data that is all bad would otherwise hang the training step.
 """
 
 from __future__ import annotations
@@ -19,19 +21,29 @@ import grain
 import numpy as np
 
 from data_pipelines import records
-from data_pipelines.examples import ExampleSpec, ToExample
+from data_pipelines.examples import COUNTERS, ExampleSpec, ToExample
 from data_pipelines.tokenizer import Tokenizer
+
+
+MAX_CONSECUTIVE_SKIPS = 1000  # More in a row means the data is broken: an error, not a silent hang.
 
 
 class _SkipInvalidIterator(grain.DatasetIterator):
 
+  def __init__(self, parent, name: str):
+    super().__init__(parent)
+    self._name = name
+
   def __next__(self) -> dict:
     pending = 0
-    while True:
+    for _ in range(MAX_CONSECUTIVE_SKIPS + 1):
       element = next(self._parent)
       pending = pending + element["counts"]
       if "tokens" in element:
         return element | {"counts": pending}
+    counts = {c: int(v) for c, v in zip(COUNTERS, pending) if v}
+    raise RuntimeError(f"Dataset {self._name!r}: {MAX_CONSECUTIVE_SKIPS + 1} records in a row were "
+                       f"skipped ({counts}); check its shards and its config (kind, max_pixels).")
 
   def get_state(self):
     return self._parent.get_state()
@@ -43,8 +55,12 @@ class _SkipInvalidIterator(grain.DatasetIterator):
 class SkipInvalid(grain.IterDataset):
   """Drops skipped records (`{"counts"}` alone) and adds their counts to the next example's."""
 
+  def __init__(self, parent: grain.IterDataset, name: str):
+    super().__init__(parent)
+    self._name = name
+
   def __iter__(self) -> _SkipInvalidIterator:
-    return _SkipInvalidIterator(self._parent.__iter__())
+    return _SkipInvalidIterator(self._parent.__iter__(), self._name)
 
 
 def stable_seed(seed: int, name: str) -> int:
@@ -69,7 +85,7 @@ def build_stream(name: str, spec: ExampleSpec, path: str, *, batch_size: int, to
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat().random_map(ToExample(spec, tokenizer), seed=seed)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * batch_size))
-  ds = SkipInvalid(ds).batch(batch_size, drop_remainder=True)
+  ds = SkipInvalid(ds, name).batch(batch_size, drop_remainder=True)
   if num_workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside absl.app (tests,
       flags.FLAGS.mark_as_parsed()  # notebooks) nobody parsed them: take the defaults.

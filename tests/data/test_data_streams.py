@@ -7,7 +7,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from data_pipelines import records
+from data_pipelines import records, streams
 from data_pipelines.mixture import build_mixture
 from experiments.data import demo_data_config
 from data_helpers import demo_corpus, jpeg, single, tokenizer, write_shard  # noqa: F401 (fixtures)
@@ -128,6 +128,14 @@ def test_bad_records_are_counted_and_never_change_the_batch_shape(tmp_path, toke
   counters = {k.split("/")[1]: v for k, v in mixture.counters().items() if v}
   assert counters == {"records": 9, "skipped": 3, "empty_image": 1, "corrupt_image": 1,
                       "non_utf8_text": 1}
+
+
+def test_a_dataset_of_only_bad_records_is_an_error_not_a_hang(tmp_path, tokenizer, monkeypatch):
+  monkeypatch.setattr(streams, "MAX_CONSECUTIVE_SKIPS", 20)
+  write_shard(tmp_path, "pairs", [records.pair(str(i), b"", "no image") for i in range(3)])
+  mixture = build_mixture(single("pairs", str(tmp_path)), image_size=8, tokenizer=tokenizer)
+  with pytest.raises(RuntimeError, match="'pairs'.*in a row.*empty_image"):
+    next(mixture)
 
 
 @pytest.mark.parametrize("change, message", [
