@@ -1,0 +1,94 @@
+r"""A sentencepiece tokenizer with Flamingo's two new tokens, and a CLI that trains a small model.
+
+With V = the sentencepiece vocabulary size, `<image>` = V and `<EOC>` = V + 1 (as the model's
+`FlamingoConfig.image_token_id = lm.vocab_size`, `eoc_token_id = lm.vocab_size + 1`). Any `.model`
+file loads (e.g. LLaMA's); BOS / EOS come from it.
+
+  python -m data_pipelines.tokenizer --corpus corpus.txt --vocab_size 512 --out tok.model
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import sentencepiece as spm
+
+IMAGE, EOC = "<image>", "<EOC>"
+_SPECIAL = re.compile(f"({re.escape(IMAGE)}|{re.escape(EOC)})")
+
+
+class Tokenizer:
+  """Wraps a sentencepiece model file; `<image>` = vocab_size, `<EOC>` = vocab_size + 1."""
+
+  def __init__(self, model_path: str):
+    self.model_path = model_path
+    self._sp = spm.SentencePieceProcessor(model_file=model_path)
+    self.vocab_size = self._sp.vocab_size()
+    self.image_id, self.eoc_id = self.vocab_size, self.vocab_size + 1
+    self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
+    if self.bos_id < 0 or self.eos_id < 0:
+      raise ValueError(f"{model_path} defines no BOS or EOS piece; train it with bos_id and eos_id set.")
+    # Padding never enters the loss (loss_mask 0); models without a pad piece pad with EOS.
+    self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else self.eos_id
+
+  def __getstate__(self):  # Grain sends transforms to worker processes: reload from the file there.
+    return {"model_path": self.model_path}
+
+  def __setstate__(self, state):
+    self.__init__(state["model_path"])
+
+  def encode(self, text: str) -> list[int]:
+    """Plain text -> sentencepiece ids (no BOS/EOS). A literal "<image>" in the text stays text."""
+    return self._sp.encode(text)
+
+  def encode_prompt(self, prompt: str) -> list[int]:
+    """Like `encode`, but the literal strings "<image>" and "<EOC>" become their special ids
+    (for evaluation prompts such as "<image>Output: a cat<EOC>")."""
+    ids = []
+    for piece in _SPECIAL.split(prompt):
+      if piece == IMAGE:
+        ids.append(self.image_id)
+      elif piece == EOC:
+        ids.append(self.eoc_id)
+      elif piece:
+        ids.extend(self._sp.encode(piece))
+    return ids
+
+  def decode(self, ids) -> str:
+    """Ids -> text; special ids are rendered as "<image>" / "<EOC>"."""
+    out, run = [], []
+    for i in map(int, ids):
+      if i in (self.image_id, self.eoc_id):
+        out.append(self._sp.decode(run))
+        out.append(IMAGE if i == self.image_id else EOC)
+        run = []
+      else:
+        run.append(i)
+    out.append(self._sp.decode(run))
+    return "".join(out)
+
+
+def train(sentences, out_path: str, vocab_size: int = 512):
+  """Trains a unigram sentencepiece model with byte fallback (every string encodes) on an iterable of
+  strings and writes it to `out_path` (a `.model` file)."""
+  with open(out_path, "wb") as f:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=f, vocab_size=vocab_size,
+        model_type="unigram", byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1,
+        eos_id=2, pad_id=3, hard_vocab_limit=True, minloglevel=2, num_threads=1)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser.add_argument("--corpus", required=True, help="UTF-8 text file, one sentence per line.")
+  parser.add_argument("--vocab_size", type=int, default=512)
+  parser.add_argument("--out", required=True, help="Path of the .model file to write.")
+  args = parser.parse_args()
+  with open(args.corpus, encoding="utf-8") as f:
+    train((line.rstrip("\n") for line in f if line.strip()), args.out, args.vocab_size)
+  print(f"wrote {args.out} ({Tokenizer(args.out).vocab_size} pieces)")
+
+
+if __name__ == "__main__":
+  main()

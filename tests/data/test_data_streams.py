@@ -1,0 +1,152 @@
+"""Grain streams and the mixture: fixed shapes, determinism, per-process sharding, exact resume
+(in-process and with 2 worker processes), round-robin, counters, and config errors."""
+
+import json
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from data_pipelines import records, streams
+from data_pipelines.mixture import build_mixture
+from experiments.data import demo_data_config
+from data_helpers import demo_corpus, jpeg, single, tokenizer, write_shard  # noqa: F401 (fixtures)
+
+
+def take(mixture, steps):
+  return [next(mixture) for _ in range(steps)]
+
+
+def assert_same(a_steps, b_steps):
+  for a, b in zip(a_steps, b_steps, strict=True):
+    assert a.keys() == b.keys()
+    for name in a:
+      for key in a[name]:
+        np.testing.assert_array_equal(a[name][key], b[name][key], err_msg=f"{name}/{key}")
+
+
+def test_demo_batches_have_the_contract_shapes(demo_corpus, tokenizer):
+  config = demo_data_config(demo_corpus[0])
+  mixture = build_mixture(config, image_size=32, tokenizer=tokenizer)
+  step = next(mixture)
+  assert set(step) == {"interleaved", "pairs", "video"}
+  for name, batch in step.items():
+    d = config.datasets[name]
+    b, t, n, f = d.batch_size, d.seq_len, d.max_images, d.num_frames
+    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
+        "tokens": ((b, t), np.int32), "labels": ((b, t), np.int32),
+        "loss_mask": ((b, t), np.float32), "images": ((b, n, f, 32, 32, 3), np.uint8),
+        "image_mask": ((b, n), bool), "phi": ((b, t), np.int32)}
+    # Every <image> token has a real image slot and padded slots are zeros.
+    assert ((batch["tokens"] == tokenizer.image_id).sum(1) == batch["image_mask"].sum(1)).all()
+    assert not batch["images"][~batch["image_mask"]].any()
+  assert mixture.loss_weights == {"interleaved": 1.0, "pairs": 0.2, "video": 0.03}
+  assert mixture.counters()["pairs/records"] >= 8
+
+
+def test_same_seed_same_batches_other_seed_other_batches(demo_corpus, tokenizer):
+  config = demo_data_config(demo_corpus[0])
+  first = take(build_mixture(config, image_size=32, tokenizer=tokenizer), 2)
+  assert_same(first, take(build_mixture(config, image_size=32, tokenizer=tokenizer), 2))
+  config.seed = 1
+  other = take(build_mixture(config, image_size=32, tokenizer=tokenizer), 2)
+  assert not np.array_equal(first[0]["pairs"]["tokens"], other[0]["pairs"]["tokens"])
+
+
+@pytest.mark.parametrize("process_count", [1, 2, 4])
+def test_processes_read_disjoint_shares_that_cover_the_data(tmp_path_factory, tokenizer,
+                                                            process_count):
+  path = str(tmp_path_factory.mktemp("numbered"))
+  write_shard(path, "pairs", [records.pair(str(i), jpeg(i, (20, 20)), f"record {i}") for i in range(24)])
+  seen = []
+  for process in range(process_count):
+    config = single("pairs", path, batch_size=2 * process_count)
+    mixture = build_mixture(config, image_size=8, tokenizer=tokenizer, process_index=process,
+                            process_count=process_count)
+    share = []
+    for step in take(mixture, 24 // process_count // 2):  # One epoch of this process's share.
+      share += [tokenizer.decode(t[2:t.tolist().index(tokenizer.eoc_id)])
+                for t in step["pairs"]["tokens"]]
+    seen.append(set(share))
+    assert len(share) == len(seen[-1]) == 24 // process_count
+  assert set().union(*seen) == {f"record {i}" for i in range(24)}
+  assert sum(len(s) for s in seen) == 24
+
+
+def test_resume_in_process_through_an_orbax_json_checkpoint(demo_corpus, tokenizer, tmp_path):
+  config = demo_data_config(demo_corpus[0])
+  mixture = build_mixture(config, image_size=32, tokenizer=tokenizer)
+  take(mixture, 3)
+  checkpointer = ocp.Checkpointer(ocp.JsonCheckpointHandler())
+  checkpointer.save(tmp_path / "data_state", args=ocp.args.JsonSave(mixture.get_state()))
+  counters = mixture.counters()
+  expected = take(mixture, 3)
+  restored = build_mixture(config, image_size=32, tokenizer=tokenizer)
+  restored.set_state(checkpointer.restore(tmp_path / "data_state", args=ocp.args.JsonRestore()))
+  assert restored.counters() == counters
+  assert_same(expected, take(restored, 3))
+  assert restored.counters() == mixture.counters()
+
+
+def test_resume_with_two_worker_processes(demo_corpus, tokenizer):
+  config = demo_data_config(demo_corpus[0])
+  del config.datasets["pairs"], config.datasets["video"]
+  config.num_workers = 2
+  mixture = build_mixture(config, image_size=32, tokenizer=tokenizer)
+  take(mixture, 3)
+  state = json.loads(json.dumps(mixture.get_state()))
+  expected = take(mixture, 3)
+  mixture.close()
+  restored = build_mixture(config, image_size=32, tokenizer=tokenizer)
+  restored.set_state(state)
+  assert_same(expected, take(restored, 3))
+  restored.close()
+
+
+def test_round_robin_takes_one_dataset_per_step_and_resumes_in_turn(demo_corpus, tokenizer):
+  config = demo_data_config(demo_corpus[0])
+  config.accumulation = "round_robin"
+  mixture = build_mixture(config, image_size=32, tokenizer=tokenizer)
+  assert [list(s) for s in take(mixture, 4)] == [["interleaved"], ["pairs"], ["video"],
+                                                 ["interleaved"]]
+  state = mixture.get_state()
+  restored = build_mixture(config, image_size=32, tokenizer=tokenizer)
+  restored.set_state(state)
+  assert_same(take(mixture, 2), take(restored, 2))
+
+
+def test_bad_records_are_counted_and_never_change_the_batch_shape(tmp_path, tokenizer):
+  good = lambda i: records.pair(str(i), jpeg(i), f"good {i}")
+  recs = [good(0), good(1), records.pair("x", b"", "empty image"), good(3),
+          records.pair("y", jpeg(4)[:200], "truncated"), good(5), records.pair("z", jpeg(6), b"\xff"),
+          good(7), good(8)]
+  write_shard(tmp_path, "pairs", recs)
+  mixture = build_mixture(single("pairs", str(tmp_path), batch_size=3), image_size=8,
+                          tokenizer=tokenizer, split="eval")
+  for step in take(mixture, 2):
+    assert step["pairs"]["tokens"].shape == (3, 16) and step["pairs"]["images"].shape == (3, 1, 1, 8, 8, 3)
+  counters = {k.split("/")[1]: v for k, v in mixture.counters().items() if v}
+  assert counters == {"records": 9, "skipped": 3, "empty_image": 1, "corrupt_image": 1,
+                      "non_utf8_text": 1}
+
+
+def test_a_dataset_of_only_bad_records_is_an_error_not_a_hang(tmp_path, tokenizer, monkeypatch):
+  monkeypatch.setattr(streams, "MAX_CONSECUTIVE_SKIPS", 20)
+  write_shard(tmp_path, "pairs", [records.pair(str(i), b"", "no image") for i in range(3)])
+  mixture = build_mixture(single("pairs", str(tmp_path)), image_size=8, tokenizer=tokenizer)
+  with pytest.raises(RuntimeError, match="'pairs'.*in a row.*empty_image"):
+    next(mixture)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(batch_size=3), "not divisible by the 2 processes"),
+    (dict(kind="video"), "kind='video'"),
+    (dict(path="/nonexistent/shards"), "/nonexistent/shards"),
+    (dict(max_imags=2), "unknown fields"),
+])
+def test_config_errors_name_what_to_change(tmp_path, tokenizer, change, message):
+  write_shard(tmp_path, "pairs", [records.pair(str(i), jpeg(i), "c") for i in range(4)])
+  config = single("pairs", str(tmp_path))
+  config.datasets.pairs.update(change)
+  with pytest.raises((ValueError, FileNotFoundError), match=message):
+    build_mixture(config, image_size=8, tokenizer=tokenizer, process_count=2)
