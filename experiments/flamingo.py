@@ -1,4 +1,4 @@
-r"""Flamingo presets: `get_config("<preset>")` with preset one of PRESETS.
+r"""Flamingo presets: `get_config("<preset>[,demo]")` with preset one of PRESETS.
 
   tiny         a few million parameters; runs in seconds on one CPU core (tests, quickstart).
   bench        the model benchmark's shape (benchmarks/model.py).
@@ -6,15 +6,21 @@ r"""Flamingo presets: `get_config("<preset>")` with preset one of PRESETS.
   flamingo_9b  | vocabulary, vision tower, cross-attention heads) the values are chosen so that each
   flamingo_80b | component's parameter count lands within 5% of the paper's table; see README.md.
 
+`,demo` trains on the bundled demo corpus (`python -m data_pipelines.demo --out workdirs/demo_corpus`;
+the quickstart builds it) instead of the synthetic stream; it fits the `tiny` model (32 px, 512 tokens).
+
 Every model field is documented once, in flamingo_jax/config.py. Override from the command line:
   python -m flamingo_jax.summary --config experiments/flamingo.py:tiny --config.model.lm.num_layers=6
 """
+
+import os
 
 import ml_collections
 
 from flamingo_jax.config import FlamingoConfig
 
 PRESETS = ("tiny", "bench", "flamingo_3b", "flamingo_9b", "flamingo_80b")
+DEMO_CORPUS = "workdirs/demo_corpus"  # Where `,demo` configs read the bundled corpus.
 
 # Vision tower for the paper presets: the paper's NFNet-F6 (435M, 288 px) has no public weights; a
 # SigLIP-layout ViT of the same width and size (1536 wide, 15 layers, 16-px patches at 288 px: 427M)
@@ -81,7 +87,19 @@ def _datasets(preset: str) -> dict:
       video=dict(batch_size=64, seq_len=32, max_images=1, num_frames=8, loss_weight=0.03))
 
 
+def _demo_data(root: str) -> dict:
+  """The demo corpus's streams (experiments/data.py) with their held-out twins."""
+  from experiments.data import demo_data_config
+  train, held_out = demo_data_config(root, "train"), demo_data_config(root, "eval")
+  return dict(
+      source="arrayrecord", tokenizer=os.path.join(root, "tokenizer.model"), seed=train.seed,
+      num_workers=train.num_workers, accumulation=train.accumulation,
+      datasets={name: {**spec.to_dict(), "eval_path": held_out.datasets[name].path}
+                for name, spec in train.datasets.items()})
+
+
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  arg, *options = arg.split(",")
   config = ml_collections.ConfigDict()
   config.preset = arg
   config.task = "flamingo"  # "contrastive" / "lm" / "flamingo": the paper's three stages (tasks.py).
@@ -95,11 +113,17 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
   config.data = ml_collections.ConfigDict(dict(
-      source="synthetic",  # Where batches come from: "synthetic" (data_pipelines/synthetic.py).
+      # "synthetic" (data_pipelines/synthetic.py) or "arrayrecord" (data_pipelines/mixture.py, which
+      # documents the dataset fields; each dataset also names its held-out shards in `eval_path`).
+      source="synthetic",
+      tokenizer="",  # arrayrecord: the sentencepiece model (its size must be model.lm.vocab_size).
       seed=0,  # Shuffling and augmentation seed of the input streams.
+      num_workers=0,  # arrayrecord: grain worker processes per dataset (0: in-process).
       accumulation="all",  # "all": a batch of every dataset per update (paper); "round_robin".
       datasets=_datasets(arg),
   ))
+  if "demo" in options:
+    config.data = ml_collections.ConfigDict(_demo_data(DEMO_CORPUS))
 
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-4 if paper else 1e-3,  # Peak learning rate (paper: 1e-4).
@@ -129,7 +153,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   # flamingo_jax.quickstart: steps of each stage and the held-out evaluation.
   config.quickstart = ml_collections.ConfigDict(dict(
-      contrastive_steps=150, lm_steps=150, flamingo_steps=300,
+      contrastive_steps=150, lm_steps=300, flamingo_steps=600,
       contrastive_dataset="pairs",  # The image-text dataset the vision tower pretrains on.
       heldout_batches=4,  # Held-out batches of every dataset in the final comparison.
   ))

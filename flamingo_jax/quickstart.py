@@ -24,6 +24,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from data_pipelines import demo
 from flamingo_jax import params as P
 from flamingo_jax import train as trainer
 from flamingo_jax.checkpointing import Checkpointer, load_params
@@ -63,7 +64,7 @@ def heldout_losses(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
       lm_task.model.init(jax.random.key(0), *lm_task.init_inputs)["params"]))
   lm_params = load_params(flamingo_config.init.lm_checkpoint, lm_abstract)
 
-  mixture = trainer.build_mixture(flamingo_config, setup.model_config, split="heldout")
+  mixture = trainer.build_mixture(flamingo_config, setup.model_config, split="eval")
   flamingo = jax.jit(Flamingo(setup.model_config).apply)
   text_lm = jax.jit(lm_task.model.apply)
   totals: dict[str, list[float]] = {}
@@ -83,6 +84,10 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  if config.data.source == "arrayrecord" and not os.path.exists(config.data.tokenizer):
+    root = os.path.dirname(config.data.tokenizer)
+    print(f"== building the demo corpus in {root}", flush=True)
+    demo.build(root)
   for task, export in (("contrastive", "vision"), ("lm", "lm"), ("flamingo", None)):
     stage_dir = os.path.join(workdir, "vision" if task == "contrastive" else task)
     if export and os.path.exists(os.path.join(stage_dir, "export", export)):

@@ -74,7 +74,20 @@ def build_mixture(config: ml_collections.ConfigDict, model_config: FlamingoConfi
                             image_token_id=model_config.image_token_id,
                             eoc_token_id=model_config.eoc_token_id, seed=data.seed, split=split,
                             accumulation=data.accumulation, **common)
-  raise ValueError(f"data.source={data.source!r} is not known; use 'synthetic'.")
+  if data.source == "arrayrecord":
+    from data_pipelines.mixture import build_mixture as build_arrayrecord_mixture
+    from data_pipelines.tokenizer import Tokenizer
+    datasets = {}
+    for name, spec in data.datasets.items():
+      spec = spec.to_dict()
+      eval_path = spec.pop("eval_path")
+      datasets[name] = {**spec, "path": spec["path"] if split == "train" else eval_path}
+    stream_config = ml_collections.ConfigDict(dict(
+        seed=data.seed, num_workers=data.num_workers, accumulation=data.accumulation,
+        datasets=datasets))
+    return build_arrayrecord_mixture(stream_config, image_size=model_config.vision.image_size,
+                                     tokenizer=Tokenizer(data.tokenizer), split=split, **common)
+  raise ValueError(f"data.source={data.source!r}: use 'synthetic' or 'arrayrecord'.")
 
 
 @dataclasses.dataclass
