@@ -130,19 +130,21 @@ def build_setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
                jax.sharding.NamedSharding(mesh, jax.P(("data", "fsdp"))), optimizer)
 
 
-def initial_params(config: ml_collections.ConfigDict, setup: Setup) -> tuple[P.Params, P.Params]:
+def initial_params(config: ml_collections.ConfigDict, setup: Setup,
+                   with_trainable: bool = True) -> tuple[P.Params, P.Params | None]:
   """(frozen, trainable) initialised from `config.seed` directly onto their shardings, frozen cast to
-  `train.frozen_dtype`; pretrained towers from `init.*` replace the random frozen ones."""
+  `train.frozen_dtype`; pretrained towers from `init.*` replace the random frozen ones. Without
+  `with_trainable` (resuming) the trainable tree is neither returned nor computed."""
   task = setup.task
   frozen_dtype = jnp.dtype(config.train.frozen_dtype)
 
   def init():
     params = nn.meta.unbox(task.model.init(jax.random.key(config.seed), *task.init_inputs)["params"])
     frozen, trainable = P.split(params, task.trainable_if)
-    return jax.tree.map(lambda x: x.astype(frozen_dtype), frozen), trainable
+    return jax.tree.map(lambda x: x.astype(frozen_dtype), frozen), trainable if with_trainable else None
 
   frozen, trainable = jax.jit(init, out_shardings=(
-      setup.frozen_shardings, setup.state_shardings.trainable))()
+      setup.frozen_shardings, setup.state_shardings.trainable if with_trainable else None))()
   if config.init.vision_checkpoint:
     frozen = {**frozen, "vision": load_params(config.init.vision_checkpoint,
                                               _abstract(frozen["vision"]))}
@@ -184,8 +186,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Trai
   guard = PreemptionGuard()
 
   with sharding.active(setup.mesh):
-    frozen, trainable = initial_params(config, setup)
     latest = checkpointer.latest_step()
+    frozen, trainable = initial_params(config, setup, with_trainable=latest is None)
     if latest is None:
       opt_state = jax.jit(setup.optimizer.init,
                           out_shardings=setup.state_shardings.opt_state)(trainable)
@@ -193,7 +195,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Trai
                          jax.random.key_data(jax.random.key(config.seed + 1)))
       state = jax.device_put(state, setup.state_shardings)
     else:
-      del trainable
       state, data_state = checkpointer.restore(latest, setup.abstract_state)
       mixture.set_state(data_state)
       print(f"Resumed from step {latest} in {workdir}", flush=True)
