@@ -108,6 +108,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   config.model.update_from_flattened_dict(
       {f"{part}.{k}": v for part, fields in _model(arg).items() for k, v in fields.items()})
   paper = arg.startswith("flamingo_")
+  if paper:  # The paper: activations, gradients and frozen weights in bf16 (trainable in f32).
+    config.model.execution.update(dict(dtype="bfloat16", remat_policy="full"))
 
   # Device mesh: sizes of the (data, fsdp, tensor) axes; one may be -1 to take the remaining devices.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
