@@ -43,7 +43,8 @@ import numpy as np
 from flax import traverse_util
 
 from flamingo_jax.checkpointing import save_params
-from flamingo_jax.config import DTYPES, ExecutionConfig, LMConfig, VisionConfig
+from flamingo_jax.config import (DTYPES, ROPE_SCALINGS, ExecutionConfig, LMConfig,
+                                 RopeScalingConfig, VisionConfig)
 from flamingo_jax.lm import DecoderLM
 from flamingo_jax.vision import VisionTransformer
 
@@ -171,16 +172,26 @@ def llama_config(hf: Mapping[str, Any]) -> LMConfig:
       raise ValueError(f"config.json sets {flag}=true; model.lm has no biases.")
   if hf.get("hidden_act", "silu") != "silu":
     raise ValueError(f"config.json has hidden_act={hf['hidden_act']}; model.lm uses silu (SwiGLU).")
+  # transformers >= 5 writes `rope_parameters` (with rope_theta inside); older ones `rope_scaling`.
   rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
   rope_type = rope.get("rope_type", rope.get("type", "default"))
-  if rope_type != "default":
-    raise ValueError(f"config.json uses rope_type={rope_type}; model.lm supports plain rotary "
-                     "embeddings only.")
+  if rope_type == "default":
+    scaling = RopeScalingConfig()
+  elif rope_type == "linear":
+    scaling = RopeScalingConfig("linear", factor=float(rope["factor"]))
+  elif rope_type == "llama3":
+    scaling = RopeScalingConfig(
+        "llama3", factor=float(rope["factor"]), low_freq_factor=float(rope["low_freq_factor"]),
+        high_freq_factor=float(rope["high_freq_factor"]),
+        original_max_positions=int(rope["original_max_position_embeddings"]))
+  else:
+    raise ValueError(f"config.json uses rope_type={rope_type}; model.lm.rope_scaling supports "
+                     f"{', '.join(ROPE_SCALINGS)} (default = none).")
   return LMConfig(
       vocab_size=hf["vocab_size"], width=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
       num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
       mlp_dim=hf["intermediate_size"],
-      rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+      rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))), rope_scaling=scaling,
       norm_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=bool(hf.get("tie_word_embeddings")))
 
 

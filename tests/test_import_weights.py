@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import traverse_util
 from safetensors.torch import load_file, save_file
 from transformers import (CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel, LlamaConfig,
                           LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel)
@@ -63,12 +64,29 @@ def _hf_logits(model, tokens):
     return model(torch.tensor(tokens)).logits.numpy()
 
 
-@pytest.mark.parametrize("fixture", ["llama_gqa", "llama_tied"])
+@pytest.fixture(scope="module")
+def llama_rope_llama3(tmp_path_factory):
+  # Short original context so the scaling changes frequencies that 12 positions can tell apart.
+  rope = dict(rope_type="llama3", rope_theta=5000.0, factor=8.0, low_freq_factor=1.0,
+              high_freq_factor=4.0, original_max_position_embeddings=16)
+  return _llama(tmp_path_factory, "llama_rope_llama3", rope_parameters=rope)
+
+
+@pytest.fixture(scope="module")
+def llama_rope_linear(tmp_path_factory):
+  rope = dict(rope_type="linear", rope_theta=5000.0, factor=4.0)
+  return _llama(tmp_path_factory, "llama_rope_linear", rope_parameters=rope)
+
+
+@pytest.mark.parametrize("fixture", ["llama_gqa", "llama_tied", "llama_rope_llama3",
+                                     "llama_rope_linear"])
 def test_llama_logits_match_transformers(fixture, request):
   hf_model, path = request.getfixturevalue(fixture)
   config, params = import_weights.import_llama(path)
   assert config.tie_embeddings == hf_model.config.tie_word_embeddings
   assert config.num_kv_heads == hf_model.config.num_key_value_heads
+  assert config.rope_scaling.kind == {"default": "none"}.get(
+      hf_model.config.rope_parameters["rope_type"], hf_model.config.rope_parameters["rope_type"])
   tokens = _tokens()
   ours = DecoderLM(config, ExecutionConfig(), num_extra_tokens=2).apply(
       {"params": params}, jnp.asarray(tokens))
@@ -206,7 +224,8 @@ def test_imported_lm_loads_into_flamingo_and_matches_without_images(tmp_path, ll
   out = str(tmp_path / "lm")
   import_weights.main(["llama", "--checkpoint", path, "--out", out])
   lm = import_weights.llama_config(import_weights.read_hf_config(path))
-  config = tiny_config(**{f"lm.{f.name}": getattr(lm, f.name) for f in dataclasses.fields(lm)},
+  lm_fields = traverse_util.flatten_dict(dataclasses.asdict(lm), sep=".")
+  config = tiny_config(**{f"lm.{name}": value for name, value in lm_fields.items()},
                        **{"xattn.every": 2, "xattn.offset": 1})
   model = Flamingo(config)
   params = nn.meta.unbox(model.init(jax.random.key(0), *example_inputs(config))["params"])
