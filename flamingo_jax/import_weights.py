@@ -253,12 +253,17 @@ def hf_shape(source: Source, ours: tuple[int, ...]) -> tuple[int, ...]:
   return (ours[1], 3, side, side)
 
 
-def to_ours(source: Source, tensor: np.ndarray, ours: tuple[int, ...]) -> np.ndarray:
+def lay_out_into(source: Source, tensor: np.ndarray, slot: np.ndarray) -> None:
+  """Writes checkpoint `tensor` into our preallocated `slot` (a view of the output array), casting
+  to its dtype without an intermediate copy."""
   if source.layout in ("same", "vector"):
-    return tensor.reshape(ours)
-  if source.layout == "linear":
-    return tensor.T.reshape(ours)
-  return tensor.transpose(2, 3, 1, 0).reshape(ours)  # conv [D, 3, p, p] -> (p, p, 3, D) -> [p*p*3, D]
+    np.copyto(slot, tensor.reshape(slot.shape), casting="unsafe")
+  elif source.layout == "linear":
+    flat_in = math.prod(slot.shape[:source.num_in])
+    np.copyto(slot.reshape(flat_in, -1), tensor.T, casting="unsafe")
+  else:  # conv [D, 3, p, p] -> (p, p, 3, D) -> [p*p*3, D]
+    np.copyto(slot.reshape(*tensor.shape[2:], tensor.shape[1], -1), tensor.transpose(2, 3, 1, 0),
+              casting="unsafe")
 
 
 def llama_sources(config: LMConfig) -> dict[tuple[str, ...], Source]:
@@ -328,19 +333,36 @@ def vision_sources(config: VisionConfig, prefix: str) -> dict[tuple[str, ...], S
 # ----------------------------------------------------------------------------- conversion
 
 
-def convert(tensors: Mapping[str, TensorInfo], sources: Mapping[tuple[str, ...], Source],
-            abstract: Mapping[tuple[str, ...], jax.ShapeDtypeStruct], stacked: Callable[[tuple], int],
-            ignored: tuple[str, ...], dtype: np.dtype) -> dict[tuple[str, ...], np.ndarray]:
-  """Our flat params {path: array in `dtype`} from checkpoint `tensors`, shard by shard.
+@dataclasses.dataclass(frozen=True)
+class Expected:
+  """One checkpoint tensor the import needs: our path, its layer in a scanned stack (None when not
+  stacked), our per-layer shape and the checkpoint shape that lays out to it."""
 
-  `abstract` holds our expected shapes; `stacked(path)` is the [L] length of a scanned path (0 when
-  not scanned). Raises ValueError on a missing, unused or misshapen tensor.
-  """
-  wanted: dict[str, tuple[tuple[str, ...], int | None]] = {}  # checkpoint name -> (our path, layer)
+  path: tuple[str, ...]
+  layer: int | None
+  ours: tuple[int, ...]
+  shape: tuple[int, ...]
+
+
+def expected_tensors(sources: Mapping[tuple[str, ...], Source],
+                     abstract: Mapping[tuple[str, ...], jax.ShapeDtypeStruct],
+                     stacked: Callable[[tuple[str, ...]], int]) -> dict[str, Expected]:
+  """Checkpoint name -> Expected. `abstract` holds our shapes; `stacked(path)` is the [L] length of
+  a scanned path (0 when not scanned)."""
+  out = {}
   for path, source in sources.items():
     length = stacked(path)
+    ours = abstract[path].shape[1:] if length else abstract[path].shape
     for i in (range(length) if length else (None,)):
-      wanted[source.name.format(i=i)] = (path, i)
+      out[source.name.format(i=i)] = Expected(path, i, ours, hf_shape(source, ours))
+  return out
+
+
+def convert(tensors: Mapping[str, TensorInfo], sources: Mapping[tuple[str, ...], Source],
+            wanted: Mapping[str, Expected], abstract: Mapping[tuple[str, ...], jax.ShapeDtypeStruct],
+            ignored: tuple[str, ...], dtype: np.dtype) -> dict[tuple[str, ...], np.ndarray]:
+  """Our flat params {path: array in `dtype`} from checkpoint `tensors`, read one at a time, shard by
+  shard. Raises ValueError on a missing, unused or misshapen tensor."""
   missing = sorted(set(wanted) - set(tensors))
   if missing:
     raise ValueError(f"The checkpoint lacks {len(missing)} expected tensor(s), e.g. {missing[:3]}; "
@@ -351,23 +373,15 @@ def convert(tensors: Mapping[str, TensorInfo], sources: Mapping[tuple[str, ...],
     raise ValueError(f"The checkpoint has {len(unused)} tensor(s) the import does not use, e.g. "
                      f"{unused[:3]}; this model has parts our config cannot express (or config.json "
                      "has too few layers).")
+  for name, want in wanted.items():
+    if tensors[name].shape != want.shape:
+      raise ValueError(f"Tensor {name} has shape {tensors[name].shape} but {want.shape} is expected; "
+                       f"change {sources[want.path].fields} to match the checkpoint.")
   out = {path: np.empty(abstract[path].shape, dtype) for path in sources}
-  by_file: dict[str, list[str]] = {}
-  for name in wanted:
-    by_file.setdefault(tensors[name].file, []).append(name)
-  for file in sorted(by_file):
-    for name in sorted(by_file[file], key=lambda n: tensors[n].offset):
-      path, i = wanted[name]
-      ours = abstract[path].shape[1:] if i is not None else abstract[path].shape
-      expected = hf_shape(sources[path], ours)
-      if tensors[name].shape != expected:
-        raise ValueError(f"Tensor {name} has shape {tensors[name].shape} but {expected} is expected; "
-                         f"change {sources[path].fields} to match the checkpoint.")
-      value = to_ours(sources[path], read_tensor(tensors[name]), ours).astype(dtype)
-      if i is None:
-        out[path][...] = value
-      else:
-        out[path][i] = value
+  for name in sorted(wanted, key=lambda n: (tensors[n].file, tensors[n].offset)):
+    want = wanted[name]
+    slot = out[want.path] if want.layer is None else out[want.path][want.layer]
+    lay_out_into(sources[want.path], read_tensor(tensors[name]), slot)
   return out
 
 
@@ -377,6 +391,24 @@ def _target_dtype(dtype: str) -> np.dtype:
   return np.dtype(jnp.dtype(dtype))
 
 
+def _llama_init(config: LMConfig, dtype: str, seed: int) -> Callable[[], dict[str, Any]]:
+  model = DecoderLM(config, ExecutionConfig(param_dtype=dtype), num_extra_tokens=NUM_EXTRA_TOKENS)
+  return lambda: nn.meta.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 1), jnp.int32))["params"])
+
+
+def _llama_expected(config, sources, abstract) -> dict[str, Expected]:
+  return expected_tensors(sources, abstract,
+                          lambda path: config.num_layers if path[0] == "segment_0" else 0)
+
+
+def llama_checkpoint_shapes(config: LMConfig) -> dict[str, tuple[int, ...]]:
+  """Checkpoint name -> shape of every tensor a LlamaForCausalLM checkpoint of `config` holds (for
+  tools and benchmarks that write synthetic checkpoints)."""
+  abstract = traverse_util.flatten_dict(jax.eval_shape(_llama_init(config, "float32", 0)))
+  expected = _llama_expected(config, llama_sources(config), abstract)
+  return {name: want.shape for name, want in expected.items()}
+
+
 def import_llama(checkpoint_dir: str, config: LMConfig | None = None, dtype: str = "float32",
                  seed: int = 0) -> tuple[LMConfig, dict[str, Any]]:
   """A LlamaForCausalLM safetensors checkpoint -> (its LMConfig, the text-only
@@ -384,17 +416,12 @@ def import_llama(checkpoint_dir: str, config: LMConfig | None = None, dtype: str
   `llama_config(config.json)`; the <image>/<EOC> rows are initialised from `seed`."""
   tensors = checkpoint_tensors(checkpoint_dir)
   config = config or llama_config(read_hf_config(checkpoint_dir))
-  model = DecoderLM(config, ExecutionConfig(param_dtype=dtype),
-                    num_extra_tokens=NUM_EXTRA_TOKENS)
-  tokens = jnp.zeros((1, 1), jnp.int32)
-  init = lambda: nn.meta.unbox(model.init(jax.random.key(seed), tokens)["params"])
+  init = _llama_init(config, dtype, seed)
   abstract = traverse_util.flatten_dict(jax.eval_shape(init))
-  extra = ("extra_embed", "extra_head")
   # Only the new-token rows are materialised; XLA drops the rest of the initialisation.
-  fresh = jax.jit(lambda: {k: v for k, v in init().items() if k in extra})()
+  fresh = jax.jit(lambda: {k: v for k, v in init().items() if k in ("extra_embed", "extra_head")})()
   sources = llama_sources(config)
-  flat = convert(tensors, sources, abstract,
-                 lambda path: config.num_layers if path[0] == "segment_0" else 0,
+  flat = convert(tensors, sources, _llama_expected(config, sources, abstract), abstract,
                  IGNORED["llama"], _target_dtype(dtype))
   flat.update(traverse_util.flatten_dict(jax.tree.map(np.asarray, fresh)))
   _check_complete(flat, abstract)
@@ -420,9 +447,10 @@ def import_vision(family: str, checkpoint_dir: str, config: VisionConfig | None 
   abstract = traverse_util.flatten_dict(jax.eval_shape(
       lambda: nn.meta.unbox(model.init(jax.random.key(0), images)["params"])))
   prefix = "vision_model." if any(name.startswith("vision_model.") for name in tensors) else ""
-  flat = convert(tensors, vision_sources(config, prefix), abstract,
-                 lambda path: config.num_layers if path[0] == "blocks" else 0,
-                 IGNORED[family], _target_dtype(dtype))
+  sources = vision_sources(config, prefix)
+  wanted = expected_tensors(sources, abstract,
+                            lambda path: config.num_layers if path[0] == "blocks" else 0)
+  flat = convert(tensors, sources, wanted, abstract, IGNORED[family], _target_dtype(dtype))
   _check_complete(flat, abstract)
   return config, traverse_util.unflatten_dict(flat)
 
@@ -433,6 +461,14 @@ def _check_complete(flat: Mapping[tuple[str, ...], Any],
   unmapped = sorted("/".join(p) for p in set(abstract) - set(flat))
   if unmapped:
     raise ValueError(f"No checkpoint tensor maps to our parameter(s) {', '.join(unmapped)}.")
+
+
+def _to_host_arrays(flat: dict[tuple[str, ...], Any]) -> None:
+  """In place: numpy leaves -> jax arrays on the host CPU, one leaf at a time. Orbax writes jax
+  arrays with less staging than numpy ones (peak RSS of a 207 MB import: 2.0x its size, not 3.3x)."""
+  cpu = jax.devices("cpu")[0]
+  for path in list(flat):
+    flat[path] = jax.device_put(flat.pop(path), cpu)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -452,7 +488,10 @@ def main(argv: list[str] | None = None) -> None:
   else:
     config, params = import_vision(args.family, args.checkpoint, dtype=args.dtype)
     use, section = "config.init.vision_checkpoint", "config.model.vision"
-  save_params(args.out, params)
+  flat = traverse_util.flatten_dict(params)
+  del params  # The numpy leaves are freed one by one as they become jax arrays.
+  _to_host_arrays(flat)
+  save_params(args.out, traverse_util.unflatten_dict(flat))
   print(f"Wrote {args.out}. Set {use}={os.path.abspath(args.out)} and {section} to:")
   print(json.dumps(dataclasses.asdict(config), indent=2))
 
