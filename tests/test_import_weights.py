@@ -237,3 +237,4 @@ def test_imported_lm_loads_into_flamingo_and_matches_without_images(tmp_path, ll
   logits = model.apply({"params": P.merge(frozen, trainable)}, jnp.asarray(tokens), images, phi)
   np.testing.assert_allclose(np.asarray(logits[..., :VOCAB]), _hf_logits(hf_model, tokens),
                              atol=TOL, rtol=0)
+
