@@ -173,7 +173,7 @@ def llama_config(hf: Mapping[str, Any]) -> LMConfig:
   if hf.get("hidden_act", "silu") != "silu":
     raise ValueError(f"config.json has hidden_act={hf['hidden_act']}; model.lm uses silu (SwiGLU).")
   # transformers >= 5 writes `rope_parameters` (with rope_theta inside); older ones `rope_scaling`.
-  rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+  rope = _HFConfig(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
   rope_type = rope.get("rope_type", rope.get("type", "default"))
   if rope_type == "default":
     scaling = RopeScalingConfig()
@@ -416,10 +416,13 @@ def import_llama(checkpoint_dir: str, config: LMConfig | None = None, dtype: str
   `llama_config(config.json)`; the <image>/<EOC> rows are initialised from `seed`."""
   tensors = checkpoint_tensors(checkpoint_dir)
   config = config or llama_config(read_hf_config(checkpoint_dir))
-  init = _llama_init(config, dtype, seed)
-  abstract = traverse_util.flatten_dict(jax.eval_shape(init))
-  # Only the new-token rows are materialised; XLA drops the rest of the initialisation.
-  fresh = jax.jit(lambda: {k: v for k, v in init().items() if k in ("extra_embed", "extra_head")})()
+  abstract = traverse_util.flatten_dict(jax.eval_shape(_llama_init(config, dtype, seed)))
+  # The new-token rows come from a one-layer, one-token LM of the same width: same shapes and
+  # initialisers; compiling the full model's initialisation would take seconds.
+  # (train.load_text_lm keeps the frozen rows only; these complete the tree.)
+  small = dataclasses.replace(config, vocab_size=1, num_layers=1, mlp_dim=1)
+  fresh = {k: v for k, v in jax.jit(_llama_init(small, dtype, seed))().items()
+           if k in ("extra_embed", "extra_head")}
   sources = llama_sources(config)
   flat = convert(tensors, sources, _llama_expected(config, sources, abstract), abstract,
                  IGNORED["llama"], _target_dtype(dtype))
