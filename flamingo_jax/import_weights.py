@@ -485,12 +485,15 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--out", required=True, help="orbax output directory (overwritten)")
   parser.add_argument("--dtype", default="float32", choices=DTYPES, help="stored parameter dtype")
   args = parser.parse_args(argv)
-  if args.family == "llama":
-    config, params = import_llama(args.checkpoint, dtype=args.dtype)
-    use, section = "config.init.lm_checkpoint", "config.model.lm"
-  else:
-    config, params = import_vision(args.family, args.checkpoint, dtype=args.dtype)
-    use, section = "config.init.vision_checkpoint", "config.model.vision"
+  try:
+    if args.family == "llama":
+      config, params = import_llama(args.checkpoint, dtype=args.dtype)
+      use, section = "config.init.lm_checkpoint", "config.model.lm"
+    else:
+      config, params = import_vision(args.family, args.checkpoint, dtype=args.dtype)
+      use, section = "config.init.vision_checkpoint", "config.model.vision"
+  except ValueError as e:
+    parser.exit(1, f"{parser.prog}: error: {e}\n")
   flat = traverse_util.flatten_dict(params)
   del params  # The numpy leaves are freed one by one as they become jax arrays.
   _to_host_arrays(flat)

@@ -213,6 +213,14 @@ def test_pickled_checkpoint_is_refused(tmp_path):
     import_weights.import_llama(str(tmp_path))
 
 
+def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    import_weights.main(["clip", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "out")])
+  assert exit_info.value.code == 1
+  error = capsys.readouterr().err
+  assert "No safetensors checkpoint" in error and "Traceback" not in error
+
+
 def test_unsupported_llama_feature_is_an_error(llama_gqa):
   hf_config = import_weights.read_hf_config(llama_gqa[1])
   with pytest.raises(ValueError, match="attention_bias"):
