@@ -17,6 +17,7 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "relu", "squared_relu", "silu"
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
 GATE_SHAPES = ("scalar", "vector")
+ROPE_SCALINGS = ("none", "linear", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,23 @@ class VisionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RopeScalingConfig:
+  """Rescaled rotary frequencies for contexts longer than pretraining (a checkpoint's `rope_scaling`).
+
+  With base frequencies f_i = theta^(-2i / head_dim): "none" keeps them; "linear" divides all by
+  `factor`; "llama3" (LLaMA-3.1) divides those with wavelength 2 pi / f_i above
+  original_max_positions / low_freq_factor by `factor`, keeps those below
+  original_max_positions / high_freq_factor, and interpolates smoothly in between.
+  """
+
+  kind: str = "none"  # One of ROPE_SCALINGS.
+  factor: float = 1.0  # linear, llama3.
+  low_freq_factor: float = 1.0  # llama3 only.
+  high_freq_factor: float = 4.0  # llama3 only; must exceed low_freq_factor.
+  original_max_positions: int = 8192  # llama3 only: the context length of pretraining.
+
+
+@dataclasses.dataclass(frozen=True)
 class LMConfig:
   """Frozen LLaMA-family decoder: RMSNorm, rotary positions, SwiGLU, grouped-query attention."""
 
@@ -52,6 +70,7 @@ class LMConfig:
   num_kv_heads: int = 16  # Grouped-query attention; must divide num_heads.
   mlp_dim: int = 5632  # SwiGLU hidden width.
   rope_theta: float = 10000.0
+  rope_scaling: RopeScalingConfig = RopeScalingConfig()
   norm_eps: float = 1e-5
   tie_embeddings: bool = False  # Output head = embedding table transposed.
 
@@ -195,6 +214,15 @@ def validate(config: FlamingoConfig, prefix: str = "model") -> None:
   if lm.head_dim % 2:
     _fail(f"{p}.num_heads", lm.num_heads, f"gives an odd head_dim={lm.head_dim}; rotary embeddings "
           "need an even one.")
+  rs = lm.rope_scaling
+  _one_of(f"{p}.rope_scaling", rs, "kind", ROPE_SCALINGS)
+  if rs.kind != "none" and not rs.factor > 0:
+    _fail(f"{p}.rope_scaling.factor", rs.factor, "must be positive.")
+  if rs.kind == "llama3":
+    _positive(f"{p}.rope_scaling", rs, "original_max_positions")
+    if not 0 < rs.low_freq_factor < rs.high_freq_factor:
+      _fail(f"{p}.rope_scaling.high_freq_factor", rs.high_freq_factor,
+            f"must exceed {p}.rope_scaling.low_freq_factor={rs.low_freq_factor} > 0.")
 
   p = f"{prefix}.resampler"
   _positive(p, r, "width", "num_layers", "num_heads", "head_dim", "num_latents", "ffw_mult",

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flamingo_jax.config import ExecutionConfig
+from flamingo_jax.config import ExecutionConfig, RopeScalingConfig
 
 
 
@@ -86,10 +86,26 @@ def rms_norm(execution: ExecutionConfig, eps: float = 1e-5, name=None) -> nn.RMS
       scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)), name=name)
 
 
-def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """LLaMA rotary embedding (halves rotated, not interleaved). x: [B, T, H, Dh], positions: [B, T]."""
-  half = x.shape[-1] // 2
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScalingConfig) -> jax.Array:
+  """Rotary inverse frequencies [head_dim / 2], rescaled as `scaling` says (see RopeScalingConfig)."""
+  half = head_dim // 2
   inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) / half))
+  if scaling.kind == "linear":
+    return inv_freq / scaling.factor
+  if scaling.kind == "llama3":
+    wavelength = 2 * jnp.pi / inv_freq
+    original = scaling.original_max_positions
+    smooth = ((original / wavelength - scaling.low_freq_factor) /
+              (scaling.high_freq_factor - scaling.low_freq_factor))
+    between = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+    return jnp.where(wavelength > original / scaling.low_freq_factor, inv_freq / scaling.factor,
+                     jnp.where(wavelength < original / scaling.high_freq_factor, inv_freq, between))
+  return inv_freq
+
+
+def rotary(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """LLaMA rotary embedding (halves rotated, not interleaved). x: [B, T, H, Dh], positions: [B, T],
+  inv_freq: [Dh / 2] (`rope_frequencies`)."""
   angles = positions.astype(jnp.float32)[:, :, None, None] * inv_freq  # [B, T, 1, half]
   cos, sin = jnp.cos(angles), jnp.sin(angles)
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -112,6 +128,7 @@ class Attention(nn.Module):
   use_bias: bool = False
   qk_norm: bool = False  # RMSNorm on projected queries and keys, per head.
   rope_theta: float | None = None  # Rotary positions on q and k (self-attention only).
+  rope_scaling: RopeScalingConfig = RopeScalingConfig()  # Frequency rescaling of the rotary ones.
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array, *, positions: jax.Array | None = None,
@@ -127,8 +144,9 @@ class Attention(nn.Module):
       q = rms_norm(ex, name="query_norm")(q).astype(q.dtype)
       k = rms_norm(ex, name="key_norm")(k).astype(k.dtype)
     if self.rope_theta is not None:
-      q = rotary(q, positions, self.rope_theta)
-      k = rotary(k, positions, self.rope_theta)
+      inv_freq = rope_frequencies(self.head_dim, self.rope_theta, self.rope_scaling)
+      q = rotary(q, positions, inv_freq)
+      k = rotary(k, positions, inv_freq)
     q = constrain(q, ("batch", "length", "act_heads", "act_kv"))
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
     return dense(self.out_features, ("heads", "kv", "embed"), ex, use_bias=self.use_bias,

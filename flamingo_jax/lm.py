@@ -61,8 +61,8 @@ class LMBlock(nn.Module):
     c, ex = self.config, self.execution
     h = rms_norm(ex, c.norm_eps, name="attn_norm")(x).astype(x.dtype)
     x = x + Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.width, ex,
-                      rope_theta=c.rope_theta, name="attn")(h, h, positions=positions,
-                                                            is_causal=True)
+                      rope_theta=c.rope_theta, rope_scaling=c.rope_scaling,
+                      name="attn")(h, h, positions=positions, is_causal=True)
     h = rms_norm(ex, c.norm_eps, name="mlp_norm")(x).astype(x.dtype)
     x = x + Mlp(c.mlp_dim, "silu", ex, gated=True, name="mlp")(h)
     return constrain(x, ("batch", "length", "act_embed"))

@@ -21,6 +21,11 @@ from conftest import tiny_config
     ({"xattn.gate_shape": "matrix"}, "model.xattn.gate_shape"),
     ({"execution.remat_policy": "some"}, "model.execution.remat_policy"),
     ({"execution.dtype": "int8"}, "model.execution.dtype"),
+    ({"lm.rope_scaling.kind": "yarn"}, "model.lm.rope_scaling.kind"),
+    ({"lm.rope_scaling.kind": "linear", "lm.rope_scaling.factor": 0.0},
+     "model.lm.rope_scaling.factor"),
+    ({"lm.rope_scaling.kind": "llama3", "lm.rope_scaling.high_freq_factor": 0.5},
+     "model.lm.rope_scaling.high_freq_factor"),
 ])
 def test_impossible_config_names_the_field(override, field):
   with pytest.raises(ValueError, match=field.replace(".", r"\.")):
