@@ -24,8 +24,7 @@ FIRST_COLOUR_WORD = 10  # Vocabulary id of the first colour word; the others fol
 def captioned_squares(rng: np.random.Generator, batch: int, seq_len: int, max_images: int,
                       num_frames: int, image_size: int, image_token_id: int,
                       eoc_token_id: int) -> dict[str, np.ndarray]:
-  """One batch in the mixture format (see `SyntheticMixture`); also "colour_mask" [B, T] float32,
-  1 where the label is a colour word."""
+  """One batch in the mixture format (see `SyntheticMixture`)."""
   num_images = min(max_images, seq_len // 3)
   if num_images < 1:
     raise ValueError(f"seq_len={seq_len} cannot hold one chunk of 3 tokens.")
@@ -37,11 +36,9 @@ def captioned_squares(rng: np.random.Generator, batch: int, seq_len: int, max_im
   images = np.repeat(images, num_frames, axis=2)
   images[:, num_images:] = 0
   tokens = np.full((batch, seq_len), eoc_token_id, np.int32)
-  colour_mask = np.zeros((batch, seq_len), np.float32)
   for i in range(num_images):
     tokens[:, 3 * i] = image_token_id
     tokens[:, 3 * i + 1] = FIRST_COLOUR_WORD + colours[:, i]
-    colour_mask[:, 3 * i] = 1.0  # Position 3i predicts the colour word at 3i + 1.
   labels = np.concatenate([tokens[:, 1:], np.full((batch, 1), eoc_token_id, np.int32)], axis=1)
   loss_mask = np.zeros((batch, seq_len), np.float32)
   loss_mask[:, :3 * num_images - 1] = 1.0
@@ -49,8 +46,7 @@ def captioned_squares(rng: np.random.Generator, batch: int, seq_len: int, max_im
   image_mask = np.zeros((batch, max_images), bool)
   image_mask[:, :num_images] = True
   return {"tokens": tokens, "labels": labels, "loss_mask": loss_mask, "images": images,
-          "image_mask": image_mask, "phi": masking.media_index(tokens, image_token_id),
-          "colour_mask": colour_mask}
+          "image_mask": image_mask, "phi": masking.media_index(tokens, image_token_id)}
 
 
 class SyntheticMixture:
@@ -96,7 +92,7 @@ class SyntheticMixture:
                              spec["num_frames"], **self._ids)
     per_process = spec["batch_size"] // self._process_count
     start = self._process_index * per_process
-    return {k: v[start:start + per_process] for k, v in full.items() if k != "colour_mask"}
+    return {k: v[start:start + per_process] for k, v in full.items()}
 
   def __next__(self) -> dict[str, dict[str, np.ndarray]]:
     if self._accumulation == "all":

@@ -22,7 +22,6 @@ from transformers import (CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionMod
 from conftest import tiny_config
 from flamingo_jax import import_weights, masking
 from flamingo_jax import params as P
-from flamingo_jax.checkpointing import save_params
 from flamingo_jax.config import ExecutionConfig
 from flamingo_jax.lm import DecoderLM
 from flamingo_jax.model import Flamingo, example_inputs
