@@ -43,13 +43,13 @@ import numpy as np
 from flax import traverse_util
 
 from flamingo_jax.checkpointing import save_params
-from flamingo_jax.config import (DTYPES, ROPE_SCALINGS, ExecutionConfig, LMConfig,
+from flamingo_jax.config import (DTYPES, ROPE_SCALINGS, ExecutionConfig, FlamingoConfig, LMConfig,
                                  RopeScalingConfig, VisionConfig)
 from flamingo_jax.lm import DecoderLM
 from flamingo_jax.vision import VisionTransformer
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-NUM_EXTRA_TOKENS = 2  # <image>, <EOC>: FlamingoConfig.num_new_tokens.
+NUM_EXTRA_TOKENS = FlamingoConfig().num_new_tokens  # <image>, <EOC>.
 
 # Checkpoint tensors an import deliberately leaves out (regular expressions on the full name).
 IGNORED = {
@@ -198,7 +198,7 @@ def llama_config(hf: Mapping[str, Any]) -> LMConfig:
 _ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
                 "gelu": "gelu", "relu": "relu"}
 # Image statistics when the checkpoint has no preprocessor_config.json.
-_PIXEL_STATS = {"clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+_PIXEL_STATS = {"clip": (VisionConfig.pixel_mean, VisionConfig.pixel_std),  # CLIP's: our defaults.
                 "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
 
 

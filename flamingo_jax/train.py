@@ -208,6 +208,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Trai
         donate_argnums=(0,))
 
     peak, peak_source = peak_flops_per_device()
+    flops_by_datasets = {}  # FLOPs of one update per set of datasets (fixed shapes: computed once).
     step = int(state.step)
     last_log_time, last_log_step = time.perf_counter(), step
     while step < config.train.num_steps:
@@ -222,7 +223,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Trai
         seconds = (time.perf_counter() - last_log_time) / (step - last_log_step)
         examples = sum(b["tokens"].shape[0] for b in local.values()) * jax.process_count()
         tokens = sum(b["tokens"].size for b in local.values()) * jax.process_count()
-        model_flops = setup.task.step_flops(setup.model_config, local, jax.process_count())
+        names = tuple(sorted(local))
+        if names not in flops_by_datasets:
+          flops_by_datasets[names] = setup.task.step_flops(setup.model_config, local,
+                                                           jax.process_count())
+        model_flops = flops_by_datasets[names]
         metrics.update({
             "examples_per_s": examples / seconds, "tokens_per_s": tokens / seconds,
             "mfu": model_flops / seconds / (peak * jax.device_count()),
