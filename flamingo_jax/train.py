@@ -86,7 +86,9 @@ def build_mixture(config: ml_collections.ConfigDict, model_config: FlamingoConfi
         seed=data.seed, num_workers=data.num_workers, accumulation=data.accumulation,
         datasets=datasets))
     return build_arrayrecord_mixture(stream_config, image_size=model_config.vision.image_size,
-                                     tokenizer=Tokenizer(data.tokenizer), split=split, **common)
+                                     tokenizer=Tokenizer(data.tokenizer, model_config.image_token_id,
+                                                         model_config.eoc_token_id),
+                                     split=split, **common)
   raise ValueError(f"data.source={data.source!r}: use 'synthetic' or 'arrayrecord'.")
 
 
@@ -145,6 +147,17 @@ def initial_params(config: ml_collections.ConfigDict, setup: Setup,
 
   frozen, trainable = jax.jit(init, out_shardings=(
       setup.frozen_shardings, setup.state_shardings.trainable if with_trainable else None))()
+  if config.init.flamingo_checkpoint:  # A whole imported model (IDEFICS): both parts.
+    if config.init.vision_checkpoint or config.init.lm_checkpoint:
+      raise ValueError("config.init.flamingo_checkpoint holds the towers too; leave "
+                       "config.init.vision_checkpoint and config.init.lm_checkpoint empty.")
+    abstract = P.merge(_abstract(frozen), setup.abstract_state.trainable)
+    loaded_frozen, loaded_trainable = P.split(
+        load_flamingo(config.init.flamingo_checkpoint, setup.model_config, abstract),
+        task.trainable_if)
+    frozen = jax.device_put(loaded_frozen, setup.frozen_shardings)
+    if with_trainable:
+      trainable = jax.device_put(loaded_trainable, setup.state_shardings.trainable)
   if config.init.vision_checkpoint:
     frozen = {**frozen, "vision": load_params(config.init.vision_checkpoint,
                                               _abstract(frozen["vision"]))}
@@ -156,6 +169,17 @@ def initial_params(config: ml_collections.ConfigDict, setup: Setup,
 
 def _abstract(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def load_flamingo(path: str, config: FlamingoConfig, abstract: P.Params) -> P.Params:
+  """A whole Flamingo tree written in the scanned layout (`import_weights idefics`), in the layout and
+  dtypes of `abstract` (ShapeDtypeStructs; with `execution.scan_layers=False`, the unrolled one)."""
+  if config.execution.scan_layers:
+    return load_params(path, abstract)
+  host = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  scanned = jax.eval_shape(lambda t: P.relayout(t, P.stacks(config), scanned=True), abstract)
+  scanned = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=host), scanned)
+  return P.relayout(load_params(path, scanned), P.stacks(config), scanned=False)
 
 
 def load_text_lm(path: str, config: FlamingoConfig, frozen_lm: P.Params) -> P.Params:
