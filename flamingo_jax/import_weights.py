@@ -42,7 +42,7 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
-from flamingo_jax.checkpointing import save_params
+from flamingo_jax.checkpointing import save_params_in_batches
 from flamingo_jax import params as P
 from flamingo_jax.config import (DTYPES, ROPE_SCALINGS, ExecutionConfig, FlamingoConfig, LMConfig,
                                  ResamplerConfig, RopeScalingConfig, VisionConfig, XAttnConfig,
@@ -552,11 +552,62 @@ def expected_tensors(sources: Mapping[tuple[str, ...], Source],
   return out
 
 
-def convert(tensors: Mapping[str, TensorInfo], sources: Mapping[tuple[str, ...], Source],
-            wanted: Mapping[str, Expected], abstract: Mapping[tuple[str, ...], jax.ShapeDtypeStruct],
-            ignored: tuple[str, ...], dtype: np.dtype) -> dict[tuple[str, ...], np.ndarray]:
-  """Our flat params {path: array in `dtype`} from checkpoint `tensors`, read one at a time, shard by
-  shard. Raises ValueError on a missing, unused or misshapen tensor."""
+@dataclasses.dataclass(frozen=True)
+class ImportPlan:
+  """A checked import: which checkpoint tensor fills which slot of which of our parameters.
+
+  `params()` converts everything at once (nested dict of numpy arrays); `batches(max_bytes)` yields
+  disjoint flat {path: array} pieces of about `max_bytes` (at least one parameter each) so a writer
+  holds one piece at a time. `fresh` holds parameters with no checkpoint tensor (made on the host).
+  """
+
+  config: Any
+  tensors: Mapping[str, TensorInfo]
+  sources: Mapping[tuple[str, ...], Source]
+  wanted: Mapping[str, Expected]
+  abstract: Mapping[tuple[str, ...], jax.ShapeDtypeStruct]
+  dtype: np.dtype
+  fresh: Mapping[tuple[str, ...], np.ndarray] = dataclasses.field(default_factory=dict)
+
+  def _convert(self, paths) -> dict[tuple[str, ...], np.ndarray]:
+    """Our arrays at `paths`, their checkpoint tensors read one at a time in file order."""
+    out = {path: np.empty(self.abstract[path].shape, self.dtype) for path in paths}
+    names = [name for name, want in self.wanted.items() if want.path in out]
+    for name in sorted(names, key=lambda n: (self.tensors[n].file, self.tensors[n].offset)):
+      want = self.wanted[name]
+      slot = out[want.path] if want.layer is None else out[want.path][want.layer, ...]
+      lay_out_into(self.sources[want.path], read_tensor(self.tensors[name]), slot)
+    return out
+
+  def batches(self, max_bytes: int):
+    first = {}  # Our path -> where its first tensor lies, so batches read the shards in order.
+    for name, want in self.wanted.items():
+      first[want.path] = min(first.get(want.path, (self.tensors[name].file, math.inf)),
+                             (self.tensors[name].file, self.tensors[name].offset))
+    batch, size = [], 0
+    for path in sorted(self.sources, key=first.__getitem__):
+      nbytes = math.prod(self.abstract[path].shape) * self.dtype.itemsize
+      if batch and size + nbytes > max_bytes:
+        yield self._convert(batch)
+        batch, size = [], 0
+      batch.append(path)
+      size += nbytes
+    if batch:
+      yield self._convert(batch)
+    if self.fresh:
+      yield dict(self.fresh)
+
+  def params(self) -> dict[str, Any]:
+    return traverse_util.unflatten_dict({**self._convert(self.sources), **self.fresh})
+
+
+def plan(tensors: Mapping[str, TensorInfo], sources: Mapping[tuple[str, ...], Source],
+         abstract: Mapping[tuple[str, ...], jax.ShapeDtypeStruct],
+         stacked: Callable[[tuple[str, ...]], int], ignored: tuple[str, ...], dtype: str,
+         config: Any, fresh: Mapping[tuple[str, ...], np.ndarray] | None = None) -> ImportPlan:
+  """Checks a checkpoint against our parameters and returns the ImportPlan; reads only headers.
+  Raises ValueError on a missing, unused or misshapen tensor, or a parameter nothing fills."""
+  wanted = expected_tensors(sources, abstract, stacked)
   missing = sorted(set(wanted) - set(tensors))
   if missing:
     raise ValueError(f"The checkpoint lacks {len(missing)} expected tensor(s), e.g. {missing[:3]}; "
@@ -571,12 +622,11 @@ def convert(tensors: Mapping[str, TensorInfo], sources: Mapping[tuple[str, ...],
     if tensors[name].shape != want.shape:
       raise ValueError(f"Tensor {name} has shape {tensors[name].shape} but {want.shape} is expected; "
                        f"change {sources[want.path].fields} to match the checkpoint.")
-  out = {path: np.empty(abstract[path].shape, dtype) for path in sources}
-  for name in sorted(wanted, key=lambda n: (tensors[n].file, tensors[n].offset)):
-    want = wanted[name]
-    slot = out[want.path] if want.layer is None else out[want.path][want.layer, ...]
-    lay_out_into(sources[want.path], read_tensor(tensors[name]), slot)
-  return out
+  fresh = dict(fresh or {})
+  unmapped = sorted("/".join(p) for p in set(abstract) - set(sources) - set(fresh))
+  if unmapped:  # Guards the maps against model changes.
+    raise ValueError(f"No checkpoint tensor maps to our parameter(s) {', '.join(unmapped)}.")
+  return ImportPlan(config, tensors, sources, wanted, abstract, _target_dtype(dtype), fresh)
 
 
 def _target_dtype(dtype: str) -> np.dtype:
@@ -590,66 +640,76 @@ def _llama_init(config: LMConfig, dtype: str, seed: int) -> Callable[[], dict[st
   return lambda: nn.meta.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 1), jnp.int32))["params"])
 
 
-def _llama_expected(config, sources, abstract) -> dict[str, Expected]:
-  return expected_tensors(sources, abstract,
-                          lambda path: config.num_layers if path[0] == "segment_0" else 0)
+def _llama_stacked(config: LMConfig) -> Callable[[tuple[str, ...]], int]:
+  return lambda path: config.num_layers if path[0] == "segment_0" else 0
 
 
 def llama_checkpoint_shapes(config: LMConfig) -> dict[str, tuple[int, ...]]:
   """Checkpoint name -> shape of every tensor a LlamaForCausalLM checkpoint of `config` holds (for
   tools and benchmarks that write synthetic checkpoints)."""
   abstract = traverse_util.flatten_dict(jax.eval_shape(_llama_init(config, "float32", 0)))
-  expected = _llama_expected(config, llama_sources(config), abstract)
+  expected = expected_tensors(llama_sources(config), abstract, _llama_stacked(config))
   return {name: want.shape for name, want in expected.items()}
+
+
+def _new_token_rows(abstract: Mapping[tuple[str, ...], jax.ShapeDtypeStruct], dtype: str,
+                    seed: int) -> dict[tuple[str, ...], np.ndarray]:
+  """The <image>/<EOC> rows, drawn on the host (no compilation) at the model's initialiser scales:
+  `extra_embed` N(0, 0.02), `extra_head` N(0, 1 / D)."""
+  rng = np.random.default_rng(seed)
+  rows = {}
+  for path, std in ((("extra_embed", "embedding"), lambda shape: 0.02),
+                    (("extra_head", "kernel"), lambda shape: shape[0] ** -0.5)):
+    if path in abstract:
+      shape = abstract[path].shape
+      rows[path] = (rng.standard_normal(shape, np.float32) * std(shape)).astype(_target_dtype(dtype))
+  return rows
+
+
+def plan_llama(checkpoint_dir: str, config: LMConfig | None = None, dtype: str = "float32",
+               seed: int = 0) -> ImportPlan:
+  """The ImportPlan of a LlamaForCausalLM checkpoint into the text-only `DecoderLM(num_extra_tokens=2)`
+  tree (scanned layers). `config` defaults to `llama_config(config.json)`; the <image>/<EOC> rows are
+  drawn from `seed` (train.load_text_lm keeps the frozen rows only; these complete the tree)."""
+  tensors = checkpoint_tensors(checkpoint_dir)
+  config = config or llama_config(read_hf_config(checkpoint_dir))
+  abstract = traverse_util.flatten_dict(jax.eval_shape(_llama_init(config, dtype, seed)))
+  return plan(tensors, llama_sources(config), abstract, _llama_stacked(config), IGNORED["llama"],
+              dtype, config, _new_token_rows(abstract, dtype, seed))
 
 
 def import_llama(checkpoint_dir: str, config: LMConfig | None = None, dtype: str = "float32",
                  seed: int = 0) -> tuple[LMConfig, dict[str, Any]]:
-  """A LlamaForCausalLM safetensors checkpoint -> (its LMConfig, the text-only
-  `DecoderLM(num_extra_tokens=2)` params: nested dict of numpy arrays, scanned layers). `config` defaults to
-  `llama_config(config.json)`; the <image>/<EOC> rows are initialised from `seed`."""
-  tensors = checkpoint_tensors(checkpoint_dir)
-  config = config or llama_config(read_hf_config(checkpoint_dir))
-  abstract = traverse_util.flatten_dict(jax.eval_shape(_llama_init(config, dtype, seed)))
-  # The new-token rows come from a one-layer, one-token LM of the same width: same shapes and
-  # initialisers; compiling the full model's initialisation would take seconds.
-  # (train.load_text_lm keeps the frozen rows only; these complete the tree.)
-  small = dataclasses.replace(config, vocab_size=1, num_layers=1, mlp_dim=1)
-  fresh = {k: v for k, v in jax.jit(_llama_init(small, dtype, seed))().items()
-           if k in ("extra_embed", "extra_head")}
-  sources = llama_sources(config)
-  flat = convert(tensors, sources, _llama_expected(config, sources, abstract), abstract,
-                 IGNORED["llama"], _target_dtype(dtype))
-  flat.update(traverse_util.flatten_dict(jax.tree.map(np.asarray, fresh)))
-  _check_complete(flat, abstract)
-  return config, traverse_util.unflatten_dict(flat)
+  """(LMConfig, params: nested dict of numpy arrays) of `plan_llama`, converted at once."""
+  p = plan_llama(checkpoint_dir, config, dtype, seed)
+  return p.config, p.params()
 
 
-def import_vision(family: str, checkpoint_dir: str, config: VisionConfig | None = None,
-                  dtype: str = "float32") -> tuple[VisionConfig, dict[str, Any]]:
-  """A CLIP or SigLIP (`family`) safetensors checkpoint -> (its VisionConfig, `VisionTransformer`
-  params: nested dict of numpy arrays, scanned layers). `config` defaults to `vision_config(family, config.json)`."""
+def plan_vision(family: str, checkpoint_dir: str, config: VisionConfig | None = None,
+                dtype: str = "float32") -> ImportPlan:
+  """The ImportPlan of a CLIP or SigLIP (`family`) checkpoint into the `VisionTransformer` tree
+  (scanned). `config` defaults to `vision_config(family, config.json, preprocessor_config.json)`."""
   if family not in ("clip", "siglip"):
     raise ValueError(f"family={family!r}: must be clip or siglip.")
   tensors = checkpoint_tensors(checkpoint_dir)
   if config is None:
-    preprocessor_path = os.path.join(checkpoint_dir, "preprocessor_config.json")
-    preprocessor = None
-    if os.path.exists(preprocessor_path):
-      with open(preprocessor_path) as f:
-        preprocessor = json.load(f)
-    config = vision_config(family, read_hf_config(checkpoint_dir), preprocessor)
+    config = vision_config(family, read_hf_config(checkpoint_dir),
+                           _read_json(checkpoint_dir, "preprocessor_config.json"))
   model = VisionTransformer(config, ExecutionConfig(param_dtype=dtype))
   images = jnp.zeros((1, 1, 1, config.image_size, config.image_size, 3), jnp.uint8)
   abstract = traverse_util.flatten_dict(jax.eval_shape(
       lambda: nn.meta.unbox(model.init(jax.random.key(0), images)["params"])))
   prefix = "vision_model." if any(name.startswith("vision_model.") for name in tensors) else ""
-  sources = vision_sources(config, prefix)
-  wanted = expected_tensors(sources, abstract,
-                            lambda path: config.num_layers if path[0] == "blocks" else 0)
-  flat = convert(tensors, sources, wanted, abstract, IGNORED[family], _target_dtype(dtype))
-  _check_complete(flat, abstract)
-  return config, traverse_util.unflatten_dict(flat)
+  return plan(tensors, vision_sources(config, prefix), abstract,
+              lambda path: config.num_layers if path[0] == "blocks" else 0, IGNORED[family], dtype,
+              config)
+
+
+def import_vision(family: str, checkpoint_dir: str, config: VisionConfig | None = None,
+                  dtype: str = "float32") -> tuple[VisionConfig, dict[str, Any]]:
+  """(VisionConfig, params: nested dict of numpy arrays) of `plan_vision`, converted at once."""
+  p = plan_vision(family, checkpoint_dir, config, dtype)
+  return p.config, p.params()
 
 
 def _read_json(checkpoint_dir: str, name: str) -> dict[str, Any] | None:
@@ -660,10 +720,10 @@ def _read_json(checkpoint_dir: str, name: str) -> dict[str, Any] | None:
     return json.load(f)
 
 
-def import_idefics(checkpoint_dir: str, config: FlamingoConfig | None = None,
-                   dtype: str = "float32") -> tuple[FlamingoConfig, dict[str, Any]]:
-  """An IdeficsForVisionText2Text (IDEFICS v1) safetensors checkpoint -> (its FlamingoConfig, the
-  whole Flamingo params: {vision, resampler, lm}, nested dict of numpy arrays, scanned layers).
+def plan_idefics(checkpoint_dir: str, config: FlamingoConfig | None = None,
+                 dtype: str = "float32") -> ImportPlan:
+  """The ImportPlan of an IdeficsForVisionText2Text (IDEFICS v1) checkpoint into the whole Flamingo
+  tree ({vision, resampler, lm}, scanned layers).
 
   `config` defaults to `idefics_config(config.json, the tokenizer files' added tokens,
   preprocessor_config.json)`; a checkpoint with new token rows needs tokenizer files naming <image>.
@@ -678,30 +738,22 @@ def import_idefics(checkpoint_dir: str, config: FlamingoConfig | None = None,
           f"({', '.join(TOKENIZER_FILES)}) naming <image>; copy the checkpoint's tokenizer files next "
           "to its weights, or pass a config with model.image_token set.")
     config = idefics_config(hf, added, _read_json(checkpoint_dir, "preprocessor_config.json"))
-  config = dataclasses.replace(config, execution=ExecutionConfig(param_dtype=dtype))
-  abstract = traverse_util.flatten_dict(nn.meta.unbox(abstract_params(config)))
-  sources = idefics_sources(config)
-  lengths = {path: length for path, length in P.stacks(config)}
-  wanted = expected_tensors(sources, abstract, lambda path: lengths.get(path[:2], 0))
-  flat = convert(tensors, sources, wanted, abstract, IGNORED["idefics"], _target_dtype(dtype))
-  _check_complete(flat, abstract)
-  return config, traverse_util.unflatten_dict(flat)
+  abstract = traverse_util.flatten_dict(nn.meta.unbox(abstract_params(
+      dataclasses.replace(config, execution=ExecutionConfig(param_dtype=dtype)))))
+  lengths = dict(P.stacks(config))
+  return plan(tensors, idefics_sources(config), abstract, lambda path: lengths.get(path[:2], 0),
+              IGNORED["idefics"], dtype, config)
 
 
-def _check_complete(flat: Mapping[tuple[str, ...], Any],
-                    abstract: Mapping[tuple[str, ...], Any]) -> None:
-  """Every parameter of our model has a source (guards the maps above against model changes)."""
-  unmapped = sorted("/".join(p) for p in set(abstract) - set(flat))
-  if unmapped:
-    raise ValueError(f"No checkpoint tensor maps to our parameter(s) {', '.join(unmapped)}.")
+def import_idefics(checkpoint_dir: str, config: FlamingoConfig | None = None,
+                   dtype: str = "float32") -> tuple[FlamingoConfig, dict[str, Any]]:
+  """(FlamingoConfig, params: nested dict of numpy arrays) of `plan_idefics`, converted at once."""
+  p = plan_idefics(checkpoint_dir, config, dtype)
+  return p.config, p.params()
 
 
-def _to_host_arrays(flat: dict[tuple[str, ...], Any]) -> None:
-  """In place: numpy leaves -> jax arrays on the host CPU, one leaf at a time. Orbax writes jax
-  arrays with less staging than numpy ones (peak RSS of a 207 MB import: 2.0x its size, not 3.3x)."""
-  cpu = jax.devices("cpu")[0]
-  for path in list(flat):
-    flat[path] = jax.device_put(flat.pop(path), cpu)
+# Bytes of converted parameters the CLI holds at a time (a parameter larger than this is one batch).
+WRITE_BATCH_BYTES = 64 * 2**20
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -715,23 +767,22 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--out", required=True, help="orbax output directory (overwritten)")
   parser.add_argument("--dtype", default="float32", choices=DTYPES, help="stored parameter dtype")
   args = parser.parse_args(argv)
+  planners = {"llama": lambda: plan_llama(args.checkpoint, dtype=args.dtype),
+              "idefics": lambda: plan_idefics(args.checkpoint, dtype=args.dtype),
+              "clip": lambda: plan_vision("clip", args.checkpoint, dtype=args.dtype),
+              "siglip": lambda: plan_vision("siglip", args.checkpoint, dtype=args.dtype)}
+  use, section = {"llama": ("config.init.lm_checkpoint", "config.model.lm"),
+                  "idefics": ("config.init.flamingo_checkpoint", "config.model")}.get(
+                      args.family, ("config.init.vision_checkpoint", "config.model.vision"))
   try:
-    if args.family == "llama":
-      config, params = import_llama(args.checkpoint, dtype=args.dtype)
-      use, section = "config.init.lm_checkpoint", "config.model.lm"
-    elif args.family == "idefics":
-      config, params = import_idefics(args.checkpoint, dtype=args.dtype)
-      config = dataclasses.replace(config, execution=ExecutionConfig())
-      use, section = "config.init.flamingo_checkpoint", "config.model"
-    else:
-      config, params = import_vision(args.family, args.checkpoint, dtype=args.dtype)
-      use, section = "config.init.vision_checkpoint", "config.model.vision"
+    import_plan = planners[args.family]()
   except ValueError as e:
     parser.exit(1, f"{parser.prog}: error: {e}\n")
-  flat = traverse_util.flatten_dict(params)
-  del params  # The numpy leaves are freed one by one as they become jax arrays.
-  _to_host_arrays(flat)
-  save_params(args.out, traverse_util.unflatten_dict(flat))
+  save_params_in_batches(args.out, (traverse_util.unflatten_dict(batch)
+                                    for batch in import_plan.batches(WRITE_BATCH_BYTES)))
+  config = import_plan.config
+  if args.family == "idefics":  # The stored dtype is not a model setting.
+    config = dataclasses.replace(config, execution=ExecutionConfig())
   print(f"Wrote {args.out}. Set {use}={os.path.abspath(args.out)} and {section} to:")
   print(json.dumps(dataclasses.asdict(config), indent=2))
 
