@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import (CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel, LlamaConfig,
                           LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel)
 
+from benchmarks import import_weights as import_benchmark
 from conftest import tiny_config
 from flamingo_jax import import_weights, masking
 from flamingo_jax import params as P
@@ -245,3 +246,11 @@ def test_imported_lm_loads_into_flamingo_and_matches_without_images(tmp_path, ll
   np.testing.assert_allclose(np.asarray(logits[..., :VOCAB]), _hf_logits(hf_model, tokens),
                              atol=TOL, rtol=0)
 
+
+
+def test_import_peak_memory_stays_under_one_and_a_half_times_the_checkpoint():
+  # benchmarks/import_weights.py: a 207 MB LLaMA-layout checkpoint imported by the CLI in a fresh
+  # process; (peak RSS - RSS with JAX loaded) / checkpoint bytes.
+  result = import_benchmark.measure(num_layers=6, dtype="float32")
+  assert result["size"] >= 200e6
+  assert (result["peak"] - result["baseline"]) / result["size"] < 1.5
