@@ -11,6 +11,7 @@ import json
 import os
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +25,7 @@ from experiments import idefics as idefics_presets
 from flamingo_jax import import_weights, masking, train
 from flamingo_jax import params as P
 from flamingo_jax.config import FlamingoConfig
-from flamingo_jax.model import Flamingo
+from flamingo_jax.model import Flamingo, abstract_params
 
 VOCAB = 320  # The sentencepiece model's size (256 byte pieces, 4 specials, letters, merges).
 FAKE, IMAGE = VOCAB, VOCAB + 1  # IDEFICS' added tokens: <fake_token_around_image>, <image>.
@@ -166,23 +167,27 @@ def test_cli_writes_a_checkpoint_the_trainer_loads(tmp_path, capsys):
   import_weights.main(["idefics", "--checkpoint", path, "--out", out])
   printed = capsys.readouterr().out
   model_fields = json.loads(printed[printed.index("{"):])
-  _, imported = import_weights.import_idefics(path)
-  for scan_layers in (True, False):
-    config = idefics_presets.get_config("idefics_9b")
-    config.model = model_fields
-    config.model.execution.scan_layers = scan_layers
-    config.init.flamingo_checkpoint = out
-    config.train.frozen_dtype = "float32"
-    setup = train.build_setup(config, devices=jax.devices()[:1])
-    frozen, trainable = train.initial_params(config, setup)
-    loaded = P.merge(frozen, trainable)
-    if not scan_layers:
-      loaded = P.relayout(loaded, P.stacks(setup.model_config), scanned=True)
-    flat_loaded = traverse_util.flatten_dict(loaded)
-    flat_imported = traverse_util.flatten_dict(imported)
-    assert set(flat_loaded) == set(flat_imported)
+  flat_imported = traverse_util.flatten_dict(import_weights.import_idefics(path)[1])
+
+  def assert_equals_import(params):
+    flat = traverse_util.flatten_dict(params)
+    assert set(flat) == set(flat_imported)
     for key, value in flat_imported.items():
-      np.testing.assert_array_equal(np.asarray(flat_loaded[key]), value, err_msg="/".join(key))
+      np.testing.assert_array_equal(np.asarray(flat[key]), value, err_msg="/".join(key))
+
+  config = idefics_presets.get_config("idefics_9b")  # Its training settings, the import's model.
+  config.model = model_fields
+  config.init.flamingo_checkpoint = out
+  config.train.frozen_dtype = "float32"
+  setup = train.build_setup(config, devices=jax.devices()[:1])
+  assert_equals_import(P.merge(*train.initial_params(config, setup)))
+  # A model with execution.scan_layers=False gets the same weights in its unrolled layout.
+  unrolled = dataclasses.replace(setup.model_config, execution=dataclasses.replace(
+      setup.model_config.execution, scan_layers=False))
+  stacks = P.stacks(unrolled)
+  loaded = train.load_scanned(out, nn.meta.unbox(abstract_params(unrolled)), stacks, False)
+  assert "blocks_1" in loaded["vision"] and "segment_0_1" in loaded["lm"]
+  assert_equals_import(P.relayout(loaded, stacks, scanned=True))
 
 
 def test_token_ids_come_from_the_checkpoint_tokenizer(tmp_path):
