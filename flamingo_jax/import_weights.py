@@ -3,6 +3,7 @@ r"""Pretrained weights from Hugging Face safetensors checkpoints -> our paramete
   python -m flamingo_jax.import_weights llama  --checkpoint DIR --out OUT [--dtype float32]
   python -m flamingo_jax.import_weights clip   --checkpoint DIR --out OUT
   python -m flamingo_jax.import_weights siglip --checkpoint DIR --out OUT
+  python -m flamingo_jax.import_weights idefics --checkpoint DIR --out OUT
 
 DIR is a `save_pretrained(..., safe_serialization=True)` directory: `config.json` and either
 `model.safetensors` or shards listed by `model.safetensors.index.json` (`weight_map`). Pickled
@@ -16,6 +17,9 @@ What maps where:
          scanned.
   siglip (SiglipVisionModel, or SiglipModel's `vision_model.*` tensors) -> the same, SigLIP variant.
          Load either with `config.init.vision_checkpoint`.
+  idefics (IdeficsForVisionText2Text, IDEFICS v1) -> the whole `Flamingo` tree {vision, resampler,
+         lm}, scanned; its config fields from `idefics_config` (see the decisions in
+         docs/architecture.md). Load it with `config.init.flamingo_checkpoint`.
 
 `*_config(hf_config)` turn a checkpoint's `config.json` into our config fields, so shapes are never
 transcribed by hand. The import checks that every expected tensor is found, every tensor found is used
@@ -23,7 +27,9 @@ transcribed by hand. The import checks that every expected tensor is found, ever
 tensor and the config field to change.
 
 Memory: tensors are read one at a time from their shard (plain file reads, no memory map) and written
-into preallocated output arrays, so the peak is about the output tree plus the largest tensor.
+into preallocated output arrays. `import_*` convert the whole tree (the output plus the largest
+tensor); the CLI converts and writes `WRITE_BATCH_BYTES` at a time (`ImportPlan.batches`,
+`checkpointing.save_params_in_batches`), so its peak is a few times the largest parameter.
 """
 
 from __future__ import annotations
