@@ -41,10 +41,10 @@ class Tokenizer:
     self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else self.eos_id
 
   @classmethod
-  def from_checkpoint(cls, checkpoint_dir: str) -> "Tokenizer":
+  def from_checkpoint(cls, checkpoint_dir: str) -> Tokenizer:
     """A pretrained checkpoint's tokenizer: its `tokenizer.model`, with `<image>` / `<EOC>` mapped to
     the ids its added-token files give them (`import_weights.special_token_ids`)."""
-    from flamingo_jax import import_weights  # noqa: PLC0415 (jax stays out of plain tokenizer use)
+    from flamingo_jax import import_weights  # Here: plain tokenizer use needs no jax.
     path = os.path.join(checkpoint_dir, "tokenizer.model")
     if not os.path.exists(path):
       raise ValueError(f"{checkpoint_dir} has no tokenizer.model (the sentencepiece model); copy it "

@@ -265,9 +265,8 @@ def validate(config: FlamingoConfig, prefix: str = "model") -> None:
     _fail(f"{p}.norm_eps", x.norm_eps, "must be positive.")
   if not isinstance(x.ffw_dim, int) or x.ffw_dim < 0:
     _fail(f"{p}.ffw_dim", x.ffw_dim, "must be 0 (ffw_mult * LM width) or a positive width.")
-  if x.alpha_init_std < 0 or (x.alpha_init == "normal" and x.alpha_init_std == 0):
-    _fail(f"{p}.alpha_init_std", x.alpha_init_std, f"must be > 0 with {p}.alpha_init='normal' "
-          "(and never negative).")
+  if not x.alpha_init_std >= 0:
+    _fail(f"{p}.alpha_init_std", x.alpha_init_std, "must be >= 0.")
 
   p = prefix
   total = lm.vocab_size + config.num_extra_tokens

@@ -46,7 +46,7 @@ class GatedCrossAttentionDense(nn.Module):
     if c.visual_norm:
       kv = layer_norm(ex, name="visual_norm")(kv)
     kv = kv.astype(y.dtype)
-    text_norm = lambda name: (layer_norm if c.norm == "layer" else rms_norm)(  # noqa: E731
+    text_norm = lambda name: (layer_norm if c.norm == "layer" else rms_norm)(
         ex, c.norm_eps, name=name)
     q = text_norm("attn_norm")(y).astype(y.dtype)
     mask = masking.cross_attention_mask(phi, n, r)
