@@ -87,8 +87,9 @@ def load_tfds(name: str, split: str, limit: int, data_dir: str | None = None,
     raise ValueError(f"tfds builder {name!r} has no field mapping; add one to "
                      "flamingo_jax.eval_data.FIELDS or use a task source that has (task.tfds_name).")
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-  dataset = tfds.load(name, split=f"{split}[:{limit}]" if limit else split, data_dir=data_dir,
+  dataset = tfds.load(name, split=split, data_dir=data_dir,
                       download_and_prepare_kwargs={"download_config": download_config})
+  dataset = dataset.take(limit) if limit else dataset
   examples = []
   for n, ex in enumerate(tfds.as_numpy(dataset)):
     answers, question, label = fields(ex, class_names)

@@ -5,7 +5,7 @@ The official evaluation is Python 2 and not on PyPI, so the tests hold its outpu
   git clone https://github.com/GT-Vision-Lab/VQA /tmp/VQA && git -C /tmp/VQA checkout a013f00
   sed -e 's/print "\\(.*\\)"/print("\\1")/' /tmp/VQA/PythonEvaluationTools/vqaEvaluation/vqaEval.py \
       > /tmp/vqaEval.py
-  PYTHONPATH=/tmp:tests python tests/vqa_reference_values.py
+  PYTHONPATH=/tmp:tests:. python tests/vqa_reference_values.py
 
 It prints one expected accuracy (percent) per case, as VQAEval.evaluate stores them in evalQA.
 """
