@@ -3,6 +3,8 @@
 y = y + tanh(a_attn) * xattn(q=LN(y), kv=LN(visual))   (only tokens with an image get a non-zero xattn)
 y = y + tanh(a_ffw)  * ffw(LN(y))
 The gates a_* start at 0, so a freshly initialised block is the identity.
+When decoding (the `cache` collection is mutable), the keys/values of the visual tokens are projected
+at the first call (the prefill) and reused by every later step (`layers.Attention`, `cache_context`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class GatedCrossAttentionDense(nn.Module):
     q = layer_norm(ex, name="attn_norm")(y).astype(y.dtype)
     mask = masking.cross_attention_mask(phi, n, r)
     attn = Attention(c.num_heads, c.num_heads, c.head_dim, d, ex, qk_norm=c.qk_norm,
-                     name="attn")(q, kv, mask=mask)
+                     name="attn")(q, kv, mask=mask,
+                                  cache_context=self.is_mutable_collection("cache"))
     attn = attn * masking.has_image(phi, n)[..., None].astype(attn.dtype)
     self.sow("intermediates", "xattn_output", attn)
     y = y + (self._gate("attn_gate", d) * attn).astype(y.dtype)
