@@ -64,8 +64,10 @@ PAPER_TASKS = dict(
 
 def _demo_tasks(root):
   demo = dict(source="demo", data_dir=root, support_split="train", query_split="eval")
-  captioning = _task("captioning", prompt="<image>{answer}<EOC>", num_queries=64, **demo)
-  colours = _task("mapping", prompt="<image>{answer}<EOC>", num_queries=64,
+  # The corpus's own page layout ("<image>This one is a red seven.<EOC>"), which the tiny model knows.
+  prompt = "<image>This one is {answer}.<EOC>"
+  captioning = _task("captioning", prompt=prompt, num_queries=64, **demo)
+  colours = _task("mapping", prompt=prompt, num_queries=64,
                   class_names=("red", "green", "blue", "yellow"), **demo)
   colours.update(support_size=512, num_permutations=2)
   captioning.update(support_size=512)

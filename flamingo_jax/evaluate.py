@@ -8,7 +8,7 @@ For each task (experiments/evaluation.py documents the fields): load the support
 the prompts (fewshot.py), then
 * captioning / vqa: `decoding.generate` (beam search, 3 beams, stop at `<EOC>` / EOS) -> CIDEr-D or
   VQA accuracy (eval_metrics.py);
-* classification / mapping: `decoding.score` of every class's " name<EOC>" -> ROC-AUC (two classes)
+* classification / mapping: `decoding.score` of every class's "name<EOC>" -> ROC-AUC (two classes)
   or top-1, the log-likelihoods averaged over `num_permutations` orders of the shots (prompt
   ensembling). `mapping` is the in-context task: per query the class names are shuffled, the shots
   show the shuffled names (one shot per class at least), and the answer is the shuffled name of the
@@ -177,8 +177,10 @@ class TaskRunner:
 
   # --------------------------------------------------------------------------------- scoring tasks
   def _candidates(self, renaming: np.ndarray):
-    """[C, K] right-padded ids of " name<EOC>" for every class (in class order), and the mask."""
-    ids = [self.tokenizer.encode(self.class_names[renaming[c]]) + [self.model_config.eoc_token_id]
+    """[C, K] right-padded ids of every class's answer (its name and the template's text after
+    "{answer}", e.g. "yes<EOC>"), in class order, and the mask."""
+    suffix = self.task.prompt.split(fewshot.ANSWER)[1]
+    ids = [self.tokenizer.encode_prompt(self.class_names[renaming[c]] + suffix)
            for c in range(len(self.class_names))]
     k = max(map(len, ids))
     out = np.full((len(ids), k), self.tokenizer.pad_id, np.int32)

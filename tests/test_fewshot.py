@@ -152,3 +152,29 @@ def test_harness_end_to_end_on_tfds_mock_data(tmp_path, tokenizer):
   assert [row.split(" |")[0] for row in table[2:4]] == ["| 0", "| 2"]
   assert len(os.listdir(tmp_path / "out" / "rices")) == 2  # Support and query features of vqav2.
   assert any("coco 2-shot" in line for line in lines)
+
+
+def test_in_context_mapping_task_on_the_demo_corpus(tmp_path):
+  from data_pipelines import demo
+  info = demo.build(str(tmp_path / "corpus"))
+  tokenizer = tokenizer_lib.Tokenizer(info["tokenizer"])
+  config = tiny_config()
+  settings = evaluation_presets.get_config("demo,colours")
+  settings.batch_size = 4
+  task = settings.tasks.colours
+  task.update(data_dir=str(tmp_path / "corpus"), num_queries=4, support_size=24, num_permutations=2)
+  runner = evaluate.TaskRunner("colours", task, settings, config, init_params(config), tokenizer,
+                               str(tmp_path / "rices"), log=lambda _: None)
+  assert runner.class_names == ("red", "green", "blue", "yellow")
+  assert all(ex.answers[0].split()[1] == runner.class_names[ex.label] for ex in runner.support)
+  indices, text_only = runner.shots(4)
+  assert not text_only
+  for q, row in enumerate(indices):  # Every colour shown once, under this query's renaming.
+    assert sorted(runner.support[i].label for i in row) == [0, 1, 2, 3]
+    prompt = tokenizer.decode(runner._prompt(q, row, text_only=False).ids[1:])
+    renaming = runner._renaming(q)
+    shown = [runner.class_names[renaming[runner.support[i].label]] for i in row]
+    assert prompt == "".join(f"<image>This one is {c}.<EOC>" for c in shown) + "<image>This one is"
+  assert len({tuple(runner._renaming(q)) for q in range(4)}) > 1  # Renamings differ per query.
+  for shots in (0, 4):
+    assert 0 <= runner.run(shots) <= 100
