@@ -20,6 +20,8 @@ Task fields:
   selection        "random" (seeded) | "rices" (most similar by frozen vision features, last)
   num_permutations scoring tasks: shot orders averaged (prompt ensembling; paper: 6)
   class_names      classification / mapping: candidate names ("" = the tfds builder's label names)
+  mapping_words    mapping: the words the shots call the classes, shuffled per query (() = the
+                   class names themselves, permuted)
 """
 
 import os
@@ -40,7 +42,7 @@ def _task(kind, tfds_name="", *, prompt, num_queries=1024, query_split="validati
               manual_dir=manual_dir, support_split=support_split, query_split=query_split,
               support_size=2048, num_queries=num_queries, prompt=prompt, selection="random",
               num_permutations=6 if kind in ("classification", "mapping") else 1,
-              class_names=tuple(class_names))
+              class_names=tuple(class_names), mapping_words=())
 
 
 def _files(name):
@@ -67,9 +69,10 @@ def _demo_tasks(root):
   # The corpus's own page layout ("<image>This one is a red seven.<EOC>"), which the tiny model knows.
   prompt = "<image>This one is {answer}.<EOC>"
   captioning = _task("captioning", prompt=prompt, num_queries=64, **demo)
-  colours = _task("mapping", prompt=prompt, num_queries=64,
+  colours = _task("mapping", prompt=prompt, num_queries=128,
                   class_names=("red", "green", "blue", "yellow"), **demo)
-  colours.update(support_size=512, num_permutations=2)
+  # Novel words (no prior from training), so only the shots can tell which colour each names.
+  colours.update(support_size=512, num_permutations=2, mapping_words=("dax", "wug", "blick", "fep"))
   captioning.update(support_size=512)
   return dict(captions=captioning, colours=colours)
 

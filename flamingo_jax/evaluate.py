@@ -10,9 +10,9 @@ the prompts (fewshot.py), then
   VQA accuracy (eval_metrics.py);
 * classification / mapping: `decoding.score` of every class's "name<EOC>" -> ROC-AUC (two classes)
   or top-1, the log-likelihoods averaged over `num_permutations` orders of the shots (prompt
-  ensembling). `mapping` is the in-context task: per query the class names are shuffled, the shots
-  show the shuffled names (one shot per class at least), and the answer is the shuffled name of the
-  query's class, so only the shots tell it (chance = 1 / #classes).
+  ensembling). `mapping` is the in-context task: per query the classes get shuffled names
+  (`mapping_words`, or the class names permuted), the shots show them (one shot per class at least),
+  and the answer is the name of the query's class, so only the shots tell it (chance = 1 / #classes).
 Writes <workdir>/results.json (scores per task and shot count, with the settings) and
 <workdir>/results.md (tasks as columns, shots as rows, as the paper's Table 1).
 """
@@ -109,6 +109,11 @@ class TaskRunner:
     self.support, class_names = load_task_split(task, task.support_split, task.support_size)
     self.queries, _ = load_task_split(task, task.query_split, task.num_queries)
     self.class_names = tuple(class_names)
+    # What the prompts call the classes: mapping tasks may use other words (task.mapping_words).
+    self.shown_names = tuple(task.mapping_words) if task.kind == "mapping" and task.mapping_words \
+        else self.class_names
+    if len(self.shown_names) != len(self.class_names):
+      raise ValueError(f"tasks.{name}.mapping_words needs one word per class ({len(self.class_names)}).")
     if task.kind in ("classification", "mapping") and len(self.class_names) < 2:
       raise ValueError(f"tasks.{name}: a {task.kind} task needs class names (tasks.{name}.class_names).")
     if task.selection == "rices":
@@ -136,14 +141,15 @@ class TaskRunner:
     return fewshot.random_shots(q, s, num_shots, seed + num_shots), False
 
   def _renaming(self, query_index: int) -> np.ndarray:
-    """mapping tasks: class c is called class_names[renaming[c]] in this query's prompt."""
+    """Class c is called shown_names[renaming[c]] in this query's prompt (mapping tasks: a seeded
+    permutation per query; otherwise the identity)."""
     if self.task.kind != "mapping":
       return np.arange(len(self.class_names))
     return np.random.default_rng([self.settings.seed, 7, query_index]).permutation(len(self.class_names))
 
   def _answer(self, example: EvalExample, renaming: np.ndarray) -> str:
     if self.task.kind in ("classification", "mapping"):
-      return self.class_names[renaming[example.label]]
+      return self.shown_names[renaming[example.label]]
     return shot_answer(example)
 
   def _prompt(self, q: int, shot_indices, text_only: bool) -> fewshot.Prompt:
@@ -180,7 +186,7 @@ class TaskRunner:
     """[C, K] right-padded ids of every class's answer (its name and the template's text after
     "{answer}", e.g. "yes<EOC>"), in class order, and the mask."""
     suffix = self.task.prompt.split(fewshot.ANSWER)[1]
-    ids = [self.tokenizer.encode_prompt(self.class_names[renaming[c]] + suffix)
+    ids = [self.tokenizer.encode_prompt(self.shown_names[renaming[c]] + suffix)
            for c in range(len(self.class_names))]
     k = max(map(len, ids))
     out = np.full((len(ids), k), self.tokenizer.pad_id, np.int32)

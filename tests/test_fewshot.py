@@ -166,6 +166,7 @@ def test_in_context_mapping_task_on_the_demo_corpus(tmp_path):
   runner = evaluate.TaskRunner("colours", task, settings, config, init_params(config), tokenizer,
                                str(tmp_path / "rices"), log=lambda _: None)
   assert runner.class_names == ("red", "green", "blue", "yellow")
+  assert runner.shown_names == ("dax", "wug", "blick", "fep")
   assert all(ex.answers[0].split()[1] == runner.class_names[ex.label] for ex in runner.support)
   indices, text_only = runner.shots(4)
   assert not text_only
@@ -173,7 +174,7 @@ def test_in_context_mapping_task_on_the_demo_corpus(tmp_path):
     assert sorted(runner.support[i].label for i in row) == [0, 1, 2, 3]
     prompt = tokenizer.decode(runner._prompt(q, row, text_only=False).ids[1:])
     renaming = runner._renaming(q)
-    shown = [runner.class_names[renaming[runner.support[i].label]] for i in row]
+    shown = [runner.shown_names[renaming[runner.support[i].label]] for i in row]
     assert prompt == "".join(f"<image>This one is {c}.<EOC>" for c in shown) + "<image>This one is"
   assert len({tuple(runner._renaming(q)) for q in range(4)}) > 1  # Renamings differ per query.
   for shots in (0, 4):
