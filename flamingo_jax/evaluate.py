@@ -277,7 +277,7 @@ def results_table(results: dict) -> str:
     lines.append(f"| {k} | " + " | ".join(cells) + " |")
   chance = [f"{name}: chance {t['chance']:.1f}" for name, t in tasks.items() if t.get("chance")]
   s = results["settings"]
-  notes = [f"queries / support: " + ", ".join(
+  notes = ["queries / support: " + ", ".join(
       f"{name} {t['num_queries']} / {t['num_support']} ({t['selection']})" for name, t in tasks.items()),
       f"decoding: {s['sampling']['strategy']} (beams {s['sampling']['num_beams']}, max "
       f"{s['sampling']['max_new_tokens']} new tokens); 0 shots = {s['num_text_only_shots']} "
