@@ -18,8 +18,8 @@ is reordered by beam parent. The cache leaves carry the batch on axis 1 when lay
 Scoring (`score`) runs the shared context once (a prefill with room for the candidates), repeats its
 cache for the C candidates and runs all candidate tokens in one call at slots T..T+K-1.
 
-The loop and the scorer are jitted with the config, sampling settings and stop tokens static; jax
-caches one compiled function per (those, input shapes).
+The loop and the scorer are jitted with the config and sampling settings static; jax caches one
+compiled function per (those, input shapes, number of stop tokens).
 """
 
 from __future__ import annotations
@@ -74,6 +74,10 @@ def _decoding_config(config: FlamingoConfig) -> FlamingoConfig:
 
 def _batch_axis(config: FlamingoConfig) -> int:
   return 1 if config.execution.scan_layers else 0
+
+
+def _as_inputs(tokens, prompt_mask, images):
+  return jnp.asarray(tokens, jnp.int32), jnp.asarray(prompt_mask, bool), jnp.asarray(images)
 
 
 def _check_inputs(config: FlamingoConfig, tokens, prompt_mask, images) -> None:
@@ -238,16 +242,15 @@ def _beam_search(model, params, visual, tokens, prompt_mask, sampling: SamplingC
   return _fill_after_stop(seqs, pick(lengths), pick(stop_token)), pick(lengths)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "sampling", "stop_tokens"))
+@functools.partial(jax.jit, static_argnames=("config", "sampling"))
 def _generate(config: FlamingoConfig, params, tokens, prompt_mask, images,
-              sampling: SamplingConfig, stop_tokens: tuple[int, ...], rng):
+              sampling: SamplingConfig, stop_tokens: jax.Array, rng):
   model = Flamingo(config)
   visual = model.apply({"params": params}, images, method=Flamingo.encode_images)
-  stops = jnp.asarray(stop_tokens, jnp.int32)
   if sampling.strategy == "beam":
-    return _beam_search(model, params, visual, tokens, prompt_mask, sampling, stops,
+    return _beam_search(model, params, visual, tokens, prompt_mask, sampling, stop_tokens,
                         _batch_axis(config))
-  return _generate_rows(model, params, visual, tokens, prompt_mask, sampling, stops, rng)
+  return _generate_rows(model, params, visual, tokens, prompt_mask, sampling, stop_tokens, rng)
 
 
 def generate(config: FlamingoConfig, params, tokens, prompt_mask, images, sampling: SamplingConfig,
@@ -262,14 +265,14 @@ def generate(config: FlamingoConfig, params, tokens, prompt_mask, images, sampli
   before the first stop token (the stop token not counted); positions from lengths[b] on hold the
   stop token (or whatever was generated if none).
   """
-  tokens, prompt_mask, images = jnp.asarray(tokens, jnp.int32), jnp.asarray(prompt_mask, bool), \
-      jnp.asarray(images)
+  tokens, prompt_mask, images = _as_inputs(tokens, prompt_mask, images)
   _check_inputs(config, tokens, prompt_mask, images)
   if sampling.strategy == "sample" and rng is None:
     raise ValueError("generate: strategy='sample' needs an `rng` key.")
   rng = jax.random.key(0) if rng is None else rng
-  return _generate(_decoding_config(config), params, tokens, prompt_mask, images, sampling,
-                   tuple(int(s) for s in stop_tokens), rng)
+  stops = jnp.asarray([int(s) for s in stop_tokens], jnp.int32).reshape(-1)
+  return _generate(_decoding_config(config), params, tokens, prompt_mask, images, sampling, stops,
+                   rng)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "reuse_prefix"))
@@ -278,18 +281,17 @@ def _score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidat
   model = Flamingo(config)
   b, t = tokens.shape
   _, c, k = candidates.shape
-  visual = jnp.repeat(model.apply({"params": params}, images, method=Flamingo.encode_images), c,
-                      axis=0)
+  visual = model.apply({"params": params}, images, method=Flamingo.encode_images)
   flat_candidates = candidates.reshape(b * c, k)
   flat_mask = candidate_mask.reshape(b * c, k)
   if reuse_prefix:
-    logits, cache, key_mask, phi = _prefill(model, params, visual[::c], tokens, prompt_mask, t + k)
+    logits, cache, key_mask, phi = _prefill(model, params, visual, tokens, prompt_mask, t + k)
     cache = _repeat_rows(cache, c, _batch_axis(config))
     key_mask = jnp.repeat(key_mask, c, axis=0).at[:, t:].set(flat_mask)
     context_length = jnp.repeat(prompt_mask.sum(axis=1), c)
     is_image = (flat_candidates == config.image_token_id) & flat_mask
     candidate_phi = jnp.repeat(phi[:, -1], c)[:, None] + jnp.cumsum(is_image, axis=1)
-    step_logits, _ = _step(model, params, cache, visual, flat_candidates,
+    step_logits, _ = _step(model, params, cache, jnp.repeat(visual, c, axis=0), flat_candidates,
                            context_length[:, None] + jnp.arange(k), candidate_phi,
                            jnp.asarray(t, jnp.int32), key_mask)
     # Token j of a candidate is predicted by the logits one slot before it.
@@ -297,7 +299,7 @@ def _score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidat
   else:  # Every candidate re-runs the whole context (the images are still encoded once).
     full = jnp.concatenate([jnp.repeat(tokens, c, axis=0), flat_candidates], axis=1)
     full_mask = jnp.concatenate([jnp.repeat(prompt_mask, c, axis=0), flat_mask], axis=1)
-    logits, _, _, _ = _prefill(model, params, visual, full, full_mask, t + k)
+    logits, _, _, _ = _prefill(model, params, jnp.repeat(visual, c, axis=0), full, full_mask, t + k)
     predicting = logits[:, t - 1:t + k - 1]
   logp = jax.nn.log_softmax(predicting, axis=-1)
   picked = jnp.take_along_axis(logp, flat_candidates[..., None], axis=-1)[..., 0]
@@ -313,8 +315,7 @@ def score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidate
   and its cache shared by all C candidates; without it every candidate re-runs the context (the
   reference the benchmark compares against).
   """
-  tokens, prompt_mask, images = jnp.asarray(tokens, jnp.int32), jnp.asarray(prompt_mask, bool), \
-      jnp.asarray(images)
+  tokens, prompt_mask, images = _as_inputs(tokens, prompt_mask, images)
   candidates, candidate_mask = jnp.asarray(candidates, jnp.int32), jnp.asarray(candidate_mask, bool)
   _check_inputs(config, tokens, prompt_mask, images)
   if candidates.ndim != 3 or candidates.shape[0] != tokens.shape[0]:

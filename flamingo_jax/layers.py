@@ -168,7 +168,8 @@ class Attention(nn.Module):
       inv_freq = rope_frequencies(self.head_dim, self.rope_theta, self.rope_scaling)
       q = rotary(q, positions, inv_freq)
     if cache_context and self.has_variable("cache", "cached_key"):
-      k, v = self.get_variable("cache", "cached_key"), self.get_variable("cache", "cached_value")
+      k = self.get_variable("cache", "cached_key")
+      v = self.get_variable("cache", "cached_value")
     else:
       k, v = key_proj(context), value_proj(context)
       if key_norm is not None:

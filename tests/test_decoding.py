@@ -1,5 +1,8 @@
 """Cached decoding (flamingo_jax/decoding.py) against full recomputation, on the tiny model."""
 
+import collections
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +10,11 @@ import pytest
 from conftest import apply_fn, init_params, tiny_config
 
 from flamingo_jax import decoding, masking
+from flamingo_jax import params as P
 from flamingo_jax.decoding import SamplingConfig
-from flamingo_jax.model import Flamingo
+from flamingo_jax.layers import Dense
+from flamingo_jax.lm import layer_plan
+from flamingo_jax.vision import VisionTransformer
 
 MAX_NEW = 6
 
@@ -97,28 +103,167 @@ def _recompute_beam(config, params, tokens, images, sampling, stop_tokens):
   return seqs[rows, best], lengths[rows, best]
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
-def test_cached_greedy_equals_full_recompute(scan_layers):
-  config = _config(scan_layers)
+GREEDY = SamplingConfig(max_new_tokens=MAX_NEW)
+BEAM = SamplingConfig("beam", max_new_tokens=MAX_NEW, num_beams=3, length_penalty=1.0)
+
+
+def _greedy(config, params, tokens, mask, images, stop_tokens=None):
+  """Cached greedy decoding; one stop token by default (<EOC>), so the tests share compilations."""
+  stop_tokens = (config.eoc_token_id,) if stop_tokens is None else stop_tokens
+  return [np.asarray(x) for x in decoding.generate(config, params, tokens, mask, images, GREEDY,
+                                                   stop_tokens)]
+
+
+def _beam_stop_token(config, params, tokens, images):
+  """A token the beams pick early (the most frequent of a short greedy decode): stopping on it
+  exercises finished beams."""
+  return int(np.bincount(_recompute_greedy(config, params, tokens, images, 3).ravel()).argmax())
+
+
+def test_cached_greedy_equals_full_recompute():
+  config = _config()
   params = _params(config)
   tokens, mask, images = _prompts(config)
-  new, lengths = decoding.generate(config, params, tokens, mask, images,
-                                   SamplingConfig(max_new_tokens=MAX_NEW), stop_tokens=())
+  new, lengths = _greedy(config, params, tokens, mask, images)
   np.testing.assert_array_equal(new, _recompute_greedy(config, params, tokens, images, MAX_NEW))
   np.testing.assert_array_equal(lengths, [MAX_NEW] * 2)
 
 
-@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
-def test_cached_beam_search_equals_full_recompute(length_penalty):
+def test_cached_beam_search_equals_full_recompute():
   config = _config()
   params = _params(config)
   tokens, mask, images = _prompts(config)
-  sampling = SamplingConfig("beam", max_new_tokens=MAX_NEW, num_beams=3,
-                            length_penalty=length_penalty)
-  # A stop token that some beams pick (a frequent greedy token), so finished beams are exercised.
-  stop = int(np.bincount(_recompute_greedy(config, params, tokens, images, 3).ravel()).argmax())
-  new, lengths = decoding.generate(config, params, tokens, mask, images, sampling, stop_tokens=(stop,))
-  want, want_lengths = _recompute_beam(config, params, tokens, images, sampling, (stop,))
+  stop = _beam_stop_token(config, params, tokens, images)
+  new, lengths = decoding.generate(config, params, tokens, mask, images, BEAM, stop_tokens=(stop,))
+  want, want_lengths = _recompute_beam(config, params, tokens, images, BEAM, (stop,))
+  assert (want_lengths < MAX_NEW).any()  # Some best beam finished early.
   np.testing.assert_array_equal(lengths, want_lengths)
   filled = np.where(np.arange(MAX_NEW) >= want_lengths[:, None], stop, want)
   np.testing.assert_array_equal(new, filled)
+
+
+def test_unrolled_layers_decode_like_scanned():
+  """The cache of unrolled layers (batch on axis 0, reordered by beam parent) gives the same beams."""
+  config, unrolled = _config(), _config(scan_layers=False)
+  params = _params(config)
+  unrolled_params = P.relayout(params, P.stacks(unrolled), scanned=False)
+  tokens, mask, images = _prompts(config)
+  stop = (_beam_stop_token(config, params, tokens, images),)
+  want = decoding.generate(config, params, tokens, mask, images, BEAM, stop)
+  got = decoding.generate(unrolled, unrolled_params, tokens, mask, images, BEAM, stop)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g, w)
+
+
+def test_image_keys_values_computed_once_per_request():
+  """Counts, while a request decodes MAX_NEW tokens, the runs of the vision tower and of the gated
+  blocks' visual key projections (once per request) and of the LM's key projections (every step)."""
+  config = _config()
+  params = _params(config)
+  tokens, mask, images = _prompts(config)
+  calls = collections.Counter()
+
+  def count(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    module, path = context.module, context.module.scope.path
+    if context.method_name != "__call__":
+      return out
+    if isinstance(module, VisionTransformer):
+      name = "vision"
+    elif isinstance(module, Dense) and path[0] == "lm" and path[-1] == "key":
+      name = "xattn_key" if "xattn" in path else "lm_key"
+    else:
+      return out
+    jax.debug.callback(lambda _: calls.update([name]), out[..., :1])
+    return out
+
+  decoding._generate.clear_cache()  # Trace again, under the interceptor.
+  with nn.intercept_methods(count):
+    jax.block_until_ready(_greedy(config, params, tokens, mask, images))
+  jax.effects_barrier()
+  decoding._generate.clear_cache()
+  num_gated = sum(s.num_units for s in layer_plan(config.lm.num_layers, config.xattn) if s.has_xattn)
+  assert calls == {"vision": 1, "xattn_key": num_gated,
+                   "lm_key": config.lm.num_layers * (1 + MAX_NEW)}, calls
+
+
+def test_left_padded_batch_equals_one_by_one():
+  config = _config()
+  params = _params(config)
+  tokens, mask, images = _prompts(config, lengths=(9, 6), seed=1)
+  batched = _greedy(config, params, tokens, mask, images)
+  for b, n in enumerate((9, 6)):
+    # Each prompt alone, unpadded (two copies: the compiled [2, T] loop is shared).
+    alone = _greedy(config, params, np.repeat(tokens[b:b + 1, -n:], 2, 0), np.ones((2, n), bool),
+                    np.repeat(images[b:b + 1], 2, 0))
+    for got, want in zip(batched, alone):
+      np.testing.assert_array_equal(got[b], want[0])
+
+
+def test_sampling_with_top_k_1_is_greedy_and_stops_at_stop_tokens():
+  config = _config()
+  params = _params(config)
+  tokens, mask, images = _prompts(config)
+  greedy, _ = _greedy(config, params, tokens, mask, images)
+  stop = int(greedy[0, 2])
+  sampled, lengths = decoding.generate(
+      config, params, tokens, mask, images,
+      SamplingConfig("sample", max_new_tokens=MAX_NEW, temperature=0.7, top_k=1), (stop,),
+      rng=jax.random.key(3))
+  for b in range(2):
+    hits = np.flatnonzero(greedy[b] == stop)
+    n = hits[0] if hits.size else MAX_NEW
+    assert lengths[b] == n
+    np.testing.assert_array_equal(sampled[b, :n], greedy[b, :n])
+    np.testing.assert_array_equal(sampled[b, n:], stop)
+  assert lengths[0] <= 2
+
+
+def test_top_k_and_top_p_filters():
+  logits = jnp.log(jnp.array([[0.1, 0.5, 0.15, 0.25]]))
+  kept = lambda **kw: np.isfinite(decoding._filter_logits(logits, SamplingConfig("sample", **kw)))  # noqa: E731
+  np.testing.assert_array_equal(kept(top_k=2), [[False, True, False, True]])
+  np.testing.assert_array_equal(kept(top_p=0.7), [[False, True, False, True]])  # 0.5 + 0.25 >= 0.7.
+  np.testing.assert_array_equal(kept(top_p=0.8), [[False, True, True, True]])
+  np.testing.assert_array_equal(kept(top_p=0.01), [[False, True, False, False]])
+
+
+def test_score_equals_full_forward_and_prefix_reuse_equals_no_reuse():
+  config = _config()
+  params = _params(config)
+  tokens, mask, images = _prompts(config)
+  rng = np.random.default_rng(2)
+  candidates = rng.integers(0, config.lm.vocab_size, (2, 3, 4)).astype(np.int32)
+  candidates[0, 1, 2] = config.image_token_id  # A candidate may hold an <image> (phi moves on).
+  candidate_mask = np.arange(4) < np.array([[4, 2, 3], [1, 4, 4]])[..., None]
+  scores = np.asarray(decoding.score(config, params, tokens, mask, images, candidates,
+                                     candidate_mask))
+  # Reference: log-probs from one plain forward of context + candidate (right padded) per candidate.
+  t = tokens.shape[1]
+  full = np.concatenate([np.repeat(tokens, 3, 0), candidates.reshape(6, 4)], axis=1)
+  logp = _log_softmax(_recompute_logits(config, params, full, np.repeat(images, 3, 0)))
+  picked = np.take_along_axis(logp[:, t - 1:-1], candidates.reshape(6, 4, 1), axis=2)[..., 0]
+  want = np.where(candidate_mask.reshape(6, 4), picked, 0).sum(1).reshape(2, 3)
+  np.testing.assert_allclose(scores, want, rtol=1e-5)
+
+  padded_tokens, padded_mask, _ = _prompts(config, lengths=(9, 6), seed=1)
+  reuse = decoding.score(config, params, padded_tokens, padded_mask, images, candidates,
+                         candidate_mask)
+  no_reuse = decoding.score(config, params, padded_tokens, padded_mask, images, candidates,
+                            candidate_mask, reuse_prefix=False)
+  np.testing.assert_allclose(reuse, no_reuse, rtol=1e-5)
+
+
+def test_bad_inputs_name_the_culprit():
+  config = _config()
+  tokens, mask, images = _prompts(config)
+  with pytest.raises(ValueError, match="SamplingConfig.strategy"):
+    SamplingConfig("nucleus")
+  with pytest.raises(ValueError, match="SamplingConfig.top_p"):
+    SamplingConfig("sample", top_p=0.0)
+  with pytest.raises(ValueError, match="prompt_mask"):
+    decoding.generate(config, {}, tokens, mask[:, 1:], images, GREEDY, ())
+  with pytest.raises(ValueError, match="model.vision.image_size"):
+    decoding.generate(config, {}, tokens, mask, images[:, :, :, 1:], GREEDY, ())
+  with pytest.raises(ValueError, match="rng"):
+    decoding.generate(config, {}, tokens, mask, images, SamplingConfig("sample"), ())
