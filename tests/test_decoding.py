@@ -7,13 +7,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import apply_fn, init_params, tiny_config
+from conftest import apply_fn, flamingo_presets, init_params, tiny_config
+from PIL import Image
 
+from data_pipelines import images as image_ops
+from data_pipelines.tokenizer import Tokenizer
+from data_pipelines.tokenizer import train as train_tokenizer
 from flamingo_jax import decoding, masking
+from flamingo_jax import generate as generate_cli
 from flamingo_jax import params as P
+from flamingo_jax import train as trainer
+from flamingo_jax.checkpointing import Checkpointer
+from flamingo_jax.config import FlamingoConfig
 from flamingo_jax.decoding import SamplingConfig
 from flamingo_jax.layers import Dense
 from flamingo_jax.lm import layer_plan
+from flamingo_jax.optimizer import make_optimizer
+from flamingo_jax.train_step import TrainState
 from flamingo_jax.vision import VisionTransformer
 
 MAX_NEW = 6
@@ -23,11 +33,15 @@ def _config(scan_layers=True):
   return tiny_config(**{"execution.scan_layers": scan_layers})
 
 
-def _params(config):
-  """Tiny params with every gate at 0.5, so the images change the logits."""
+def _open_gates(tree):
+  """Every gate of a (params or trainable) tree at 0.5, so the images change the logits."""
   def open_gate(path, x):
     return jnp.full_like(x, 0.5) if path[-1].key in ("attn_gate", "ffw_gate") else x
-  return jax.tree_util.tree_map_with_path(open_gate, init_params(config))
+  return jax.tree_util.tree_map_with_path(open_gate, tree)
+
+
+def _params(config):
+  return _open_gates(init_params(config))
 
 
 def _prompts(config, lengths=(9, 9), num_images=2, seed=0):
@@ -117,7 +131,8 @@ def _greedy(config, params, tokens, mask, images, stop_tokens=None):
 def _beam_stop_token(config, params, tokens, images):
   """A token the beams pick early (the most frequent of a short greedy decode): stopping on it
   exercises finished beams."""
-  return int(np.bincount(_recompute_greedy(config, params, tokens, images, 3).ravel()).argmax())
+  greedy = _recompute_greedy(config, params, tokens, images, MAX_NEW)[:, :3]
+  return int(np.bincount(greedy.ravel()).argmax())
 
 
 def test_cached_greedy_equals_full_recompute():
@@ -153,38 +168,6 @@ def test_unrolled_layers_decode_like_scanned():
   got = decoding.generate(unrolled, unrolled_params, tokens, mask, images, BEAM, stop)
   for g, w in zip(got, want):
     np.testing.assert_array_equal(g, w)
-
-
-def test_image_keys_values_computed_once_per_request():
-  """Counts, while a request decodes MAX_NEW tokens, the runs of the vision tower and of the gated
-  blocks' visual key projections (once per request) and of the LM's key projections (every step)."""
-  config = _config()
-  params = _params(config)
-  tokens, mask, images = _prompts(config)
-  calls = collections.Counter()
-
-  def count(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    module, path = context.module, context.module.scope.path
-    if context.method_name != "__call__":
-      return out
-    if isinstance(module, VisionTransformer):
-      name = "vision"
-    elif isinstance(module, Dense) and path[0] == "lm" and path[-1] == "key":
-      name = "xattn_key" if "xattn" in path else "lm_key"
-    else:
-      return out
-    jax.debug.callback(lambda _: calls.update([name]), out[..., :1])
-    return out
-
-  decoding._generate.clear_cache()  # Trace again, under the interceptor.
-  with nn.intercept_methods(count):
-    jax.block_until_ready(_greedy(config, params, tokens, mask, images))
-  jax.effects_barrier()
-  decoding._generate.clear_cache()
-  num_gated = sum(s.num_units for s in layer_plan(config.lm.num_layers, config.xattn) if s.has_xattn)
-  assert calls == {"vision": 1, "xattn_key": num_gated,
-                   "lm_key": config.lm.num_layers * (1 + MAX_NEW)}, calls
 
 
 def test_left_padded_batch_equals_one_by_one():
@@ -267,3 +250,74 @@ def test_bad_inputs_name_the_culprit():
     decoding.generate(config, {}, tokens, mask, images[:, :, :, 1:], GREEDY, ())
   with pytest.raises(ValueError, match="rng"):
     decoding.generate(config, {}, tokens, mask, images, SamplingConfig("sample"), ())
+
+
+PROMPT = "<image>Output: abc"
+
+
+def test_generate_cli_loads_a_saved_checkpoint_and_prints_its_continuation(tmp_path):
+  """The CLI's path (load_trained + generate_text, which main() calls with the flags) on a tiny
+  model saved in the test: frozen towers from the seed, the trainable tree from the checkpoint."""
+  config = flamingo_presets.get_config("tiny")
+  rng = np.random.default_rng(0)
+  words = ["".join(rng.choice(list("abcdefghijklmnop"), rng.integers(2, 8))) for _ in range(400)]
+  train_tokenizer((" ".join(rng.choice(words, 12)) for _ in range(2000)), str(tmp_path / "tok.model"))
+  tokenizer = Tokenizer(str(tmp_path / "tok.model"))
+  model_config = FlamingoConfig.from_dict(config.model)
+  params = init_params(model_config, seed=config.seed)  # What training builds from the seed.
+  frozen, trainable = P.split(params)
+  trainable = _open_gates(trainable)  # The "trained" tree: it must come from the checkpoint.
+  optimizer = make_optimizer(config.optimizer)
+  checkpointer = Checkpointer(str(tmp_path / "run"), keep=1)
+  checkpointer.save(7, TrainState(jnp.asarray(7, jnp.int32), trainable, optimizer.init(trainable),
+                                  jax.random.key_data(jax.random.key(1))), {})
+  checkpointer.wait()
+  checkpointer.close()
+  Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+
+  loaded_config, loaded = generate_cli.load_trained(config, str(tmp_path / "run"))
+  assert loaded_config == model_config
+  jax.tree.map(np.testing.assert_array_equal, loaded, P.merge(frozen, trainable))
+  text = generate_cli.generate_text(loaded_config, loaded, tokenizer, PROMPT,
+                                    [str(tmp_path / "a.jpg")], GREEDY)
+
+  tokens = np.asarray([tokenizer.encode_prompt(PROMPT)], np.int32)
+  images = image_ops.decode((tmp_path / "a.jpg").read_bytes(), model_config.vision.image_size)
+  new, lengths = decoding.generate(model_config, P.merge(frozen, trainable), tokens,
+                                   np.ones_like(tokens, bool), images[None, None, None], GREEDY,
+                                   (model_config.eoc_token_id, tokenizer.eos_id))
+  assert text == tokenizer.decode(new[0, :int(lengths[0])])
+  with pytest.raises(ValueError, match="1 <image> token"):
+    generate_cli.generate_text(loaded_config, loaded, tokenizer, PROMPT, [], GREEDY)
+
+
+def test_image_keys_values_computed_once_per_request():
+  """Counts, while a request decodes MAX_NEW tokens, the runs of the vision tower and of the gated
+  blocks' visual key projections (once per request) and of the LM's key projections (every step)."""
+  config = _config()
+  params = _params(config)
+  tokens, mask, images = _prompts(config)
+  calls = collections.Counter()
+
+  def count(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    module, path = context.module, context.module.scope.path
+    if context.method_name != "__call__":
+      return out
+    if isinstance(module, VisionTransformer):
+      name = "vision"
+    elif isinstance(module, Dense) and path[0] == "lm" and path[-1] == "key":
+      name = "xattn_key" if "xattn" in path else "lm_key"
+    else:
+      return out
+    jax.debug.callback(lambda _: calls.update([name]), out[..., :1])
+    return out
+
+  decoding._generate.clear_cache()  # Trace again, under the interceptor (last test: no recompiles).
+  with nn.intercept_methods(count):
+    jax.block_until_ready(_greedy(config, params, tokens, mask, images))
+  jax.effects_barrier()
+  decoding._generate.clear_cache()
+  num_gated = sum(s.num_units for s in layer_plan(config.lm.num_layers, config.xattn) if s.has_xattn)
+  assert calls == {"vision": 1, "xattn_key": num_gated,
+                   "lm_key": config.lm.num_layers * (1 + MAX_NEW)}, calls
