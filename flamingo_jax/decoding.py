@@ -10,13 +10,14 @@ A request (`generate`):
     prompt tokens + i and phi = the running count of `<image>` tokens (masking.py's previous-image
     rule); the gated blocks reuse their cached visual keys/values.
 Positions count real tokens only and `DecodeSlots.key_mask` hides the left padding, so a padded row
-decodes as it would alone. Beam search runs B x num_beams rows: the prefill runs on the B prompts and
-its cache (visual keys/values included) is repeated per beam; after each step the self-attention cache
-is reordered by beam parent. The cache leaves carry the batch on axis 1 when layers are scanned
-([units, B, ...]), on axis 0 otherwise.
+decodes as it would alone. Beam search runs B x num_beams rows: the prefill runs on the B prompts;
+its self-attention cache is repeated per beam and reordered by beam parent after each step, while the
+gated blocks' visual keys/values stay one row per prompt, shared by its beams. The cache leaves carry
+the batch on axis 1 when layers are scanned ([units, B, ...]), on axis 0 otherwise.
 
 Scoring (`score`) runs the shared context once (a prefill with room for the candidates), repeats its
-cache for the C candidates and runs all candidate tokens in one call at slots T..T+K-1.
+self-attention cache for the C candidates (which share its visual keys/values) and runs all
+candidate tokens in one call at slots T..T+K-1.
 
 The loop and the scorer are jitted with the config and sampling settings static; jax caches one
 compiled function per (those, input shapes, number of stop tokens).
@@ -30,6 +31,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flamingo_jax import masking
 from flamingo_jax.config import FlamingoConfig
@@ -67,7 +69,7 @@ class SamplingConfig:
 
 
 def _decoding_config(config: FlamingoConfig) -> FlamingoConfig:
-  """The same model without remat (no backward pass when decoding); the parameter tree is unchanged."""
+  """The same model without remat (decoding has no backward pass); the same parameter tree."""
   return dataclasses.replace(config, execution=dataclasses.replace(config.execution,
                                                                    remat_policy="none"))
 
@@ -85,6 +87,11 @@ def _check_inputs(config: FlamingoConfig, tokens, prompt_mask, images) -> None:
     raise ValueError(f"tokens must be [B, T], got shape {tokens.shape}.")
   if prompt_mask.shape != tokens.shape:
     raise ValueError(f"prompt_mask {prompt_mask.shape} must have the shape of tokens {tokens.shape}.")
+  if not isinstance(prompt_mask, jax.core.Tracer):
+    mask = np.asarray(prompt_mask)
+    if not (mask[:, -1].all() and (mask[:, 1:] >= mask[:, :-1]).all()):
+      raise ValueError("prompt_mask must be LEFT padded: in every row the real tokens (True) form a "
+                       "suffix ending at the last position, at least one per row.")
   size = config.vision.image_size
   if images.ndim != 6 or images.shape[0] != tokens.shape[0] or images.shape[3:] != (size, size, 3):
     raise ValueError(f"images must be [B={tokens.shape[0]}, N, F, {size}, {size}, 3] "
@@ -119,8 +126,12 @@ def _step(model: Flamingo, params, cache, visual, tokens, positions, phi, index,
   return logits.astype(jnp.float32), variables["cache"]
 
 
-def _repeat_rows(tree, n: int, axis: int):
-  return jax.tree.map(lambda x: jnp.repeat(x, n, axis=axis), tree)
+def _map_self_attention(fn, cache):
+  """fn applied to the LM blocks' self-attention cache; the gated blocks' visual keys/values keep
+  one row per prompt (beams and candidates share them, see `layers.Attention`)."""
+  def apply(path, x):
+    return x if any(getattr(key, "key", None) == "xattn" for key in path) else fn(x)
+  return jax.tree_util.tree_map_with_path(apply, cache)
 
 
 def _filter_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
@@ -192,8 +203,8 @@ def _beam_search(model, params, visual, tokens, prompt_mask, sampling: SamplingC
   w, m, image_id = sampling.num_beams, sampling.max_new_tokens, model.config.image_token_id
   logits, cache, key_mask, phi = _prefill(model, params, visual, tokens, prompt_mask, t + m)
   vocab = logits.shape[-1]
-  cache = _repeat_rows(cache, w, batch_axis)
-  visual, key_mask = jnp.repeat(visual, w, axis=0), jnp.repeat(key_mask, w, axis=0)
+  cache = _map_self_attention(lambda x: jnp.repeat(x, w, axis=batch_axis), cache)
+  key_mask = jnp.repeat(key_mask, w, axis=0)
   beam_rows = lambda x: jnp.repeat(x, w, axis=0).reshape(b, w)  # noqa: E731 [B] -> [B, W].
 
   def normalised(scores, length):
@@ -220,7 +231,7 @@ def _beam_search(model, params, visual, tokens, prompt_mask, sampling: SamplingC
     done = done | is_stop
     phi = phi + (token == image_id)
     rows = (jnp.arange(b)[:, None] * w + parent).reshape(-1)
-    cache = jax.tree.map(lambda x: jnp.take(x, rows, axis=batch_axis), cache)
+    cache = _map_self_attention(lambda x: jnp.take(x, rows, axis=batch_axis), cache)
     step_logits, cache = _step(model, params, cache, visual, token.reshape(-1, 1),
                                position.reshape(-1, 1), phi.reshape(-1, 1), t + i, key_mask)
     return (i + 1, cache, step_logits[:, 0], seqs, scores, done, lengths, stop_token, position + 1,
@@ -286,12 +297,12 @@ def _score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidat
   flat_mask = candidate_mask.reshape(b * c, k)
   if reuse_prefix:
     logits, cache, key_mask, phi = _prefill(model, params, visual, tokens, prompt_mask, t + k)
-    cache = _repeat_rows(cache, c, _batch_axis(config))
+    cache = _map_self_attention(lambda x: jnp.repeat(x, c, axis=_batch_axis(config)), cache)
     key_mask = jnp.repeat(key_mask, c, axis=0).at[:, t:].set(flat_mask)
     context_length = jnp.repeat(prompt_mask.sum(axis=1), c)
     is_image = (flat_candidates == config.image_token_id) & flat_mask
     candidate_phi = jnp.repeat(phi[:, -1], c)[:, None] + jnp.cumsum(is_image, axis=1)
-    step_logits, _ = _step(model, params, cache, jnp.repeat(visual, c, axis=0), flat_candidates,
+    step_logits, _ = _step(model, params, cache, visual, flat_candidates,
                            context_length[:, None] + jnp.arange(k), candidate_phi,
                            jnp.asarray(t, jnp.int32), key_mask)
     # Token j of a candidate is predicted by the logits one slot before it.

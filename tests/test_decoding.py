@@ -204,7 +204,9 @@ def test_sampling_with_top_k_1_is_greedy_and_stops_at_stop_tokens():
 
 def test_top_k_and_top_p_filters():
   logits = jnp.log(jnp.array([[0.1, 0.5, 0.15, 0.25]]))
-  kept = lambda **kw: np.isfinite(decoding._filter_logits(logits, SamplingConfig("sample", **kw)))  # noqa: E731
+
+  def kept(**sampling):
+    return np.isfinite(decoding._filter_logits(logits, SamplingConfig("sample", **sampling)))
   np.testing.assert_array_equal(kept(top_k=2), [[False, True, False, True]])
   np.testing.assert_array_equal(kept(top_p=0.7), [[False, True, False, True]])  # 0.5 + 0.25 >= 0.7.
   np.testing.assert_array_equal(kept(top_p=0.8), [[False, True, True, True]])
@@ -246,6 +248,8 @@ def test_bad_inputs_name_the_culprit():
     SamplingConfig("sample", top_p=0.0)
   with pytest.raises(ValueError, match="prompt_mask"):
     decoding.generate(config, {}, tokens, mask[:, 1:], images, GREEDY, ())
+  with pytest.raises(ValueError, match="LEFT padded"):
+    decoding.generate(config, {}, tokens, mask[:, ::-1] & (np.arange(9) < 5), images, GREEDY, ())
   with pytest.raises(ValueError, match="model.vision.image_size"):
     decoding.generate(config, {}, tokens, mask, images[:, :, :, 1:], GREEDY, ())
   with pytest.raises(ValueError, match="rng"):
