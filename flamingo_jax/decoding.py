@@ -10,16 +10,17 @@ A request (`generate`):
     prompt tokens + i and phi = the running count of `<image>` tokens (masking.py's previous-image
     rule); the gated blocks reuse their cached visual keys/values.
 Positions count real tokens only and `DecodeSlots.key_mask` hides the left padding, so a padded row
-decodes as it would alone. Beam search runs B x num_beams rows: the prefill runs on the B prompts and
-its cache (visual keys/values included) is repeated per beam; after each step the self-attention cache
-is reordered by beam parent. The cache leaves carry the batch on axis 1 when layers are scanned
-([units, B, ...]), on axis 0 otherwise.
+decodes as it would alone. Beam search runs B x num_beams rows: the prefill runs on the B prompts;
+its self-attention cache is repeated per beam and reordered by beam parent after each step, while the
+gated blocks' visual keys/values stay one row per prompt, shared by its beams. The cache leaves carry
+the batch on axis 1 when layers are scanned ([units, B, ...]), on axis 0 otherwise.
 
 Scoring (`score`) runs the shared context once (a prefill with room for the candidates), repeats its
-cache for the C candidates and runs all candidate tokens in one call at slots T..T+K-1.
+self-attention cache for the C candidates (which share its visual keys/values) and runs all
+candidate tokens in one call at slots T..T+K-1.
 
-The loop and the scorer are jitted with the config, sampling settings and stop tokens static; jax
-caches one compiled function per (those, input shapes).
+The loop and the scorer are jitted with the config and sampling settings static; jax caches one
+compiled function per (those, input shapes, number of stop tokens).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flamingo_jax import masking
 from flamingo_jax.config import FlamingoConfig
@@ -67,7 +69,7 @@ class SamplingConfig:
 
 
 def _decoding_config(config: FlamingoConfig) -> FlamingoConfig:
-  """The same model without remat (no backward pass when decoding); the parameter tree is unchanged."""
+  """The same model without remat (decoding has no backward pass); the same parameter tree."""
   return dataclasses.replace(config, execution=dataclasses.replace(config.execution,
                                                                    remat_policy="none"))
 
@@ -76,11 +78,20 @@ def _batch_axis(config: FlamingoConfig) -> int:
   return 1 if config.execution.scan_layers else 0
 
 
+def _as_inputs(tokens, prompt_mask, images):
+  return jnp.asarray(tokens, jnp.int32), jnp.asarray(prompt_mask, bool), jnp.asarray(images)
+
+
 def _check_inputs(config: FlamingoConfig, tokens, prompt_mask, images) -> None:
   if tokens.ndim != 2:
     raise ValueError(f"tokens must be [B, T], got shape {tokens.shape}.")
   if prompt_mask.shape != tokens.shape:
     raise ValueError(f"prompt_mask {prompt_mask.shape} must have the shape of tokens {tokens.shape}.")
+  if not isinstance(prompt_mask, jax.core.Tracer):
+    mask = np.asarray(prompt_mask)
+    if not (mask[:, -1].all() and (mask[:, 1:] >= mask[:, :-1]).all()):
+      raise ValueError("prompt_mask must be LEFT padded: in every row the real tokens (True) form a "
+                       "suffix ending at the last position, at least one per row.")
   size = config.vision.image_size
   if images.ndim != 6 or images.shape[0] != tokens.shape[0] or images.shape[3:] != (size, size, 3):
     raise ValueError(f"images must be [B={tokens.shape[0]}, N, F, {size}, {size}, 3] "
@@ -115,8 +126,12 @@ def _step(model: Flamingo, params, cache, visual, tokens, positions, phi, index,
   return logits.astype(jnp.float32), variables["cache"]
 
 
-def _repeat_rows(tree, n: int, axis: int):
-  return jax.tree.map(lambda x: jnp.repeat(x, n, axis=axis), tree)
+def _map_self_attention(fn, cache):
+  """fn applied to the LM blocks' self-attention cache; the gated blocks' visual keys/values keep
+  one row per prompt (beams and candidates share them, see `layers.Attention`)."""
+  def apply(path, x):
+    return x if any(getattr(key, "key", None) == "xattn" for key in path) else fn(x)
+  return jax.tree_util.tree_map_with_path(apply, cache)
 
 
 def _filter_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
@@ -188,8 +203,8 @@ def _beam_search(model, params, visual, tokens, prompt_mask, sampling: SamplingC
   w, m, image_id = sampling.num_beams, sampling.max_new_tokens, model.config.image_token_id
   logits, cache, key_mask, phi = _prefill(model, params, visual, tokens, prompt_mask, t + m)
   vocab = logits.shape[-1]
-  cache = _repeat_rows(cache, w, batch_axis)
-  visual, key_mask = jnp.repeat(visual, w, axis=0), jnp.repeat(key_mask, w, axis=0)
+  cache = _map_self_attention(lambda x: jnp.repeat(x, w, axis=batch_axis), cache)
+  key_mask = jnp.repeat(key_mask, w, axis=0)
   beam_rows = lambda x: jnp.repeat(x, w, axis=0).reshape(b, w)  # noqa: E731 [B] -> [B, W].
 
   def normalised(scores, length):
@@ -216,7 +231,7 @@ def _beam_search(model, params, visual, tokens, prompt_mask, sampling: SamplingC
     done = done | is_stop
     phi = phi + (token == image_id)
     rows = (jnp.arange(b)[:, None] * w + parent).reshape(-1)
-    cache = jax.tree.map(lambda x: jnp.take(x, rows, axis=batch_axis), cache)
+    cache = _map_self_attention(lambda x: jnp.take(x, rows, axis=batch_axis), cache)
     step_logits, cache = _step(model, params, cache, visual, token.reshape(-1, 1),
                                position.reshape(-1, 1), phi.reshape(-1, 1), t + i, key_mask)
     return (i + 1, cache, step_logits[:, 0], seqs, scores, done, lengths, stop_token, position + 1,
@@ -238,16 +253,15 @@ def _beam_search(model, params, visual, tokens, prompt_mask, sampling: SamplingC
   return _fill_after_stop(seqs, pick(lengths), pick(stop_token)), pick(lengths)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "sampling", "stop_tokens"))
+@functools.partial(jax.jit, static_argnames=("config", "sampling"))
 def _generate(config: FlamingoConfig, params, tokens, prompt_mask, images,
-              sampling: SamplingConfig, stop_tokens: tuple[int, ...], rng):
+              sampling: SamplingConfig, stop_tokens: jax.Array, rng):
   model = Flamingo(config)
   visual = model.apply({"params": params}, images, method=Flamingo.encode_images)
-  stops = jnp.asarray(stop_tokens, jnp.int32)
   if sampling.strategy == "beam":
-    return _beam_search(model, params, visual, tokens, prompt_mask, sampling, stops,
+    return _beam_search(model, params, visual, tokens, prompt_mask, sampling, stop_tokens,
                         _batch_axis(config))
-  return _generate_rows(model, params, visual, tokens, prompt_mask, sampling, stops, rng)
+  return _generate_rows(model, params, visual, tokens, prompt_mask, sampling, stop_tokens, rng)
 
 
 def generate(config: FlamingoConfig, params, tokens, prompt_mask, images, sampling: SamplingConfig,
@@ -262,14 +276,14 @@ def generate(config: FlamingoConfig, params, tokens, prompt_mask, images, sampli
   before the first stop token (the stop token not counted); positions from lengths[b] on hold the
   stop token (or whatever was generated if none).
   """
-  tokens, prompt_mask, images = jnp.asarray(tokens, jnp.int32), jnp.asarray(prompt_mask, bool), \
-      jnp.asarray(images)
+  tokens, prompt_mask, images = _as_inputs(tokens, prompt_mask, images)
   _check_inputs(config, tokens, prompt_mask, images)
   if sampling.strategy == "sample" and rng is None:
     raise ValueError("generate: strategy='sample' needs an `rng` key.")
   rng = jax.random.key(0) if rng is None else rng
-  return _generate(_decoding_config(config), params, tokens, prompt_mask, images, sampling,
-                   tuple(int(s) for s in stop_tokens), rng)
+  stops = jnp.asarray([int(s) for s in stop_tokens], jnp.int32).reshape(-1)
+  return _generate(_decoding_config(config), params, tokens, prompt_mask, images, sampling, stops,
+                   rng)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "reuse_prefix"))
@@ -278,13 +292,12 @@ def _score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidat
   model = Flamingo(config)
   b, t = tokens.shape
   _, c, k = candidates.shape
-  visual = jnp.repeat(model.apply({"params": params}, images, method=Flamingo.encode_images), c,
-                      axis=0)
+  visual = model.apply({"params": params}, images, method=Flamingo.encode_images)
   flat_candidates = candidates.reshape(b * c, k)
   flat_mask = candidate_mask.reshape(b * c, k)
   if reuse_prefix:
-    logits, cache, key_mask, phi = _prefill(model, params, visual[::c], tokens, prompt_mask, t + k)
-    cache = _repeat_rows(cache, c, _batch_axis(config))
+    logits, cache, key_mask, phi = _prefill(model, params, visual, tokens, prompt_mask, t + k)
+    cache = _map_self_attention(lambda x: jnp.repeat(x, c, axis=_batch_axis(config)), cache)
     key_mask = jnp.repeat(key_mask, c, axis=0).at[:, t:].set(flat_mask)
     context_length = jnp.repeat(prompt_mask.sum(axis=1), c)
     is_image = (flat_candidates == config.image_token_id) & flat_mask
@@ -297,7 +310,7 @@ def _score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidat
   else:  # Every candidate re-runs the whole context (the images are still encoded once).
     full = jnp.concatenate([jnp.repeat(tokens, c, axis=0), flat_candidates], axis=1)
     full_mask = jnp.concatenate([jnp.repeat(prompt_mask, c, axis=0), flat_mask], axis=1)
-    logits, _, _, _ = _prefill(model, params, visual, full, full_mask, t + k)
+    logits, _, _, _ = _prefill(model, params, jnp.repeat(visual, c, axis=0), full, full_mask, t + k)
     predicting = logits[:, t - 1:t + k - 1]
   logp = jax.nn.log_softmax(predicting, axis=-1)
   picked = jnp.take_along_axis(logp, flat_candidates[..., None], axis=-1)[..., 0]
@@ -313,8 +326,7 @@ def score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidate
   and its cache shared by all C candidates; without it every candidate re-runs the context (the
   reference the benchmark compares against).
   """
-  tokens, prompt_mask, images = jnp.asarray(tokens, jnp.int32), jnp.asarray(prompt_mask, bool), \
-      jnp.asarray(images)
+  tokens, prompt_mask, images = _as_inputs(tokens, prompt_mask, images)
   candidates, candidate_mask = jnp.asarray(candidates, jnp.int32), jnp.asarray(candidate_mask, bool)
   _check_inputs(config, tokens, prompt_mask, images)
   if candidates.ndim != 3 or candidates.shape[0] != tokens.shape[0]:

@@ -133,11 +133,13 @@ class Attention(nn.Module):
 
   Decoding uses the `cache` collection (mutable in the decoding apply, see `decoding.py`):
   * self-attention with `decode` given: this call's keys/values [B, T, K, Dh] (rotary applied) are
-    written into `cache/cached_key`, `cache/cached_value` [B, S, K, Dh] (zeros when absent, S = decode.key_mask's
-    length) at slots decode.index..index+T-1, and the queries attend over the whole cache, causally
-    by slot, skipping slots that decode.key_mask rules out;
-  * `cache_context=True` (cross-attention): the first call projects `context` and stores its keys and
-    values as `cache/cached_key`, `cache/cached_value` [B, S, K, Dh]; later calls reuse them and ignore `context`.
+    written into `cache/cached_key`, `cache/cached_value` [B, S, K, Dh] (zeros when absent; S is
+    decode.key_mask's length) at slots decode.index..index+T-1, and the queries attend over the
+    whole cache, causally by slot, skipping the slots that decode.key_mask rules out;
+  * `cache_context=True` (cross-attention): the first call projects `context` and stores its keys
+    and values as `cache/cached_key`, `cache/cached_value` [B, S, K, Dh]; later calls reuse them and
+    ignore `context`. A later call may bring G * B query rows (beams, scoring candidates): rows
+    b * G .. b * G + G - 1 share row b's cached keys/values.
   """
 
   num_heads: int
@@ -168,7 +170,8 @@ class Attention(nn.Module):
       inv_freq = rope_frequencies(self.head_dim, self.rope_theta, self.rope_scaling)
       q = rotary(q, positions, inv_freq)
     if cache_context and self.has_variable("cache", "cached_key"):
-      k, v = self.get_variable("cache", "cached_key"), self.get_variable("cache", "cached_value")
+      k = self.get_variable("cache", "cached_key")
+      v = self.get_variable("cache", "cached_value")
     else:
       k, v = key_proj(context), value_proj(context)
       if key_norm is not None:
@@ -180,8 +183,15 @@ class Attention(nn.Module):
         self.put_variable("cache", "cached_value", v)
     if decode is not None:
       k, v, mask = self._update_cache(k, v, decode)
+    rows, t = q.shape[:2]
+    groups = rows // k.shape[0]  # > 1: groups of query rows share one cached context row.
+    if groups > 1:
+      q = q.reshape(k.shape[0], groups * t, *q.shape[2:])
+      mask = mask.reshape(k.shape[0], groups, *mask.shape[1:]).swapaxes(1, 2).reshape(
+          k.shape[0], mask.shape[1], groups * t, mask.shape[-1])
     q = constrain(q, ("batch", "length", "act_heads", "act_kv"))
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal and decode is None)
+    out = out.reshape(rows, t, *out.shape[2:])
     return dense(self.out_features, ("heads", "kv", "embed"), ex, use_bias=self.use_bias,
                  num_in=2, name="out")(out)
 
@@ -237,8 +247,8 @@ def repeat(block: type[nn.Module], length: int, x: jax.Array, *broadcast: Any,
 
   `block(execution=execution, **block_fields)(x, *broadcast)` must return `(x, None)`. With `execution.scan_layers` the
   copies are one `nn.scan` named `name` whose parameters carry a leading `layers` axis [length, ...];
-  otherwise they are unrolled as `name_0`, `name_1`, ... (see `params.py` to convert); a decoding `cache`
-  collection is stacked the same way ([length, ...] under `name` when scanned). The remat
+  otherwise they are unrolled as `name_0`, `name_1`, ... (see `params.py` to convert); a decoding
+  `cache` collection is laid out the same way ([length, ...] under `name` when scanned). The remat
   policy wraps each copy. Call from inside a compact method: the copies become its children.
   """
   if execution.remat_policy != "none":
