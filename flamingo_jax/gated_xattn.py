@@ -3,6 +3,8 @@
 y = y + tanh(a_attn) * xattn(q=LN(y), kv=LN(visual))   (only tokens with an image get a non-zero xattn)
 y = y + tanh(a_ffw)  * ffw(LN(y))
 The gates a_* start at 0, so a freshly initialised block is the identity.
+When decoding (the `cache` collection is mutable), the keys/values of the visual tokens are projected
+at the first call (the prefill) and reused by every later step (`layers.Attention`, `cache_context`).
 
 IDEFICS variant (XAttnConfig fields): RMSNorm instead of LN on the text side (`norm`), no norm on
 the visual keys/values (`visual_norm`), a SwiGLU FFW of the LM's MLP width (`ffw_gated`, `ffw_dim`),
@@ -51,7 +53,8 @@ class GatedCrossAttentionDense(nn.Module):
     q = text_norm("attn_norm")(y).astype(y.dtype)
     mask = masking.cross_attention_mask(phi, n, r)
     attn = Attention(c.num_heads, c.num_heads, c.head_dim, d, ex, qk_norm=c.qk_norm,
-                     qk_norm_eps=c.norm_eps, name="attn")(q, kv, mask=mask)
+                     qk_norm_eps=c.norm_eps, name="attn")(
+                         q, kv, mask=mask, cache_context=self.is_mutable_collection("cache"))
     attn = attn * masking.has_image(phi, n)[..., None].astype(attn.dtype)
     self.sow("intermediates", "xattn_output", attn)
     y = y + (self._gate("attn_gate", d) * attn).astype(y.dtype)
