@@ -22,7 +22,7 @@ from transformers import IdeficsConfig, IdeficsForVisionText2Text
 
 from data_pipelines import tokenizer as tokenizer_lib
 from experiments import idefics as idefics_presets
-from flamingo_jax import import_weights, masking, train
+from flamingo_jax import decoding, import_weights, masking, train
 from flamingo_jax import params as P
 from flamingo_jax.config import FlamingoConfig
 from flamingo_jax.model import Flamingo, abstract_params
@@ -141,7 +141,7 @@ def test_idefics_logits_match_transformers(checkpoints, variant):
 
 
 def test_idefics_greedy_continuation_matches_generate(checkpoints):
-  hf_model, path = checkpoints("vector_gates")
+  hf_model, path = checkpoints("qk_norms_scalar_gates")
   config, params = import_weights.import_idefics(path)
   tokens, images, phi = _inputs(length=10)
   new = 6
@@ -157,6 +157,12 @@ def test_idefics_greedy_continuation_matches_generate(checkpoints):
   for step in range(tokens.shape[1], buffer.shape[1]):
     buffer[:, step] = np.asarray(forward(jnp.asarray(buffer))[:, step - 1].argmax(-1))
   np.testing.assert_array_equal(buffer, theirs)
+  # The cached generator (decoding.py: self-attention cache, image keys/values projected once, qk
+  # norms on the cached keys) continues the same way.
+  cached, _ = decoding.generate(config, params, tokens, np.ones(tokens.shape, bool),
+                                images[:, :, None], decoding.SamplingConfig(max_new_tokens=new),
+                                stop_tokens=(config.eoc_token_id,))
+  np.testing.assert_array_equal(np.asarray(cached), theirs[:, tokens.shape[1]:])
 
 
 def test_cli_writes_a_checkpoint_the_trainer_loads(tmp_path, capsys):
