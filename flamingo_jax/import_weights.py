@@ -333,7 +333,8 @@ def idefics_config(hf: Mapping[str, Any], added_tokens: Mapping[str, int],
       alpha_init=_ALPHA_INITIALIZERS[alpha_init],
       alpha_init_std=float(hf.get("alphas_initializer_range", 0.0)))
   extra = hf.get("additional_vocab_size", 0)
-  image, eoc = special_token_ids(added_tokens, lm.vocab_size, hf.get("eos_token_id", 2))
+  eos = hf.get("eos_token_id", 2)  # An int, or a list whose first id is the document end.
+  image, eoc = special_token_ids(added_tokens, lm.vocab_size, eos[0] if isinstance(eos, list) else eos)
   config = FlamingoConfig(vision=vision, lm=lm, resampler=resampler, xattn=xattn,
                           num_extra_tokens=extra, image_token=image, eoc_token=eoc)
   validate(config)

@@ -258,11 +258,12 @@ def test_import_peak_memory_stays_under_one_and_a_half_times_the_checkpoint():
   assert (result["peak"] - result["baseline"]) / result["size"] < 1.5
 
 
-def test_scanned_exports_load_into_unrolled_models(tmp_path, clip, llama_gqa):
+def test_scanned_exports_load_into_unrolled_models(tmp_path, clip, llama_gqa, monkeypatch):
   # Imports and the trainer's exports are scanned; a model with execution.scan_layers=False gets
   # them in its unrolled layout (name_0, name_1, ...).
   vision_out, lm_out = str(tmp_path / "vision"), str(tmp_path / "lm")
   import_weights.main(["clip", "--checkpoint", clip[1], "--out", vision_out])
+  monkeypatch.setattr(import_weights, "WRITE_BATCH_BYTES", 8 * 1024)  # The LM in many batches.
   import_weights.main(["llama", "--checkpoint", llama_gqa[1], "--out", lm_out])
   vision_config, vision_params = import_weights.import_vision("clip", clip[1])
   lm_config, lm_params = import_weights.import_llama(llama_gqa[1])
