@@ -10,6 +10,7 @@ the previous one.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -73,7 +74,19 @@ def save_params_in_batches(path: str, batches: Iterable[Any]) -> None:
     shutil.rmtree(path)
   for batch in batches:
     ocp_v1.partial.save(path, batch)
+    del batch  # Freed before the next one is made.
+    _return_freed_memory()
   ocp_v1.partial.finalize(path)
+
+
+def _return_freed_memory() -> None:
+  """Hands glibc's freed blocks back to the OS (`malloc_trim`). The write buffers of a batch are freed
+  in tensorstore's threads' arenas, which the main thread's next batch would not reuse: untrimmed,
+  they add ~0.3x of a 207 MB import to its peak. Does nothing without glibc."""
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
 
 
 def load_params(path: str, abstract_params: Any) -> Any:

@@ -564,8 +564,8 @@ class ImportPlan:
   """A checked import: which checkpoint tensor fills which slot of which of our parameters.
 
   `params()` converts everything at once (nested dict of numpy arrays); `batches(max_bytes)` yields
-  disjoint flat {path: array} pieces of about `max_bytes` (at least one parameter each) so a writer
-  holds one piece at a time. `fresh` holds parameters with no checkpoint tensor (made on the host).
+  disjoint subtrees (nested dicts) of about `max_bytes` (at least one parameter each), made only when
+  asked for, so a writer that drops each before asking for the next holds one at a time. `fresh` holds parameters with no checkpoint tensor (made on the host).
   """
 
   config: Any
@@ -595,14 +595,14 @@ class ImportPlan:
     for path in sorted(self.sources, key=first.__getitem__):
       nbytes = math.prod(self.abstract[path].shape) * self.dtype.itemsize
       if batch and size + nbytes > max_bytes:
-        yield self._convert(batch)
+        yield traverse_util.unflatten_dict(self._convert(batch))
         batch, size = [], 0
       batch.append(path)
       size += nbytes
     if batch:
-      yield self._convert(batch)
+      yield traverse_util.unflatten_dict(self._convert(batch))
     if self.fresh:
-      yield dict(self.fresh)
+      yield traverse_util.unflatten_dict(dict(self.fresh))
 
   def params(self) -> dict[str, Any]:
     return traverse_util.unflatten_dict({**self._convert(self.sources), **self.fresh})
@@ -785,8 +785,7 @@ def main(argv: list[str] | None = None) -> None:
     import_plan = planners[args.family]()
   except ValueError as e:
     parser.exit(1, f"{parser.prog}: error: {e}\n")
-  save_params_in_batches(args.out, (traverse_util.unflatten_dict(batch)
-                                    for batch in import_plan.batches(WRITE_BATCH_BYTES)))
+  save_params_in_batches(args.out, import_plan.batches(WRITE_BATCH_BYTES))
   config = import_plan.config
   if args.family == "idefics":  # The stored dtype is not a model setting.
     config = dataclasses.replace(config, execution=ExecutionConfig())
