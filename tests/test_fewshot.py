@@ -30,6 +30,13 @@ def tokenizer(tmp_path_factory):
   return tokenizer_lib.Tokenizer(path)
 
 
+@pytest.fixture(scope="module")
+def demo_corpus(tmp_path_factory):
+  """The bundled demo corpus (its 512-piece tokenizer fits the tiny model)."""
+  from data_pipelines import demo
+  return demo.build(str(tmp_path_factory.mktemp("corpus")))
+
+
 def _example(key, colour, answers=("a cat",), question=""):
   image = np.zeros((40, 48, 3), np.uint8)
   image[..., colour] = 255
@@ -124,13 +131,15 @@ def test_rices_features_are_cached(tmp_path):
   assert other != fingerprint and len(os.listdir(tmp_path)) == 1
 
 
-def test_harness_end_to_end_on_tfds_mock_data(tmp_path, tokenizer):
+def test_harness_end_to_end_on_tfds_mock_data(tmp_path, demo_corpus):
   import tensorflow_datasets as tfds
-  config = tiny_config(**{"lm.vocab_size": tokenizer.vocab_size})
+  tokenizer = tokenizer_lib.Tokenizer(demo_corpus["tokenizer"])
+  config = tiny_config()
   params = init_params(config)
   settings = evaluation_presets.get_config("paper,coco,vqav2")
   settings.shots = (0, 2)
   settings.batch_size = 4
+  settings.pad_to_multiple = 128  # Both tasks' prompts share shapes: one compilation per shot count.
   settings.sampling.update(strategy="greedy", max_new_tokens=3)  # Beam search: decoding's tests.
   for name, task in settings.tasks.items():
     task.update(num_queries=5, support_size=6, data_dir=str(tmp_path / "tfds"))
@@ -154,15 +163,13 @@ def test_harness_end_to_end_on_tfds_mock_data(tmp_path, tokenizer):
   assert any("coco 2-shot" in line for line in lines)
 
 
-def test_in_context_mapping_task_on_the_demo_corpus(tmp_path):
-  from data_pipelines import demo
-  info = demo.build(str(tmp_path / "corpus"))
-  tokenizer = tokenizer_lib.Tokenizer(info["tokenizer"])
+def test_in_context_mapping_task_on_the_demo_corpus(tmp_path, demo_corpus):
+  tokenizer = tokenizer_lib.Tokenizer(demo_corpus["tokenizer"])
   config = tiny_config()
   settings = evaluation_presets.get_config("demo,colours")
   settings.batch_size = 4
   task = settings.tasks.colours
-  task.update(data_dir=str(tmp_path / "corpus"), num_queries=4, support_size=24, num_permutations=2)
+  task.update(data_dir=os.path.dirname(demo_corpus["tokenizer"]), num_queries=4, support_size=24, num_permutations=2)
   runner = evaluate.TaskRunner("colours", task, settings, config, init_params(config), tokenizer,
                                str(tmp_path / "rices"), log=lambda _: None)
   assert runner.class_names == ("red", "green", "blue", "yellow")
