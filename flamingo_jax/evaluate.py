@@ -41,8 +41,7 @@ from flamingo_jax.config import FlamingoConfig
 from flamingo_jax.eval_data import EvalExample, load_task_split
 from flamingo_jax.generate import load_trained
 
-KINDS = {"captioning": "cider", "vqa": "vqa_accuracy", "classification": ("roc_auc", "top1"),
-         "mapping": "top1"}
+KINDS = ("captioning", "vqa", "classification", "mapping")
 METRIC_NAMES = {"cider": "CIDEr", "vqa_accuracy": "VQA acc.", "roc_auc": "ROC-AUC", "top1": "top-1"}
 
 
@@ -53,15 +52,12 @@ def shot_answer(example: EvalExample) -> str:
   return max(example.answers, key=lambda a: (counts[a], -example.answers.index(a)))
 
 
-def _check_task(name: str, task) -> str:
+def _check_task(name: str, task) -> None:
   if task.kind not in KINDS:
-    raise ValueError(f"tasks.{name}.kind={task.kind!r}; use one of {sorted(KINDS)}.")
-  metric = ("roc_auc" if len(task.class_names) == 2 else "top1") if task.kind == "classification" \
-      else KINDS[task.kind]
+    raise ValueError(f"tasks.{name}.kind={task.kind!r}; use one of {KINDS}.")
   fewshot.check_template(task.prompt, f"tasks.{name}.prompt")
   if task.selection not in ("random", "rices"):
     raise ValueError(f"tasks.{name}.selection={task.selection!r}; use 'random' or 'rices'.")
-  return metric
 
 
 def _balanced_shots(labels: np.ndarray, num_queries: int, num_shots: int, num_classes: int,
@@ -86,11 +82,14 @@ class TaskRunner:
   def __init__(self, name: str, task, settings: ml_collections.ConfigDict, model_config: FlamingoConfig,
                params, tokenizer: Tokenizer, cache_dir: str, log: Callable[[str], None] = print):
     self.name, self.task, self.settings = name, task, settings
-    self.metric = _check_task(name, task)
+    _check_task(name, task)
     self.model_config, self.params, self.tokenizer, self.log = model_config, params, tokenizer, log
     self.support, class_names = load_task_split(task, task.support_split, task.support_size)
     self.queries, _ = load_task_split(task, task.query_split, task.num_queries)
     self.class_names = tuple(class_names)
+    # Two classes (HatefulMemes): ROC-AUC of the second ("yes"); more: top-1.
+    self.metric = {"captioning": "cider", "vqa": "vqa_accuracy", "mapping": "top1"}.get(
+        task.kind, "roc_auc" if len(self.class_names) == 2 else "top1")
     # What the prompts call the classes: mapping tasks may use other words (task.mapping_words).
     self.shown_names = tuple(task.mapping_words) if task.kind == "mapping" and task.mapping_words \
         else self.class_names
