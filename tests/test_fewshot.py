@@ -186,3 +186,53 @@ def test_in_context_mapping_task_on_the_demo_corpus(tmp_path, demo_corpus):
   assert len({tuple(runner._renaming(q)) for q in range(4)}) > 1  # Renamings differ per query.
   for shots in (0, 4):
     assert 0 <= runner.run(shots) <= 100
+
+
+def test_official_vqa_files_through_our_tfds_builder(tmp_path):
+  from PIL import Image
+  from flamingo_jax.eval_data import load_task_split
+  root = tmp_path / "vqav2"
+  for split, image_ids in (("train", (1, 2)), ("val", (7,))):
+    os.makedirs(root / f"{split}2014")
+    for i in image_ids:
+      Image.new("RGB", (50, 40), (10 * i, 0, 0)).save(root / f"{split}2014" /
+                                                      f"COCO_{split}2014_{i:012d}.jpg")
+    questions = [{"image_id": i, "question": f"q{i}?", "question_id": 100 + i} for i in image_ids]
+    annotations = [{"question_id": 100 + i, "image_id": i,
+                    "answers": [{"answer": f"a{i}", "answer_id": j + 1} for j in range(10)]}
+                   for i in image_ids]
+    json.dump({"questions": questions},
+              open(root / f"v2_OpenEnded_mscoco_{split}2014_questions.json", "w"))
+    json.dump({"annotations": annotations},
+              open(root / f"v2_mscoco_{split}2014_annotations.json", "w"))
+  task = evaluation_presets.get_config("paper,vqav2").tasks.vqav2
+  task.update(data_dir=str(tmp_path / "tfds"), manual_dir=str(root))
+  train, _ = load_task_split(task, "train", 0)
+  (query,), _ = load_task_split(task, "validation", 0)
+  assert sorted((ex.question, ex.answers[0]) for ex in train) == [("q1?", "a1"), ("q2?", "a2")]
+  assert query.question == "q7?" and len(query.answers) == 10
+  assert query.image.shape == (40, 50, 3) and abs(int(query.image[..., 0].mean()) - 70) <= 2
+
+
+def test_official_file_readers(tmp_path):
+  from flamingo_jax import eval_data
+  (tmp_path / "karpathy.json").write_text(json.dumps({"images": [
+      {"filename": "1.jpg", "split": "test", "sentences": [{"raw": "A dog."}, {"raw": "A cat."}]},
+      {"filename": "2.jpg", "split": "restval", "sentences": [{"raw": "A man."}]},
+      {"filename": "3.jpg", "split": "train", "sentences": [{"raw": "Two men."}]}]}))
+  train = list(eval_data.read_karpathy(str(tmp_path / "karpathy.json"), "im", "train"))
+  assert [(key, path, answers) for key, path, _, answers in train] == [
+      ("2.jpg", "im/2.jpg", ["A man."]), ("3.jpg", "im/3.jpg", ["Two men."])]  # restval trains.
+  (tmp_path / "memes.jsonl").write_text(
+      '{"id": 42, "img": "img/42.png", "label": 1, "text": "hi"}\n\n'
+      '{"id": 7, "img": "img/07.png", "text": "unlabelled"}\n')
+  assert list(eval_data.read_hateful_memes(str(tmp_path / "memes.jsonl"), "root")) == [
+      ("42", "root/img/42.png", "hi", 1), ("7", "root/img/07.png", "unlabelled", -1)]
+  (tmp_path / "textvqa.json").write_text(json.dumps({"data": [
+      {"question_id": 3, "image_id": "ab", "question": "what?", "answers": ["x"] * 10}]}))
+  assert list(eval_data.read_textvqa(str(tmp_path / "textvqa.json"), "ims")) == [
+      ("3", "ims/ab.jpg", "what?", ["x"] * 10)]
+  (tmp_path / "vizwiz.json").write_text(json.dumps([
+      {"image": "VizWiz_val_1.jpg", "question": "colour?", "answers": [{"answer": "red"}] * 10}]))
+  assert list(eval_data.read_vizwiz(str(tmp_path / "vizwiz.json"), "val")) == [
+      ("VizWiz_val_1.jpg", "val/VizWiz_val_1.jpg", "colour?", ["red"] * 10)]
