@@ -179,6 +179,9 @@ def _eval_files_builder():
     """Few-shot evaluation sets read from their official annotation files in the manual dir."""
 
     VERSION = tfds.core.Version("1.0.0")
+    # Nothing is downloaded, so no URL checksums; looking for their file would import
+    # importlib_resources, which tfds does not install.
+    url_infos = None
     MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__ + " See flamingo_jax/eval_data.py for each layout."
     BUILDER_CONFIGS = [
         config("vqav2", "v2_OpenEnded_mscoco_{train,val}2014_questions.json, "

@@ -3,7 +3,9 @@ r"""Few-shot evaluation: every task of a config at every shot count -> results J
   python -m flamingo_jax.evaluate --config experiments/evaluation.py:<preset> \
       --checkpoint <flamingo training workdir> --workdir <out>
 
-For each task (experiments/evaluation.py documents the fields): load the support and query examples
+The model loads as `flamingo_jax.generate` loads it (`load_trained`: frozen towers from
+`config.flamingo`, trainable weights from the checkpoint). For each task (experiments/evaluation.py
+documents the fields): load the support and query examples
 (eval_data.py), pick shots (random, seeded; or RICES with features cached under <workdir>/rices), build
 the prompts (fewshot.py), then
 * captioning / vqa: `decoding.generate` (beam search, 3 beams, stop at `<EOC>` / EOS) -> CIDEr-D or
@@ -34,34 +36,13 @@ from data_pipelines.tokenizer import Tokenizer
 from flamingo_jax import decoding
 from flamingo_jax import eval_metrics
 from flamingo_jax import fewshot
-from flamingo_jax import params as P
 from flamingo_jax import rices
 from flamingo_jax.config import FlamingoConfig
 from flamingo_jax.eval_data import EvalExample, load_task_split
+from flamingo_jax.generate import load_trained
 
-KINDS = {"captioning": "cider", "vqa": "vqa_accuracy", "classification": ("roc_auc", "top1"),
-         "mapping": "top1"}
+KINDS = ("captioning", "vqa", "classification", "mapping")
 METRIC_NAMES = {"cider": "CIDEr", "vqa_accuracy": "VQA acc.", "roc_auc": "ROC-AUC", "top1": "top-1"}
-
-
-def load_flamingo(train_config: ml_collections.ConfigDict, checkpoint_dir: str):
-  """(FlamingoConfig, full param tree): frozen towers as training builds them (`config.seed` or
-  `init.*` checkpoints), trainable weights from the latest checkpoint in `checkpoint_dir` (a
-  `flamingo_jax.train` workdir of task=flamingo); "" keeps the random initialisation."""
-  from flamingo_jax import train as trainer
-  from flamingo_jax.checkpointing import Checkpointer
-  setup = trainer.build_setup(train_config)
-  frozen, trainable = trainer.initial_params(train_config, setup, with_trainable=not checkpoint_dir)
-  if checkpoint_dir:
-    checkpointer = Checkpointer(checkpoint_dir, keep=1)
-    step = checkpointer.latest_step()
-    if step is None:
-      raise ValueError(f"--checkpoint={checkpoint_dir} holds no checkpoint; pass the workdir of a "
-                       "flamingo_jax.train run with task=flamingo.")
-    state, _ = checkpointer.restore(step, setup.abstract_state)
-    checkpointer.close()
-    trainable = state.trainable
-  return setup.model_config, P.merge(jax.device_get(frozen), jax.device_get(trainable))
 
 
 def shot_answer(example: EvalExample) -> str:
@@ -71,15 +52,12 @@ def shot_answer(example: EvalExample) -> str:
   return max(example.answers, key=lambda a: (counts[a], -example.answers.index(a)))
 
 
-def _check_task(name: str, task) -> str:
+def _check_task(name: str, task) -> None:
   if task.kind not in KINDS:
-    raise ValueError(f"tasks.{name}.kind={task.kind!r}; use one of {sorted(KINDS)}.")
-  metric = ("roc_auc" if len(task.class_names) == 2 else "top1") if task.kind == "classification" \
-      else KINDS[task.kind]
+    raise ValueError(f"tasks.{name}.kind={task.kind!r}; use one of {KINDS}.")
   fewshot.check_template(task.prompt, f"tasks.{name}.prompt")
   if task.selection not in ("random", "rices"):
     raise ValueError(f"tasks.{name}.selection={task.selection!r}; use 'random' or 'rices'.")
-  return metric
 
 
 def _balanced_shots(labels: np.ndarray, num_queries: int, num_shots: int, num_classes: int,
@@ -104,11 +82,14 @@ class TaskRunner:
   def __init__(self, name: str, task, settings: ml_collections.ConfigDict, model_config: FlamingoConfig,
                params, tokenizer: Tokenizer, cache_dir: str, log: Callable[[str], None] = print):
     self.name, self.task, self.settings = name, task, settings
-    self.metric = _check_task(name, task)
+    _check_task(name, task)
     self.model_config, self.params, self.tokenizer, self.log = model_config, params, tokenizer, log
     self.support, class_names = load_task_split(task, task.support_split, task.support_size)
     self.queries, _ = load_task_split(task, task.query_split, task.num_queries)
     self.class_names = tuple(class_names)
+    # Two classes (HatefulMemes): ROC-AUC of the second ("yes"); more: top-1.
+    self.metric = {"captioning": "cider", "vqa": "vqa_accuracy", "mapping": "top1"}.get(
+        task.kind, "roc_auc" if len(self.class_names) == 2 else "top1")
     # What the prompts call the classes: mapping tasks may use other words (task.mapping_words).
     self.shown_names = tuple(task.mapping_words) if task.kind == "mapping" and task.mapping_words \
         else self.class_names
@@ -243,6 +224,10 @@ def evaluate(settings: ml_collections.ConfigDict, model_config: FlamingoConfig, 
              tokenizer: Tokenizer, workdir: str, log: Callable[[str], None] = print) -> dict:
   """Runs every task of `settings.tasks` at every `settings.shots`; writes results.json and
   results.md into `workdir` and returns the results dict."""
+  if tokenizer.vocab_size != model_config.lm.vocab_size:
+    raise ValueError(f"The tokenizer {tokenizer.model_path} has {tokenizer.vocab_size} pieces but "
+                     f"model.lm.vocab_size={model_config.lm.vocab_size}; set "
+                     "config.flamingo.data.tokenizer to the model's tokenizer.")
   os.makedirs(workdir, exist_ok=True)
   results = {"tasks": {}, "settings": json.loads(settings.to_json_best_effort())}
   for name, task in settings.tasks.items():
@@ -288,7 +273,7 @@ def results_table(results: dict) -> str:
 def main(argv):
   del argv
   settings, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  model_config, params = load_flamingo(settings.flamingo, flags.FLAGS.checkpoint)
+  model_config, params = load_trained(settings.flamingo, flags.FLAGS.checkpoint)
   results = evaluate(settings, model_config, params, Tokenizer(settings.flamingo.data.tokenizer),
                      workdir)
   print(results_table(results))
@@ -297,8 +282,7 @@ def main(argv):
 if __name__ == "__main__":
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "experiments/evaluation.py:<preset>")
-  flags.DEFINE_string("checkpoint", "", "Workdir of a flamingo_jax.train run (task=flamingo); '' = "
-                      "random initialisation (smoke tests).")
+  flags.DEFINE_string("checkpoint", None, "Workdir of a flamingo_jax.train run (task=flamingo).")
   flags.DEFINE_string("workdir", None, "Where results.json, results.md and the RICES cache go.")
-  flags.mark_flags_as_required(["config", "workdir"])
+  flags.mark_flags_as_required(["config", "checkpoint", "workdir"])
   app.run(main)

@@ -31,7 +31,8 @@ from data_pipelines.tokenizer import Tokenizer
 from experiments import evaluation
 from flamingo_jax import train as trainer
 from flamingo_jax.checkpointing import load_params
-from flamingo_jax.evaluate import evaluate, load_flamingo, results_table
+from flamingo_jax.evaluate import evaluate, results_table
+from flamingo_jax.generate import load_trained
 from flamingo_jax.losses import next_token_loss
 from flamingo_jax.metrics import read_metrics
 from flamingo_jax.model import Flamingo
@@ -58,7 +59,7 @@ def stage_config(config: ml_collections.ConfigDict, task: str, workdir: str):
 def heldout_losses(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple[float, float]]:
   """{dataset: (Flamingo loss, text-only LM loss)} on held-out batches, the same tokens for both."""
   flamingo_config = stage_config(config, "flamingo", workdir)
-  model_config, params = load_flamingo(flamingo_config, os.path.join(workdir, "flamingo"))
+  model_config, params = load_trained(flamingo_config, os.path.join(workdir, "flamingo"))
   lm_task = make_task("lm", model_config)
   lm_abstract = jax.eval_shape(lambda: nn.meta.unbox(
       lm_task.model.init(jax.random.key(0), *lm_task.init_inputs)["params"]))
@@ -117,7 +118,7 @@ def fewshot_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
     task.data_dir = corpus
   print("\n== few-shot evaluation on held-out digits (flamingo_jax.evaluate, "
         "experiments/evaluation.py:demo)", flush=True)
-  model_config, params = load_flamingo(settings.flamingo, os.path.join(workdir, "flamingo"))
+  model_config, params = load_trained(settings.flamingo, os.path.join(workdir, "flamingo"))
   results = evaluate(settings, model_config, params, Tokenizer(config.data.tokenizer),
                      os.path.join(workdir, "fewshot"))
   print(results_table(results))

@@ -142,6 +142,11 @@ def test_cached_greedy_equals_full_recompute():
   new, lengths = _greedy(config, params, tokens, mask, images)
   np.testing.assert_array_equal(new, _recompute_greedy(config, params, tokens, images, MAX_NEW))
   np.testing.assert_array_equal(lengths, [MAX_NEW] * 2)
+  # The images matter (the gates are open), so the cross-attention path is exercised too.
+  buffers = np.concatenate([tokens, new], axis=1)
+  moved = np.abs(_recompute_logits(config, params, buffers, images) -
+                 _recompute_logits(config, params, buffers, 255 - images)).max()
+  assert moved > 1e-3, moved
 
 
 def test_cached_beam_search_equals_full_recompute():

@@ -30,6 +30,13 @@ def tokenizer(tmp_path_factory):
   return tokenizer_lib.Tokenizer(path)
 
 
+@pytest.fixture(scope="module")
+def demo_corpus(tmp_path_factory):
+  """The bundled demo corpus (its 512-piece tokenizer fits the tiny model)."""
+  from data_pipelines import demo
+  return demo.build(str(tmp_path_factory.mktemp("corpus")))
+
+
 def _example(key, colour, answers=("a cat",), question=""):
   image = np.zeros((40, 48, 3), np.uint8)
   image[..., colour] = 255
@@ -124,13 +131,15 @@ def test_rices_features_are_cached(tmp_path):
   assert other != fingerprint and len(os.listdir(tmp_path)) == 1
 
 
-def test_harness_end_to_end_on_tfds_mock_data(tmp_path, tokenizer):
+def test_harness_end_to_end_on_tfds_mock_data(tmp_path, demo_corpus):
   import tensorflow_datasets as tfds
-  config = tiny_config(**{"lm.vocab_size": tokenizer.vocab_size})
+  tokenizer = tokenizer_lib.Tokenizer(demo_corpus["tokenizer"])
+  config = tiny_config()
   params = init_params(config)
   settings = evaluation_presets.get_config("paper,coco,vqav2")
   settings.shots = (0, 2)
   settings.batch_size = 4
+  settings.pad_to_multiple = 128  # Both tasks' prompts share shapes: one compilation per shot count.
   settings.sampling.update(strategy="greedy", max_new_tokens=3)  # Beam search: decoding's tests.
   for name, task in settings.tasks.items():
     task.update(num_queries=5, support_size=6, data_dir=str(tmp_path / "tfds"))
@@ -154,15 +163,13 @@ def test_harness_end_to_end_on_tfds_mock_data(tmp_path, tokenizer):
   assert any("coco 2-shot" in line for line in lines)
 
 
-def test_in_context_mapping_task_on_the_demo_corpus(tmp_path):
-  from data_pipelines import demo
-  info = demo.build(str(tmp_path / "corpus"))
-  tokenizer = tokenizer_lib.Tokenizer(info["tokenizer"])
+def test_in_context_mapping_task_on_the_demo_corpus(tmp_path, demo_corpus):
+  tokenizer = tokenizer_lib.Tokenizer(demo_corpus["tokenizer"])
   config = tiny_config()
   settings = evaluation_presets.get_config("demo,colours")
   settings.batch_size = 4
   task = settings.tasks.colours
-  task.update(data_dir=str(tmp_path / "corpus"), num_queries=4, support_size=24, num_permutations=2)
+  task.update(data_dir=os.path.dirname(demo_corpus["tokenizer"]), num_queries=4, support_size=24, num_permutations=2)
   runner = evaluate.TaskRunner("colours", task, settings, config, init_params(config), tokenizer,
                                str(tmp_path / "rices"), log=lambda _: None)
   assert runner.class_names == ("red", "green", "blue", "yellow")
@@ -179,3 +186,53 @@ def test_in_context_mapping_task_on_the_demo_corpus(tmp_path):
   assert len({tuple(runner._renaming(q)) for q in range(4)}) > 1  # Renamings differ per query.
   for shots in (0, 4):
     assert 0 <= runner.run(shots) <= 100
+
+
+def test_official_vqa_files_through_our_tfds_builder(tmp_path):
+  from PIL import Image
+  from flamingo_jax.eval_data import load_task_split
+  root = tmp_path / "vqav2"
+  for split, image_ids in (("train", (1, 2)), ("val", (7,))):
+    os.makedirs(root / f"{split}2014")
+    for i in image_ids:
+      Image.new("RGB", (50, 40), (10 * i, 0, 0)).save(root / f"{split}2014" /
+                                                      f"COCO_{split}2014_{i:012d}.jpg")
+    questions = [{"image_id": i, "question": f"q{i}?", "question_id": 100 + i} for i in image_ids]
+    annotations = [{"question_id": 100 + i, "image_id": i,
+                    "answers": [{"answer": f"a{i}", "answer_id": j + 1} for j in range(10)]}
+                   for i in image_ids]
+    json.dump({"questions": questions},
+              open(root / f"v2_OpenEnded_mscoco_{split}2014_questions.json", "w"))
+    json.dump({"annotations": annotations},
+              open(root / f"v2_mscoco_{split}2014_annotations.json", "w"))
+  task = evaluation_presets.get_config("paper,vqav2").tasks.vqav2
+  task.update(data_dir=str(tmp_path / "tfds"), manual_dir=str(root))
+  train, _ = load_task_split(task, "train", 0)
+  (query,), _ = load_task_split(task, "validation", 0)
+  assert sorted((ex.question, ex.answers[0]) for ex in train) == [("q1?", "a1"), ("q2?", "a2")]
+  assert query.question == "q7?" and len(query.answers) == 10
+  assert query.image.shape == (40, 50, 3) and abs(int(query.image[..., 0].mean()) - 70) <= 2
+
+
+def test_official_file_readers(tmp_path):
+  from flamingo_jax import eval_data
+  (tmp_path / "karpathy.json").write_text(json.dumps({"images": [
+      {"filename": "1.jpg", "split": "test", "sentences": [{"raw": "A dog."}, {"raw": "A cat."}]},
+      {"filename": "2.jpg", "split": "restval", "sentences": [{"raw": "A man."}]},
+      {"filename": "3.jpg", "split": "train", "sentences": [{"raw": "Two men."}]}]}))
+  train = list(eval_data.read_karpathy(str(tmp_path / "karpathy.json"), "im", "train"))
+  assert [(key, path, answers) for key, path, _, answers in train] == [
+      ("2.jpg", "im/2.jpg", ["A man."]), ("3.jpg", "im/3.jpg", ["Two men."])]  # restval trains.
+  (tmp_path / "memes.jsonl").write_text(
+      '{"id": 42, "img": "img/42.png", "label": 1, "text": "hi"}\n\n'
+      '{"id": 7, "img": "img/07.png", "text": "unlabelled"}\n')
+  assert list(eval_data.read_hateful_memes(str(tmp_path / "memes.jsonl"), "root")) == [
+      ("42", "root/img/42.png", "hi", 1), ("7", "root/img/07.png", "unlabelled", -1)]
+  (tmp_path / "textvqa.json").write_text(json.dumps({"data": [
+      {"question_id": 3, "image_id": "ab", "question": "what?", "answers": ["x"] * 10}]}))
+  assert list(eval_data.read_textvqa(str(tmp_path / "textvqa.json"), "ims")) == [
+      ("3", "ims/ab.jpg", "what?", ["x"] * 10)]
+  (tmp_path / "vizwiz.json").write_text(json.dumps([
+      {"image": "VizWiz_val_1.jpg", "question": "colour?", "answers": [{"answer": "red"}] * 10}]))
+  assert list(eval_data.read_vizwiz(str(tmp_path / "vizwiz.json"), "val")) == [
+      ("VizWiz_val_1.jpg", "val/VizWiz_val_1.jpg", "colour?", ["red"] * 10)]
