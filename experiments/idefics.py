@@ -7,8 +7,8 @@ The model fields come from IdeficsConfig-style fields (transformers' IdeficsConf
 LM; the ViT-H/14 tower is 1280 wide, 32 layers, 16 heads, MLP 5120, 14-px patches at 224 px) through the
 importer's own mapping (`import_weights.idefics_config`), so a preset and an imported checkpoint agree
 on every field. Real checkpoints: import them (`python -m flamingo_jax.import_weights idefics`) and use
-the fields the command prints; they read qk_layer_norms / alpha settings from config.json, which these
-presets leave at IdeficsConfig's defaults (off / zeros, a few hundred parameters either way).
+the fields the command prints; they read qk_layer_norms / alpha settings from config.json, which
+these presets leave at IdeficsConfig's defaults (off / zeros; qk norms are a few thousand parameters).
 Everything but the model (optimizer, training, data, mesh) is experiments/flamingo.py's paper setting
 for the LM of the same size.
 

@@ -350,8 +350,9 @@ class Source:
   scanned stack), how to lay it out, and the config fields that set its shape (for errors).
 
   layout: "same" (our shape), "vector" (flat [prod(ours)] reshaped, e.g. a bias [H*Dh] -> [H, Dh]),
-  "gate" (an IDEFICS alpha: [1] -> scalar, [1, 1, D] -> [D]), "linear" (torch Linear [out, in] -> our kernel [*in, *out]; `num_in` input dims), "conv" (patch conv
-  [D, 3, p, p] -> our kernel [p*p*3, D]).
+  "gate" (an IDEFICS alpha: [1] -> scalar, [1, 1, D] -> [D]), "linear" (torch Linear [out, in] ->
+  our kernel [*in, *out]; `num_in` input dims), "conv" (patch conv [D, 3, p, p] -> our kernel
+  [p*p*3, D]).
   """
 
   name: str
@@ -479,8 +480,8 @@ def idefics_sources(config: FlamingoConfig) -> dict[tuple[str, ...], Source]:
   layer = p + "blocks.{i}."
   res = "model.resampler.width"
   heads = "model.resampler.num_heads, model.resampler.head_dim"
-  block = {("latents_norm",): layer + "0.latents_layer_norm", ("media_norm",): layer + "0.context_layer_norm",
-           ("ffw_norm",): layer + "1.ln"}
+  block = {("latents_norm",): layer + "0.latents_layer_norm",
+           ("media_norm",): layer + "0.context_layer_norm", ("ffw_norm",): layer + "1.ln"}
   resampler = {}
   for path, name in block.items():
     resampler[(*path, "scale")] = Source(name + ".weight", "same", res)
@@ -565,7 +566,8 @@ class ImportPlan:
 
   `params()` converts everything at once (nested dict of numpy arrays); `batches(max_bytes)` yields
   disjoint subtrees (nested dicts) of about `max_bytes` (at least one parameter each), made only when
-  asked for, so a writer that drops each before asking for the next holds one at a time. `fresh` holds parameters with no checkpoint tensor (made on the host).
+  asked for, so a writer that drops each before asking for the next holds one at a time. `fresh`
+  holds parameters with no checkpoint tensor (made on the host).
   """
 
   config: Any
