@@ -18,6 +18,9 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
 GATE_SHAPES = ("scalar", "vector")
 ROPE_SCALINGS = ("none", "linear", "llama3")
+RESAMPLER_KINDS = ("perceiver", "mlp")
+XATTN_GATES = ("tanh", "none")
+MEDIA_ATTENTION = ("previous", "all_previous")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +95,10 @@ class ResamplerConfig:
   ffw_activation: str = "squared_relu"
   num_time_embeddings: int = 8  # Frames per media item seen in training (1 for still images).
   interpolate_time_embeddings: bool = True  # More frames at inference: linear interpolation.
+  # "perceiver": the Perceiver Resampler (paper). "mlp": the paper's ablation: no latents, no
+  # attention; every frame's patch features (+ time embedding) go through a projection to `width` and
+  # one residual FFW, keeping one visual token per patch and frame (R = F * S; see resampler.py).
+  kind: str = "perceiver"  # One of RESAMPLER_KINDS.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +113,13 @@ class XAttnConfig:
   ffw_activation: str = "squared_relu"
   gate_shape: str = "scalar"  # "scalar": one alpha per gate (paper); "vector": one per channel.
   qk_norm: bool = False  # RMSNorm on the projected queries and keys (IDEFICS).
+  # "tanh": outputs scaled by tanh(alpha), alpha = 0 at init (paper). "none": the ablation: no alpha
+  # parameters, the cross-attention and FFW outputs are added ungated (the block is not the identity
+  # at init).
+  gate: str = "tanh"  # One of XATTN_GATES.
+  # "previous": token l attends to image phi(l) only (paper). "all_previous": to every image
+  # 1..phi(l) (the paper's ablation; masking.cross_attention_mask).
+  media_attention: str = "previous"  # One of MEDIA_ATTENTION.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,11 +242,14 @@ def validate(config: FlamingoConfig, prefix: str = "model") -> None:
   _positive(p, r, "width", "num_layers", "num_heads", "head_dim", "num_latents", "ffw_mult",
             "num_time_embeddings")
   _one_of(p, r, "ffw_activation", ACTIVATIONS)
+  _one_of(p, r, "kind", RESAMPLER_KINDS)
 
   p = f"{prefix}.xattn"
   _positive(p, x, "every", "num_heads", "head_dim", "ffw_mult")
   _one_of(p, x, "ffw_activation", ACTIVATIONS)
   _one_of(p, x, "gate_shape", GATE_SHAPES)
+  _one_of(p, x, "gate", XATTN_GATES)
+  _one_of(p, x, "media_attention", MEDIA_ATTENTION)
   if not 0 <= x.offset < x.every:
     _fail(f"{p}.offset", x.offset, f"must satisfy 0 <= offset < {p}.every={x.every}.")
   if x.offset >= lm.num_layers:

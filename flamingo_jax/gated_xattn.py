@@ -2,7 +2,8 @@
 
 y = y + tanh(a_attn) * xattn(q=LN(y), kv=LN(visual))   (only tokens with an image get a non-zero xattn)
 y = y + tanh(a_ffw)  * ffw(LN(y))
-The gates a_* start at 0, so a freshly initialised block is the identity.
+The gates a_* start at 0, so a freshly initialised block is the identity. `XAttnConfig.gate="none"`
+(the paper's ablation) adds both outputs ungated and has no a_* parameters.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ class GatedCrossAttentionDense(nn.Module):
   config: XAttnConfig
   execution: ExecutionConfig
 
+  def _gated(self, name: str, x: jax.Array) -> jax.Array:
+    """x [B, T, D] scaled by its tanh gate, or unchanged when `config.gate == "none"`."""
+    return x if self.config.gate == "none" else self._gate(name, x.shape[-1]) * x
+
   def _gate(self, name: str, width: int) -> jax.Array:
     shape, axes = ((), ()) if self.config.gate_shape == "scalar" else ((width,), ("norm",))
     alpha = self.param(name, nn.with_logical_partitioning(nn.initializers.zeros_init(), axes),
@@ -34,12 +39,12 @@ class GatedCrossAttentionDense(nn.Module):
     d = y.shape[-1]
     kv = layer_norm(ex, name="visual_norm")(visual.reshape(b, n * r, dv)).astype(y.dtype)
     q = layer_norm(ex, name="attn_norm")(y).astype(y.dtype)
-    mask = masking.cross_attention_mask(phi, n, r)
+    mask = masking.cross_attention_mask(phi, n, r, c.media_attention == "all_previous")
     attn = Attention(c.num_heads, c.num_heads, c.head_dim, d, ex, qk_norm=c.qk_norm,
                      name="attn")(q, kv, mask=mask)
     attn = attn * masking.has_image(phi, n)[..., None].astype(attn.dtype)
     self.sow("intermediates", "xattn_output", attn)
-    y = y + (self._gate("attn_gate", d) * attn).astype(y.dtype)
+    y = y + self._gated("attn_gate", attn).astype(y.dtype)
     h = layer_norm(ex, name="ffw_norm")(y).astype(y.dtype)
     ffw = Mlp(c.ffw_mult * d, c.ffw_activation, ex, name="ffw")(h)
-    return y + (self._gate("ffw_gate", d) * ffw).astype(y.dtype)
+    return y + self._gated("ffw_gate", ffw).astype(y.dtype)

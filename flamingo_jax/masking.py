@@ -34,10 +34,13 @@ def media_index(tokens, image_token_id: int, attend_next=False):
   return xp.where(attend_next[:, None], following, previous).astype(np.int32)
 
 
-def cross_attention_mask(phi: jax.Array, num_images: int, tokens_per_image: int) -> jax.Array:
-  """phi [B, T] -> mask [B, 1, T, N * R]: token l may attend to the R tokens of image phi(l) only."""
+def cross_attention_mask(phi: jax.Array, num_images: int, tokens_per_image: int,
+                         all_previous: bool = False) -> jax.Array:
+  """phi [B, T] -> mask [B, 1, T, N * R]: token l may attend to the R tokens of image phi(l) only,
+  or with `all_previous` (XAttnConfig.media_attention="all_previous") to those of images 1..phi(l)."""
   image_of_key = jnp.repeat(jnp.arange(1, num_images + 1), tokens_per_image)  # [N * R]
-  return (phi[:, None, :, None] == image_of_key[None, None, None, :])
+  phi, image_of_key = phi[:, None, :, None], image_of_key[None, None, None, :]
+  return image_of_key <= phi if all_previous else phi == image_of_key
 
 
 def has_image(phi: jax.Array, num_images: int) -> jax.Array:
