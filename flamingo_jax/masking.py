@@ -10,7 +10,8 @@ Images are numbered 1..N in the order of their `<image>` tokens; phi = 0 means "
   image. Tokens after the document's last image have no next image and keep the last one.
 
 Tokens whose phi is 0 (or points past the images supplied) get exactly zero cross-attention output
-(see `gated_xattn.py`).
+(see `gated_xattn.py`). The paper's ablation `XAttnConfig.media_attention="all_previous"` lets token l
+attend to every image 1..phi(l) instead of image phi(l) alone.
 """
 
 from __future__ import annotations
