@@ -2,8 +2,8 @@
 
 no tanh gate (model.xattn.gate), all-previous-images attention (model.xattn.media_attention), MLP
 instead of the Resampler (model.resampler.kind), unfrozen LM (train.freeze_lm), round-robin over
-datasets (data.accumulation) and no interleaved data (data.exclude): tests/test_sweeps.py (end to
-end through a sweep); xattn every n layers: tests/test_model_init.py.
+datasets (data.accumulation); no interleaved data (data.exclude): tests/test_sweeps.py (end to end
+through a sweep); xattn every n layers: tests/test_model_init.py.
 """
 
 import functools
@@ -131,6 +131,18 @@ def test_unfrozen_lm_trains_the_pretrained_lm_weights(tmp_path):
   for path in (("embed", "embedding"), ("segment_0", "block_0", "mlp", "up", "kernel")):
     leaf = lambda tree: functools.reduce(lambda t, k: t[k], path, tree)  # noqa: E731
     assert np.abs(np.asarray(leaf(after)) - np.asarray(leaf(lm))).max() > 0, path
+
+
+def test_round_robin_yields_one_dataset_per_step():
+  """The trainer's input with data.accumulation=round_robin: one dataset per step, in turn (the
+  step takes whichever datasets a step holds; the ablation sweep trains it end to end)."""
+  config = train_small.get_config("two")
+  model_config = tiny_config()
+  config.data.accumulation = "round_robin"
+  mixture = T.build_mixture(config, model_config)
+  assert [sorted(next(mixture)) for _ in range(4)] == [["interleaved"], ["pairs"]] * 2
+  config.data.accumulation = "all"
+  assert sorted(next(T.build_mixture(config, model_config))) == ["interleaved", "pairs"]
 
 
 def test_ablation_switches_reject_unknown_values():
