@@ -126,6 +126,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   ))
   if "demo" in options:
     config.data = ml_collections.ConfigDict(_demo_data(DEMO_CORPUS))
+  # Datasets left out of training, comma-separated (the paper's ablation: "interleaved" = no M3W).
+  config.data.exclude = ""
 
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-4 if paper else 1e-3,  # Peak learning rate (paper: 1e-4).
@@ -148,6 +150,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       checkpoint_every=1000 if paper else 100,  # Steps between checkpoints.
       keep_checkpoints=3,  # Most recent checkpoints kept.
       keep_every=0,  # Also keep every k-th step's checkpoint forever (0: none).
+      # task=flamingo: False trains the LM's pretrained weights too, with their optimiser state (the
+      # paper's unfrozen-LM ablation); True (paper) trains only resampler, gated blocks, new rows.
+      freeze_lm=True,
   ))
 
   # Pretrained frozen towers (orbax checkpoints of the `vision` / `lm` subtrees), "" for random;

@@ -20,6 +20,9 @@ GATE_SHAPES = ("scalar", "vector")
 ROPE_SCALINGS = ("none", "linear", "llama3")
 XATTN_NORMS = ("layer", "rms")
 ALPHA_INITS = ("zeros", "ones", "normal")
+RESAMPLER_KINDS = ("perceiver", "mlp")
+XATTN_GATES = ("tanh", "none")
+MEDIA_ATTENTION = ("previous", "all_previous")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +99,10 @@ class ResamplerConfig:
   interpolate_time_embeddings: bool = True  # More frames at inference: linear interpolation.
   time_embeddings: bool = True  # Learned per-frame embeddings added to the features (IDEFICS: none).
   qk_norm: bool = False  # LayerNorm (with bias) on the projected queries and keys, per head (IDEFICS).
+  # "perceiver": the Perceiver Resampler (paper). "mlp": the paper's ablation: no latents, no
+  # attention; every frame's patch features (+ time embedding) go through a projection to `width` and
+  # one residual FFW, keeping one visual token per patch and frame (R = F * S; see resampler.py).
+  kind: str = "perceiver"  # One of RESAMPLER_KINDS.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +128,13 @@ class XAttnConfig:
   # "normal" with std `alpha_init_std` (IDEFICS' alpha_initializer / alphas_initializer_range).
   alpha_init: str = "zeros"
   alpha_init_std: float = 0.0
+  # "tanh": outputs scaled by tanh(alpha), alpha = 0 at init (paper). "none": the ablation: no alpha
+  # parameters, the cross-attention and FFW outputs are added ungated (the block is not the identity
+  # at init).
+  gate: str = "tanh"  # One of XATTN_GATES.
+  # "previous": token l attends to image phi(l) only (paper). "all_previous": to every image
+  # 1..phi(l) (the paper's ablation; masking.cross_attention_mask).
+  media_attention: str = "previous"  # One of MEDIA_ATTENTION.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,11 +264,14 @@ def validate(config: FlamingoConfig, prefix: str = "model") -> None:
   _positive(p, r, "width", "num_layers", "num_heads", "head_dim", "num_latents", "ffw_mult",
             "num_time_embeddings")
   _one_of(p, r, "ffw_activation", ACTIVATIONS)
+  _one_of(p, r, "kind", RESAMPLER_KINDS)
 
   p = f"{prefix}.xattn"
   _positive(p, x, "every", "num_heads", "head_dim", "ffw_mult")
   _one_of(p, x, "ffw_activation", ACTIVATIONS)
   _one_of(p, x, "gate_shape", GATE_SHAPES)
+  _one_of(p, x, "gate", XATTN_GATES)
+  _one_of(p, x, "media_attention", MEDIA_ATTENTION)
   if not 0 <= x.offset < x.every:
     _fail(f"{p}.offset", x.offset, f"must satisfy 0 <= offset < {p}.every={x.every}.")
   if x.offset >= lm.num_layers:

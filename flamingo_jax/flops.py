@@ -63,7 +63,11 @@ def inventory(config: FlamingoConfig, batch: int, seq_len: int, num_images: int,
   inner = r.num_heads * r.head_dim
   if v.width != r.width:
     out.append(MatMul("resampler.input_proj", 1, media * media_tokens, v.width, r.width, 1))
-  for i in range(r.num_layers):
+  if r.kind == "mlp":  # MlpProjection: one residual FFW over every patch token, no latents.
+    out += [MatMul("resampler.ffw_up", 1, media * media_tokens, r.width, r.ffw_mult * r.width, 2),
+            MatMul("resampler.ffw_down", 1, media * media_tokens, r.ffw_mult * r.width, r.width, 2)]
+  tokens_per_image = media_tokens if r.kind == "mlp" else r.num_latents
+  for i in range(r.num_layers if r.kind == "perceiver" else 0):
     latents = media * r.num_latents
     out += [MatMul(f"resampler.{i}.q", 1, latents, r.width, inner, 2),
             MatMul(f"resampler.{i}.kv_media", 1, media * media_tokens, r.width, 2 * inner, 1),
@@ -78,7 +82,7 @@ def inventory(config: FlamingoConfig, batch: int, seq_len: int, num_images: int,
   # LM with gated blocks. Layers before the first gated block need no backward at all.
   tokens = batch * seq_len
   xinner = x.num_heads * x.head_dim
-  visual = batch * num_images * r.num_latents
+  visual = batch * num_images * tokens_per_image
   for i in range(lm.num_layers):
     if i % x.every == x.offset:
       out += [MatMul(f"xattn.{i}.q", 1, tokens, lm.width, xinner, 2),
@@ -87,7 +91,7 @@ def inventory(config: FlamingoConfig, batch: int, seq_len: int, num_images: int,
               MatMul(f"xattn.{i}.ffw_up", 1, tokens, lm.width, x.ffw_mult * lm.width, 2),
               MatMul(f"xattn.{i}.ffw_down", 1, tokens, x.ffw_mult * lm.width, lm.width, 2)]
       out += _attention(f"xattn.{i}.attn", batch, x.num_heads, seq_len,
-                        num_images * r.num_latents, x.head_dim, 2)
+                        num_images * tokens_per_image, x.head_dim, 2)
     grad = 1 if i >= x.offset else 0  # Frozen weights: the input gradient only.
     hd = lm.head_dim
     out += [MatMul(f"lm.{i}.q", 1, tokens, lm.width, lm.num_heads * hd, grad),

@@ -9,6 +9,8 @@ at the first call (the prefill) and reused by every later step (`layers.Attentio
 IDEFICS variant (XAttnConfig fields): RMSNorm instead of LN on the text side (`norm`), no norm on
 the visual keys/values (`visual_norm`), a SwiGLU FFW of the LM's MLP width (`ffw_gated`, `ffw_dim`),
 RMSNorm on the per-head queries and keys (`qk_norm`) and other alpha initialisers (`alpha_init`).
+`XAttnConfig.gate="none"` (the paper's ablation) adds both outputs ungated and has no a_*
+parameters.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ class GatedCrossAttentionDense(nn.Module):
   config: XAttnConfig
   execution: ExecutionConfig
 
+  def _gated(self, name: str, x: jax.Array) -> jax.Array:
+    """x [B, T, D] scaled by its tanh gate, or unchanged when `config.gate == "none"`."""
+    return x if self.config.gate == "none" else self._gate(name, x.shape[-1]) * x
+
   def _gate(self, name: str, width: int) -> jax.Array:
     shape, axes = ((), ()) if self.config.gate_shape == "scalar" else ((width,), ("norm",))
     alpha = self.param(name, nn.with_logical_partitioning(_alpha_init(self.config), axes), shape,
@@ -51,13 +57,14 @@ class GatedCrossAttentionDense(nn.Module):
     text_norm = lambda name: (layer_norm if c.norm == "layer" else rms_norm)(
         ex, c.norm_eps, name=name)
     q = text_norm("attn_norm")(y).astype(y.dtype)
-    mask = masking.cross_attention_mask(phi, n, r)
+    mask = masking.cross_attention_mask(phi, n, r, c.media_attention == "all_previous")
     attn = Attention(c.num_heads, c.num_heads, c.head_dim, d, ex, qk_norm=c.qk_norm,
                      qk_norm_eps=c.norm_eps, name="attn")(
                          q, kv, mask=mask, cache_context=self.is_mutable_collection("cache"))
     attn = attn * masking.has_image(phi, n)[..., None].astype(attn.dtype)
     self.sow("intermediates", "xattn_output", attn)
-    y = y + (self._gate("attn_gate", d) * attn).astype(y.dtype)
+    y = y + self._gated("attn_gate", attn).astype(y.dtype)
     h = text_norm("ffw_norm")(y).astype(y.dtype)
-    ffw = Mlp(c.ffw_dim or c.ffw_mult * d, c.ffw_activation, ex, gated=c.ffw_gated, name="ffw")(h)
-    return y + (self._gate("ffw_gate", d) * ffw).astype(y.dtype)
+    ffw = Mlp(c.ffw_dim or c.ffw_mult * d, c.ffw_activation, ex, gated=c.ffw_gated,
+              name="ffw")(h)
+    return y + self._gated("ffw_gate", ffw).astype(y.dtype)

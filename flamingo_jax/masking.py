@@ -10,7 +10,8 @@ Images are numbered 1..N in the order of their `<image>` tokens; phi = 0 means "
   image. Tokens after the document's last image have no next image and keep the last one.
 
 Tokens whose phi is 0 (or points past the images supplied) get exactly zero cross-attention output
-(see `gated_xattn.py`).
+(see `gated_xattn.py`). The paper's ablation `XAttnConfig.media_attention="all_previous"` lets token l
+attend to every image 1..phi(l) instead of image phi(l) alone.
 
 IDEFICS (v1) correspondence: its processor's `image_attention_mask` [B, T, N] is one-hot(phi - 1)
 under the previous-image rule (a running count of `<image>` tokens, the `<image>` token included),
@@ -40,10 +41,13 @@ def media_index(tokens, image_token_id: int, attend_next=False):
   return xp.where(attend_next[:, None], following, previous).astype(np.int32)
 
 
-def cross_attention_mask(phi: jax.Array, num_images: int, tokens_per_image: int) -> jax.Array:
-  """phi [B, T] -> mask [B, 1, T, N * R]: token l may attend to the R tokens of image phi(l) only."""
+def cross_attention_mask(phi: jax.Array, num_images: int, tokens_per_image: int,
+                         all_previous: bool = False) -> jax.Array:
+  """phi [B, T] -> mask [B, 1, T, N * R]: token l may attend to the R tokens of image phi(l) only,
+  or with `all_previous` (XAttnConfig.media_attention="all_previous") to those of images 1..phi(l)."""
   image_of_key = jnp.repeat(jnp.arange(1, num_images + 1), tokens_per_image)  # [N * R]
-  return (phi[:, None, :, None] == image_of_key[None, None, None, :])
+  phi, image_of_key = phi[:, None, :, None], image_of_key[None, None, None, :]
+  return image_of_key <= phi if all_previous else phi == image_of_key
 
 
 def has_image(phi: jax.Array, num_images: int) -> jax.Array:

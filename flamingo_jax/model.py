@@ -2,7 +2,7 @@
 
 Parameter tree (see `params.py` for the frozen / trainable split):
   vision/...                       frozen   VisionTransformer
-  resampler/...                    trainable PerceiverResampler
+  resampler/...                    trainable PerceiverResampler (or MlpProjection, resampler.kind)
   lm/embed, lm/head, lm/final_norm frozen   pretrained LM rows and norms
   lm/segment_k/block_j/...         frozen   LM blocks (see the layer plan in `lm.py`)
   lm/segment_k/xattn/...           trainable gated cross-attention + dense blocks
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flamingo_jax.config import FlamingoConfig
 from flamingo_jax.layers import DecodeSlots
 from flamingo_jax.lm import DecoderLM
-from flamingo_jax.resampler import PerceiverResampler
+from flamingo_jax.resampler import MlpProjection, PerceiverResampler
 from flamingo_jax.vision import VisionTransformer
 
 
@@ -28,11 +28,13 @@ class Flamingo(nn.Module):
   def setup(self):
     c = self.config
     self.vision = VisionTransformer(c.vision, c.execution)
-    self.resampler = PerceiverResampler(c.resampler, c.execution)
+    resampler = PerceiverResampler if c.resampler.kind == "perceiver" else MlpProjection
+    self.resampler = resampler(c.resampler, c.execution)
     self.lm = DecoderLM(c.lm, c.execution, xattn=c.xattn, num_extra_tokens=c.num_new_tokens)
 
   def encode_images(self, images: jax.Array) -> jax.Array:
-    """uint8 images [B, N, F, H, W, 3] -> visual tokens [B, N, R, D_res].
+    """uint8 images [B, N, F, H, W, 3] -> visual tokens [B, N, R, D_res] (R = F * S for the MLP
+    projection).
 
     The frozen tower runs under stop_gradient: no gradient ever flows into it or its inputs.
     """

@@ -1,4 +1,10 @@
-"""Perceiver Resampler: frame features [B, T_img, F, S, D_vis] -> R visual tokens [B, T_img, R, D]."""
+"""Perceiver Resampler: frame features [B, T_img, F, S, D_vis] -> R visual tokens [B, T_img, R, D].
+
+`MlpProjection` is the paper's ablation in its place (`ResamplerConfig.kind="mlp"`): no latents and
+no attention. It keeps one visual token per patch and frame (R = F * S) rather than pooling: the
+ablation then removes only the Resampler's learned compression, and the gated blocks still see every
+patch (pooling to one token per image would also remove the spatial detail, confounding the two).
+"""
 
 from __future__ import annotations
 
@@ -43,6 +49,24 @@ class ResamplerBlock(nn.Module):
     return constrain(latents, ("batch", "length", "act_embed")), None
 
 
+def _time_embedded(config: ResamplerConfig, ex: ExecutionConfig, module: nn.Module,
+                   features: jax.Array) -> jax.Array:
+  """features [B, T_img, F, S, D_vis] -> [B, T_img, F, S, D] in the latent width (projected when D_vis
+  differs) plus the learned time embedding of each frame (none with `config.time_embeddings` off).
+  Called inside `module`'s compact `__call__`, so `input_proj` and `time_embed` are its parameters."""
+  f = features.shape[2]
+  check_frames(config, f)
+  x = features.astype(jnp.dtype(ex.dtype))
+  if x.shape[-1] != config.width:
+    x = dense(config.width, ("vision_embed", "embed"), ex, name="input_proj")(x)
+  if not config.time_embeddings:
+    return x
+  table = module.param("time_embed", nn.with_logical_partitioning(
+      nn.initializers.normal(0.02), ("frames", "embed")), (config.num_time_embeddings, config.width),
+                       jnp.dtype(ex.param_dtype))
+  return x + time_embeddings(table, f).astype(x.dtype)[:, None, :]
+
+
 class PerceiverResampler(nn.Module):
   config: ResamplerConfig
   execution: ExecutionConfig
@@ -52,15 +76,7 @@ class PerceiverResampler(nn.Module):
     """features [B, T_img, F, S, D_vis] -> visual tokens [B, T_img, R, D]."""
     c, ex = self.config, self.execution
     b, n, f, s, _ = features.shape
-    check_frames(c, f)
-    x = features.astype(jnp.dtype(ex.dtype))
-    if x.shape[-1] != c.width:
-      x = dense(c.width, ("vision_embed", "embed"), ex, name="input_proj")(x)
-    if c.time_embeddings:
-      table = self.param("time_embed", nn.with_logical_partitioning(
-          nn.initializers.normal(0.02), ("frames", "embed")), (c.num_time_embeddings, c.width),
-                         jnp.dtype(ex.param_dtype))
-      x = x + time_embeddings(table, f).astype(x.dtype)[:, None, :]
+    x = _time_embedded(c, ex, self, features)
     media = constrain(x.reshape(b * n, f * s, c.width), ("batch", "length", "act_embed"))
     latents = self.param("latents", nn.with_logical_partitioning(
         nn.initializers.normal(0.02), ("latents", "embed")), (c.num_latents, c.width),
@@ -69,3 +85,24 @@ class PerceiverResampler(nn.Module):
     x = repeat(ResamplerBlock, c.num_layers, x, media, execution=ex, name="blocks", config=c)
     x = layer_norm(ex, name="final_norm")(x).astype(x.dtype)
     return x.reshape(b, n, c.num_latents, c.width)
+
+
+class MlpProjection(nn.Module):
+  """The Resampler ablation: x = proj(features) + time embedding, x + FFW(LN(x)), LN; no latents.
+
+  features [B, T_img, F, S, D_vis] -> visual tokens [B, T_img, F * S, D]: one per patch and frame.
+  """
+
+  config: ResamplerConfig
+  execution: ExecutionConfig
+
+  @nn.compact
+  def __call__(self, features: jax.Array) -> jax.Array:
+    c, ex = self.config, self.execution
+    b, n, f, s, _ = features.shape
+    x = constrain(_time_embedded(c, ex, self, features).reshape(b * n, f * s, c.width),
+                  ("batch", "length", "act_embed"))
+    h = layer_norm(ex, name="ffw_norm")(x).astype(x.dtype)
+    x = x + Mlp(c.ffw_mult * c.width, c.ffw_activation, ex, name="ffw")(h)
+    x = layer_norm(ex, name="final_norm")(x).astype(x.dtype)
+    return x.reshape(b, n, f * s, c.width)

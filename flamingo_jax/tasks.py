@@ -4,7 +4,8 @@
                contrastive loss); the text tower has the LM's shape. Exports `vision`.
   lm           pretrain the text-only LM (next-token loss on the corpus text). Exports `lm`.
   flamingo     train the resampler, gated blocks and new-token rows against the frozen towers
-               (loaded from the two exports through `config.init.*`).
+               (loaded from the two exports through `config.init.*`); with `train.freeze_lm=False`
+               (the paper's ablation) the LM's pretrained weights train too.
 
 A task says which model runs, which parameters train, and the loss of a batch as per-item values and
 weights: the step averages values over the whole dataset batch by weight (tokens for language
@@ -79,6 +80,9 @@ class Task:
       matmuls = flops.inventory(config, b * process_count, t, n, f)
       if self.name == "lm":  # Every LM weight trains: forward, input and weight gradients.
         matmuls = [dataclasses.replace(m, backward=2) for m in matmuls if m.name.startswith("lm.")]
+      elif self.name == "flamingo" and self.trainable_if(("lm", "head")):  # Unfrozen LM.
+        matmuls = [dataclasses.replace(m, backward=2) if m.name.startswith("lm.") else m
+                   for m in matmuls]
       elif self.name == "contrastive":
         matmuls = [dataclasses.replace(m, backward=2) for m in matmuls
                    if m.name.startswith("vision.") or (m.name.startswith("lm.")
@@ -112,9 +116,18 @@ def _contrastive_losses(model, params, batch):
   return per_example, jnp.ones_like(per_example)
 
 
-def make_task(name: str, config: FlamingoConfig, z_loss: float = 0.0) -> Task:
+def _trains_lm(path) -> bool:
+  """The unfrozen-LM rule: the Flamingo rule plus every LM parameter."""
+  return P.is_trainable(path) or path[0] == "lm"
+
+
+def make_task(name: str, config: FlamingoConfig, z_loss: float = 0.0,
+              freeze_lm: bool = True) -> Task:
+  """`freeze_lm` (flamingo only; `train.freeze_lm`): False puts the LM's weights in the trainable
+  tree."""
   if name == "flamingo":
-    return Task(name, Flamingo(config), example_inputs(config), P.is_trainable,
+    return Task(name, Flamingo(config), example_inputs(config),
+                P.is_trainable if freeze_lm else _trains_lm,
                 lambda m, p, b: _flamingo_losses(m, p, b, z_loss), _loss_tokens, None)
   if name == "lm":
     model = DecoderLM(config.lm, config.execution, num_extra_tokens=config.num_new_tokens)

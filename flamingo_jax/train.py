@@ -65,31 +65,45 @@ def initialize_processes(mode: str, coordinator: str | None, num_processes: int 
 
 def build_mixture(config: ml_collections.ConfigDict, model_config: FlamingoConfig,
                   split: str = "train"):
-  """The input stream of this process (its share of every dataset's global batch)."""
+  """The input stream of this process (its share of every dataset's global batch); the datasets
+  named in `data.exclude` are left out."""
   data = config.data
+  datasets = selected_datasets(data)
   common = dict(process_index=jax.process_index(), process_count=jax.process_count())
   if data.source == "synthetic":
     from data_pipelines.synthetic import SyntheticMixture
-    return SyntheticMixture(data.datasets.to_dict(), image_size=model_config.vision.image_size,
+    return SyntheticMixture(datasets, image_size=model_config.vision.image_size,
                             image_token_id=model_config.image_token_id,
                             eoc_token_id=model_config.eoc_token_id, seed=data.seed, split=split,
                             accumulation=data.accumulation, **common)
   if data.source == "arrayrecord":
     from data_pipelines.mixture import build_mixture as build_arrayrecord_mixture
     from data_pipelines.tokenizer import Tokenizer
-    datasets = {}
-    for name, spec in data.datasets.items():
-      spec = spec.to_dict()
+    streams = {}
+    for name, spec in datasets.items():
       eval_path = spec.pop("eval_path")
-      datasets[name] = {**spec, "path": spec["path"] if split == "train" else eval_path}
+      streams[name] = {**spec, "path": spec["path"] if split == "train" else eval_path}
     stream_config = ml_collections.ConfigDict(dict(
         seed=data.seed, num_workers=data.num_workers, accumulation=data.accumulation,
-        datasets=datasets))
+        datasets=streams))
     return build_arrayrecord_mixture(stream_config, image_size=model_config.vision.image_size,
                                      tokenizer=Tokenizer(data.tokenizer, model_config.image_token_id,
                                                          model_config.eoc_token_id),
                                      split=split, **common)
   raise ValueError(f"data.source={data.source!r}: use 'synthetic' or 'arrayrecord'.")
+
+
+def selected_datasets(data: ml_collections.ConfigDict) -> dict[str, dict]:
+  """{name: spec} of `data.datasets` without those named in `data.exclude` (comma-separated; the
+  no-interleaved-data ablation is `data.exclude=interleaved`)."""
+  excluded = {name.strip() for name in data.exclude.split(",") if name.strip()}
+  unknown = sorted(excluded - set(data.datasets))
+  if unknown:
+    raise ValueError(f"data.exclude names unknown dataset(s) {', '.join(unknown)}; the datasets "
+                     f"are {', '.join(data.datasets)}.")
+  if excluded >= set(data.datasets):
+    raise ValueError(f"data.exclude={data.exclude!r} leaves no dataset to train on.")
+  return {name: spec.to_dict() for name, spec in data.datasets.items() if name not in excluded}
 
 
 @dataclasses.dataclass
@@ -109,7 +123,8 @@ class Setup:
 def build_setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
   mesh = sharding.make_mesh(**config.mesh, devices=devices)
   model_config = FlamingoConfig.from_dict(config.model)
-  task = make_task(config.task, model_config, z_loss=config.train.z_loss)
+  task = make_task(config.task, model_config, z_loss=config.train.z_loss,
+                   freeze_lm=config.train.freeze_lm)
   if config.task == "contrastive" and config.train.micro_batches != 1:
     raise ValueError("train.micro_batches must be 1 for task=contrastive: the in-batch negatives "
                      "of a micro-batch would change the loss.")
@@ -163,10 +178,20 @@ def initial_params(config: ml_collections.ConfigDict, setup: Setup,
     frozen = {**frozen, "vision": load_scanned(
         config.init.vision_checkpoint, _abstract(frozen["vision"]),
         export_stacks("vision", setup.model_config), setup.model_config.execution.scan_layers)}
-  if config.init.lm_checkpoint:
-    frozen = {**frozen, "lm": load_text_lm(config.init.lm_checkpoint, setup.model_config,
-                                           frozen["lm"])}
+  if config.init.lm_checkpoint and "lm" in frozen:
+    frozen = _with_pretrained_lm(frozen, config.init.lm_checkpoint, setup.model_config)
+  elif config.init.lm_checkpoint and trainable is not None:  # train.freeze_lm=False.
+    trainable = jax.device_put(
+        _with_pretrained_lm(trainable, config.init.lm_checkpoint, setup.model_config),
+        setup.state_shardings.trainable)
   return jax.device_put(frozen, setup.frozen_shardings), trainable
+
+
+def _with_pretrained_lm(tree: P.Params, path: str, config: FlamingoConfig) -> P.Params:
+  """`tree` (frozen, or trainable with an unfrozen LM) whose pretrained LM weights come from the
+  text-only export at `path`; its gated blocks and new-token rows are kept."""
+  pretrained, added = P.split(tree["lm"])
+  return {**tree, "lm": P.merge(load_text_lm(path, config, pretrained), added)}
 
 
 def _abstract(tree):
@@ -198,7 +223,9 @@ def load_text_lm(path: str, config: FlamingoConfig, frozen_lm: P.Params) -> P.Pa
   text_lm = DecoderLM(config.lm, scanned, num_extra_tokens=config.num_new_tokens)
   abstract = jax.eval_shape(lambda: nn.meta.unbox(text_lm.init(
       jax.random.key(0), example_inputs(config)[0])["params"]))
-  loaded = load_params(path, abstract)
+  # Regrouped on the host: the loaded arrays sit on one device, which a multi-device mesh context
+  # (train) refuses to slice.
+  loaded = jax.device_get(load_params(path, abstract))
   blocks, _ = P.lm_layers(loaded, layer_plan(config.lm.num_layers, None))
   rest = {k: v for k, v in loaded.items() if k not in ("extra_embed", "extra_head")}
   lm = P.with_lm_layers(rest, blocks, None, layer_plan(config.lm.num_layers, config.xattn))

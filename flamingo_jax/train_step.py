@@ -99,7 +99,7 @@ def gate_values(trainable: P.Params) -> dict[str, jax.Array]:
   for gate in ("attn", "ffw"):
     values = []
     for k in segments:
-      if "xattn" in trainable["lm"][k]:
+      if f"{gate}_gate" in trainable["lm"][k].get("xattn", {}):  # None with xattn.gate="none".
         alpha = trainable["lm"][k]["xattn"][f"{gate}_gate"]
         # Scanned: [units] or [units, D]; unrolled: [] or [D]. Average channel gates.
         scanned = "_" not in k[len("segment_"):]

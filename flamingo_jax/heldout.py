@@ -1,0 +1,60 @@
+"""Held-out loss of a trained Flamingo run: the latest checkpoint in a workdir on the eval shards.
+
+  losses = heldout_losses(config, workdir, num_batches=4)   # {dataset: mean next-token loss}
+
+Every dataset of `config.data` is scored, including those `data.exclude` left out of training (the
+no-interleaved-data ablation is judged on interleaved text too). Evaluation streams are unshuffled,
+so every run of a sweep is scored on the same tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from flamingo_jax import params as P
+from flamingo_jax import train as trainer
+from flamingo_jax.checkpointing import Checkpointer
+from flamingo_jax.losses import next_token_loss
+
+
+@functools.lru_cache(maxsize=None)
+def _forward(model):
+  """jit(model.apply), compiled once per model config (sweep runs often share one)."""
+  return jax.jit(model.apply)
+
+
+def heldout_losses(config: ml_collections.ConfigDict, workdir: str,
+                   num_batches: int) -> dict[str, float]:
+  """{dataset: mean over `num_batches` held-out batches of the next-token loss} of the flamingo-task
+  run in `workdir` (its latest checkpoint), with the frozen towers `config` loads."""
+  if config.task != "flamingo":
+    raise ValueError(f"heldout_losses scores task=flamingo runs; config.task={config.task!r}.")
+  config = copy.deepcopy(config)
+  config.data.exclude = ""
+  config.data.accumulation = "all"
+  setup = trainer.build_setup(config)
+  checkpointer = Checkpointer(workdir, keep=1)
+  latest = checkpointer.latest_step()
+  if latest is None:
+    raise ValueError(f"No checkpoint in {workdir}/checkpoints to evaluate; train the run first.")
+  state, _ = checkpointer.restore(latest, setup.abstract_state)
+  checkpointer.close()
+  frozen, _ = trainer.initial_params(config, setup, with_trainable=False)
+  params = P.merge(jax.device_get(frozen), jax.device_get(state.trainable))
+  apply = _forward(setup.task.model)
+  mixture = trainer.build_mixture(config, setup.model_config, split="eval")
+  totals: dict[str, list[float]] = {}
+  for _ in range(num_batches):
+    for name, batch in next(mixture).items():
+      logits = apply({"params": params}, jnp.asarray(batch["tokens"]), jnp.asarray(batch["images"]),
+                     jnp.asarray(batch["phi"]))
+      totals.setdefault(name, []).append(
+          float(next_token_loss(logits, jnp.asarray(batch["labels"]),
+                                jnp.asarray(batch["loss_mask"]))))
+  return {name: float(np.mean(values)) for name, values in totals.items()}
