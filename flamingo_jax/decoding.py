@@ -21,7 +21,9 @@ self-attention cache for the C candidates (which share its visual keys/values) a
 candidate tokens in one call at slots T..T+K-1.
 
 The loop and the scorer are jitted with the config and sampling settings static; jax caches one
-compiled function per (those, input shapes, number of stop tokens).
+compiled function per (those, input shapes, number of stop tokens). With
+`execution.decode_unrolled` (the default) they run the layer stacks unrolled, the params relaid out
+inside the jit, because a scanned stack copies every layer's weights at each step.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flamingo_jax import masking
+from flamingo_jax import params as P
 from flamingo_jax.config import FlamingoConfig
 from flamingo_jax.layers import DecodeSlots
 from flamingo_jax.model import Flamingo
@@ -69,10 +72,16 @@ class SamplingConfig:
       fail("top_p", "must be in (0, 1] (1 = off).")
 
 
-def _decoding_config(config: FlamingoConfig) -> FlamingoConfig:
-  """The same model without remat (decoding has no backward pass); the same parameter tree."""
-  return dataclasses.replace(config, execution=dataclasses.replace(config.execution,
-                                                                   remat_policy="none"))
+def _decoding_model(config: FlamingoConfig, params) -> tuple[FlamingoConfig, P.Params]:
+  """The model decoding runs, and its params: no remat (no backward pass) and, with
+  `execution.decode_unrolled`, unrolled layer stacks (params relaid out inside the jit)."""
+  unroll = config.execution.scan_layers and config.execution.decode_unrolled
+  execution = dataclasses.replace(config.execution, remat_policy="none",
+                                  scan_layers=config.execution.scan_layers and not unroll)
+  decoding_config = dataclasses.replace(config, execution=execution)
+  if unroll:
+    params = P.relayout(params, P.stacks(config), scanned=False)
+  return decoding_config, params
 
 
 def _batch_axis(config: FlamingoConfig) -> int:
@@ -259,6 +268,7 @@ def _beam_search(model, params, visual, tokens, prompt_mask, sampling: SamplingC
 @functools.partial(jax.jit, static_argnames=("config", "sampling"))
 def _generate(config: FlamingoConfig, params, tokens, prompt_mask, images,
               sampling: SamplingConfig, stop_tokens: jax.Array, rng):
+  config, params = _decoding_model(config, params)
   model = Flamingo(config)
   visual = model.apply({"params": params}, images, method=Flamingo.encode_images)
   if sampling.strategy == "beam":
@@ -285,13 +295,13 @@ def generate(config: FlamingoConfig, params, tokens, prompt_mask, images, sampli
     raise ValueError("generate: strategy='sample' needs an `rng` key.")
   rng = jax.random.key(0) if rng is None else rng
   stops = jnp.asarray([int(s) for s in stop_tokens], jnp.int32).reshape(-1)
-  return _generate(_decoding_config(config), params, tokens, prompt_mask, images, sampling, stops,
-                   rng)
+  return _generate(config, params, tokens, prompt_mask, images, sampling, stops, rng)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "reuse_prefix"))
 def _score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidates, candidate_mask,
            reuse_prefix: bool):
+  config, params = _decoding_model(config, params)
   model = Flamingo(config)
   b, t = tokens.shape
   _, c, k = candidates.shape
@@ -338,5 +348,5 @@ def score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidate
   if candidate_mask.shape != candidates.shape:
     raise ValueError(f"candidate_mask {candidate_mask.shape} must have the shape of candidates "
                      f"{candidates.shape}.")
-  return _score(_decoding_config(config), params, tokens, prompt_mask, images, candidates,
-                candidate_mask, reuse_prefix)
+  return _score(config, params, tokens, prompt_mask, images, candidates, candidate_mask,
+                reuse_prefix)
