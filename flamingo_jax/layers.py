@@ -152,6 +152,8 @@ class Attention(nn.Module):
   qk_norm: bool = False  # RMSNorm on projected queries and keys, per head.
   rope_theta: float | None = None  # Rotary positions on q and k (self-attention only).
   rope_scaling: RopeScalingConfig = RopeScalingConfig()  # Frequency rescaling of the rotary ones.
+  qk_norm_type: str = "rms"  # The qk norm: "rms" (RMSNorm) or "layer" (LayerNorm with bias).
+  qk_norm_eps: float = 1e-5
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array, *, positions: jax.Array | None = None,
@@ -164,9 +166,10 @@ class Attention(nn.Module):
                      use_bias=self.use_bias, name="key")
     value_proj = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), ex,
                        use_bias=self.use_bias, name="value")
-    key_norm = rms_norm(ex, name="key_norm") if self.qk_norm else None
+    qk_norm = rms_norm if self.qk_norm_type == "rms" else layer_norm
+    key_norm = qk_norm(ex, self.qk_norm_eps, name="key_norm") if self.qk_norm else None
     if self.qk_norm:
-      q = rms_norm(ex, name="query_norm")(q).astype(q.dtype)
+      q = qk_norm(ex, self.qk_norm_eps, name="query_norm")(q).astype(q.dtype)
     if self.rope_theta is not None:
       inv_freq = rope_frequencies(self.head_dim, self.rope_theta, self.rope_scaling)
       q = rotary(q, positions, inv_freq)
