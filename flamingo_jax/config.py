@@ -145,6 +145,10 @@ class ExecutionConfig:
   remat_policy: str = "none"  # One of REMAT_POLICIES; applied to each scanned layer / unit.
   dtype: str = "float32"  # Compute dtype (norms and softmax always run in float32).
   param_dtype: str = "float32"  # Dtype parameters are created in.
+  # Decoding (decoding.py) runs the layer stacks unrolled, whatever scan_layers says: a scanned stack
+  # slices (copies) every layer's weights at every generated token (~3x slower per token on CPU).
+  # False keeps scan_layers when decoding (faster compiles for deep models).
+  decode_unrolled: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 A request (`generate`):
   images --Flamingo.encode_images (vision tower + resampler, once)--> visual [B, N, R, D_res]
-  prefill: the left-padded prompt [B, T] through `Flamingo.decode_lm` with an empty `cache`
-    collection: each LM block's self-attention keys/values fill slots 0..T-1 of a cache of
-    S = T + max_new_tokens slots; each gated block projects the visual tokens to keys/values, once.
+  prefill: the left-padded prompt [B, T] through `Flamingo.decode_lm` with empty `cache` and
+    `context_cache` collections: each LM block's self-attention keys/values fill slots 0..T-1 of a
+    cache of S = T + max_new_tokens slots; each gated block projects the visual tokens to
+    keys/values once, into `context_cache`, which the steps only read (a loop invariant).
   loop (one `lax.while_loop`, left when every row has stopped or after max_new_tokens): pick the next
     token from the last logits; feed it as one token at slot T + i, with position = the row's real
     prompt tokens + i and phi = the running count of `<image>` tokens (masking.py's previous-image
@@ -20,7 +21,9 @@ self-attention cache for the C candidates (which share its visual keys/values) a
 candidate tokens in one call at slots T..T+K-1.
 
 The loop and the scorer are jitted with the config and sampling settings static; jax caches one
-compiled function per (those, input shapes, number of stop tokens).
+compiled function per (those, input shapes, number of stop tokens). With
+`execution.decode_unrolled` (the default) they run the layer stacks unrolled, the params relaid out
+inside the jit, because a scanned stack copies every layer's weights at each step.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flamingo_jax import masking
+from flamingo_jax import params as P
 from flamingo_jax.config import FlamingoConfig
 from flamingo_jax.layers import DecodeSlots
 from flamingo_jax.model import Flamingo
@@ -68,10 +72,16 @@ class SamplingConfig:
       fail("top_p", "must be in (0, 1] (1 = off).")
 
 
-def _decoding_config(config: FlamingoConfig) -> FlamingoConfig:
-  """The same model without remat (decoding has no backward pass); the same parameter tree."""
-  return dataclasses.replace(config, execution=dataclasses.replace(config.execution,
-                                                                   remat_policy="none"))
+def _decoding_model(config: FlamingoConfig, params) -> tuple[FlamingoConfig, P.Params]:
+  """The model decoding runs, and its params: no remat (no backward pass) and, with
+  `execution.decode_unrolled`, unrolled layer stacks (params relaid out inside the jit)."""
+  unroll = config.execution.scan_layers and config.execution.decode_unrolled
+  execution = dataclasses.replace(config.execution, remat_policy="none",
+                                  scan_layers=config.execution.scan_layers and not unroll)
+  decoding_config = dataclasses.replace(config, execution=execution)
+  if unroll:
+    params = P.relayout(params, P.stacks(config), scanned=False)
+  return decoding_config, params
 
 
 def _batch_axis(config: FlamingoConfig) -> int:
@@ -106,7 +116,8 @@ def _positions(mask: jax.Array) -> jax.Array:
 def _prefill(model: Flamingo, params, visual, tokens, token_mask, cache_length: int):
   """Runs tokens [B, T] (left padded; token_mask [B, T]) into a fresh cache of `cache_length` slots.
 
-  Returns (logits [B, T, V + 2] float32, cache, key_mask [B, cache_length], phi [B, T]).
+  Returns (logits [B, T, V + 2] float32, cache (the self-attention keys/values), context_cache
+  (the gated blocks' visual keys/values), key_mask [B, cache_length], phi [B, T]).
   """
   b, t = tokens.shape
   tokens = jnp.where(token_mask, tokens, 0)
@@ -114,24 +125,23 @@ def _prefill(model: Flamingo, params, visual, tokens, token_mask, cache_length: 
   key_mask = jnp.concatenate([token_mask, jnp.ones((b, cache_length - t), bool)], axis=1)
   logits, variables = model.apply(
       {"params": params}, tokens, visual, phi, _positions(token_mask),
-      DecodeSlots(jnp.zeros((), jnp.int32), key_mask), method=Flamingo.decode_lm, mutable=["cache"])
-  return logits.astype(jnp.float32), variables["cache"], key_mask, phi
+      DecodeSlots(jnp.zeros((), jnp.int32), key_mask), method=Flamingo.decode_lm,
+      mutable=["cache", "context_cache"])
+  return (logits.astype(jnp.float32), variables["cache"], variables["context_cache"], key_mask,
+          phi)
 
 
-def _step(model: Flamingo, params, cache, visual, tokens, positions, phi, index, key_mask):
-  """tokens, positions, phi [B, L] at cache slots index..index+L-1 -> (logits [B, L, V+2], cache)."""
+def _step(model: Flamingo, params, cache, context_cache, visual, tokens, positions, phi, index,
+          key_mask):
+  """tokens, positions, phi [B, L] at cache slots index..index+L-1 -> (logits [B, L, V+2], cache).
+
+  context_cache is read only (a loop invariant: no copy per step); its rows may be fewer than the
+  tokens' (beams / candidates share their prompt's row, see `layers.Attention`).
+  """
   logits, variables = model.apply(
-      {"params": params, "cache": cache}, tokens, visual, phi, positions,
-      DecodeSlots(index, key_mask), method=Flamingo.decode_lm, mutable=["cache"])
+      {"params": params, "cache": cache, "context_cache": context_cache}, tokens, visual, phi,
+      positions, DecodeSlots(index, key_mask), method=Flamingo.decode_lm, mutable=["cache"])
   return logits.astype(jnp.float32), variables["cache"]
-
-
-def _map_self_attention(fn, cache):
-  """fn applied to the LM blocks' self-attention cache; the gated blocks' visual keys/values keep
-  one row per prompt (beams and candidates share them, see `layers.Attention`)."""
-  def apply(path, x):
-    return x if any(getattr(key, "key", None) == "xattn" for key in path) else fn(x)
-  return jax.tree_util.tree_map_with_path(apply, cache)
 
 
 def _filter_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
@@ -163,7 +173,8 @@ def _generate_rows(model, params, visual, tokens, prompt_mask, sampling: Samplin
   """Greedy or sampling: one continuation per row."""
   b, t = tokens.shape
   m, image_id = sampling.max_new_tokens, model.config.image_token_id
-  logits, cache, key_mask, phi = _prefill(model, params, visual, tokens, prompt_mask, t + m)
+  logits, cache, context_cache, key_mask, phi = _prefill(model, params, visual, tokens, prompt_mask,
+                                                         t + m)
 
   def body(state):
     i, cache, logits, out, done, lengths, stop_token, position, phi, rng = state
@@ -179,8 +190,8 @@ def _generate_rows(model, params, visual, tokens, prompt_mask, sampling: Samplin
     out = out.at[:, i].set(token)
     done = done | is_stop
     phi = phi + (token == image_id)
-    step_logits, cache = _step(model, params, cache, visual, token[:, None], position[:, None],
-                               phi[:, None], t + i, key_mask)
+    step_logits, cache = _step(model, params, cache, context_cache, visual, token[:, None],
+                               position[:, None], phi[:, None], t + i, key_mask)
     return (i + 1, cache, step_logits[:, 0], out, done, lengths, stop_token, position + 1, phi, rng)
 
   def cond(state):
@@ -201,9 +212,10 @@ def _beam_search(model, params, visual, tokens, prompt_mask, sampling: SamplingC
   counting the stop token."""
   b, t = tokens.shape
   w, m, image_id = sampling.num_beams, sampling.max_new_tokens, model.config.image_token_id
-  logits, cache, key_mask, phi = _prefill(model, params, visual, tokens, prompt_mask, t + m)
+  logits, cache, context_cache, key_mask, phi = _prefill(model, params, visual, tokens, prompt_mask,
+                                                         t + m)
   vocab = logits.shape[-1]
-  cache = _map_self_attention(lambda x: jnp.repeat(x, w, axis=batch_axis), cache)
+  cache = jax.tree.map(lambda x: jnp.repeat(x, w, axis=batch_axis), cache)
   key_mask = jnp.repeat(key_mask, w, axis=0)
   beam_rows = lambda x: jnp.repeat(x, w, axis=0).reshape(b, w)  # noqa: E731 [B] -> [B, W].
 
@@ -231,8 +243,8 @@ def _beam_search(model, params, visual, tokens, prompt_mask, sampling: SamplingC
     done = done | is_stop
     phi = phi + (token == image_id)
     rows = (jnp.arange(b)[:, None] * w + parent).reshape(-1)
-    cache = _map_self_attention(lambda x: jnp.take(x, rows, axis=batch_axis), cache)
-    step_logits, cache = _step(model, params, cache, visual, token.reshape(-1, 1),
+    cache = jax.tree.map(lambda x: jnp.take(x, rows, axis=batch_axis), cache)
+    step_logits, cache = _step(model, params, cache, context_cache, visual, token.reshape(-1, 1),
                                position.reshape(-1, 1), phi.reshape(-1, 1), t + i, key_mask)
     return (i + 1, cache, step_logits[:, 0], seqs, scores, done, lengths, stop_token, position + 1,
             phi)
@@ -256,6 +268,7 @@ def _beam_search(model, params, visual, tokens, prompt_mask, sampling: SamplingC
 @functools.partial(jax.jit, static_argnames=("config", "sampling"))
 def _generate(config: FlamingoConfig, params, tokens, prompt_mask, images,
               sampling: SamplingConfig, stop_tokens: jax.Array, rng):
+  config, params = _decoding_model(config, params)
   model = Flamingo(config)
   visual = model.apply({"params": params}, images, method=Flamingo.encode_images)
   if sampling.strategy == "beam":
@@ -282,13 +295,13 @@ def generate(config: FlamingoConfig, params, tokens, prompt_mask, images, sampli
     raise ValueError("generate: strategy='sample' needs an `rng` key.")
   rng = jax.random.key(0) if rng is None else rng
   stops = jnp.asarray([int(s) for s in stop_tokens], jnp.int32).reshape(-1)
-  return _generate(_decoding_config(config), params, tokens, prompt_mask, images, sampling, stops,
-                   rng)
+  return _generate(config, params, tokens, prompt_mask, images, sampling, stops, rng)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "reuse_prefix"))
 def _score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidates, candidate_mask,
            reuse_prefix: bool):
+  config, params = _decoding_model(config, params)
   model = Flamingo(config)
   b, t = tokens.shape
   _, c, k = candidates.shape
@@ -296,13 +309,14 @@ def _score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidat
   flat_candidates = candidates.reshape(b * c, k)
   flat_mask = candidate_mask.reshape(b * c, k)
   if reuse_prefix:
-    logits, cache, key_mask, phi = _prefill(model, params, visual, tokens, prompt_mask, t + k)
-    cache = _map_self_attention(lambda x: jnp.repeat(x, c, axis=_batch_axis(config)), cache)
+    logits, cache, context_cache, key_mask, phi = _prefill(model, params, visual, tokens,
+                                                           prompt_mask, t + k)
+    cache = jax.tree.map(lambda x: jnp.repeat(x, c, axis=_batch_axis(config)), cache)
     key_mask = jnp.repeat(key_mask, c, axis=0).at[:, t:].set(flat_mask)
     context_length = jnp.repeat(prompt_mask.sum(axis=1), c)
     is_image = (flat_candidates == config.image_token_id) & flat_mask
     candidate_phi = jnp.repeat(phi[:, -1], c)[:, None] + jnp.cumsum(is_image, axis=1)
-    step_logits, _ = _step(model, params, cache, visual, flat_candidates,
+    step_logits, _ = _step(model, params, cache, context_cache, visual, flat_candidates,
                            context_length[:, None] + jnp.arange(k), candidate_phi,
                            jnp.asarray(t, jnp.int32), key_mask)
     # Token j of a candidate is predicted by the logits one slot before it.
@@ -310,7 +324,7 @@ def _score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidat
   else:  # Every candidate re-runs the whole context (the images are still encoded once).
     full = jnp.concatenate([jnp.repeat(tokens, c, axis=0), flat_candidates], axis=1)
     full_mask = jnp.concatenate([jnp.repeat(prompt_mask, c, axis=0), flat_mask], axis=1)
-    logits, _, _, _ = _prefill(model, params, jnp.repeat(visual, c, axis=0), full, full_mask, t + k)
+    logits = _prefill(model, params, jnp.repeat(visual, c, axis=0), full, full_mask, t + k)[0]
     predicting = logits[:, t - 1:t + k - 1]
   logp = jax.nn.log_softmax(predicting, axis=-1)
   picked = jnp.take_along_axis(logp, flat_candidates[..., None], axis=-1)[..., 0]
@@ -334,5 +348,5 @@ def score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidate
   if candidate_mask.shape != candidates.shape:
     raise ValueError(f"candidate_mask {candidate_mask.shape} must have the shape of candidates "
                      f"{candidates.shape}.")
-  return _score(_decoding_config(config), params, tokens, prompt_mask, images, candidates,
-                candidate_mask, reuse_prefix)
+  return _score(config, params, tokens, prompt_mask, images, candidates, candidate_mask,
+                reuse_prefix)

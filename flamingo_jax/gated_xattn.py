@@ -4,7 +4,8 @@ y = y + tanh(a_attn) * xattn(q=LN(y), kv=LN(visual))   (only tokens with an imag
 y = y + tanh(a_ffw)  * ffw(LN(y))
 The gates a_* start at 0, so a freshly initialised block is the identity.
 When decoding (the `cache` collection is mutable), the keys/values of the visual tokens are projected
-at the first call (the prefill) and reused by every later step (`layers.Attention`, `cache_context`).
+at the prefill into the `context_cache` collection and reused by every later step
+(`layers.Attention`, `cache_context`).
 
 IDEFICS variant (XAttnConfig fields): RMSNorm instead of LN on the text side (`norm`), no norm on
 the visual keys/values (`visual_norm`), a SwiGLU FFW of the LM's MLP width (`ffw_gated`, `ffw_dim`),

@@ -136,10 +136,11 @@ class Attention(nn.Module):
     written into `cache/cached_key`, `cache/cached_value` [B, S, K, Dh] (zeros when absent; S is
     decode.key_mask's length) at slots decode.index..index+T-1, and the queries attend over the
     whole cache, causally by slot, skipping the slots that decode.key_mask rules out;
-  * `cache_context=True` (cross-attention): the first call projects `context` and stores its keys
-    and values as `cache/cached_key`, `cache/cached_value` [B, S, K, Dh]; later calls reuse them and
-    ignore `context`. A later call may bring G * B query rows (beams, scoring candidates): rows
-    b * G .. b * G + G - 1 share row b's cached keys/values.
+  * `cache_context=True` (cross-attention): the first call (the `context_cache` collection mutable)
+    projects `context` and stores its keys and values as `context_cache/cached_key`, `cached_value`
+    [B, S, K, Dh]; later calls (the collection read-only) reuse them and ignore `context`. A later
+    call may bring G * B query rows (beams, scoring candidates): rows b * G .. b * G + G - 1 share
+    row b's cached keys/values.
   """
 
   num_heads: int
@@ -172,9 +173,9 @@ class Attention(nn.Module):
     if self.rope_theta is not None:
       inv_freq = rope_frequencies(self.head_dim, self.rope_theta, self.rope_scaling)
       q = rotary(q, positions, inv_freq)
-    if cache_context and self.has_variable("cache", "cached_key"):
-      k = self.get_variable("cache", "cached_key")
-      v = self.get_variable("cache", "cached_value")
+    if cache_context and self.has_variable("context_cache", "cached_key"):
+      k = self.get_variable("context_cache", "cached_key")
+      v = self.get_variable("context_cache", "cached_value")
     else:
       k, v = key_proj(context), value_proj(context)
       if key_norm is not None:
@@ -182,8 +183,8 @@ class Attention(nn.Module):
       if self.rope_theta is not None:
         k = rotary(k, positions, inv_freq)
       if cache_context:
-        self.put_variable("cache", "cached_key", k)
-        self.put_variable("cache", "cached_value", v)
+        self.put_variable("context_cache", "cached_key", k)
+        self.put_variable("context_cache", "cached_value", v)
     if decode is not None:
       k, v, mask = self._update_cache(k, v, decode)
     rows, t = q.shape[:2]
@@ -251,14 +252,16 @@ def repeat(block: type[nn.Module], length: int, x: jax.Array, *broadcast: Any,
   `block(execution=execution, **block_fields)(x, *broadcast)` must return `(x, None)`. With `execution.scan_layers` the
   copies are one `nn.scan` named `name` whose parameters carry a leading `layers` axis [length, ...];
   otherwise they are unrolled as `name_0`, `name_1`, ... (see `params.py` to convert); a decoding
-  `cache` collection is laid out the same way ([length, ...] under `name` when scanned). The remat
+  `cache` / `context_cache` collection is laid out the same way ([length, ...] under `name` when
+  scanned). The remat
   policy wraps each copy. Call from inside a compact method: the copies become its children.
   """
   if execution.remat_policy != "none":
     block = nn.remat(block, policy=_REMAT_POLICIES[execution.remat_policy],
                      prevent_cse=not execution.scan_layers)
   if execution.scan_layers:
-    scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
+    scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0, "context_cache": 0},
+                      split_rngs={"params": True},
                       in_axes=(nn.broadcast,) * len(broadcast), length=length,
                       metadata_params={nn.PARTITION_NAME: "layers"})
     x, _ = scanned(execution=execution, **block_fields, name=name)(x, *broadcast)

@@ -29,8 +29,8 @@ from flamingo_jax.vision import VisionTransformer
 MAX_NEW = 6
 
 
-def _config(scan_layers=True):
-  return tiny_config(**{"execution.scan_layers": scan_layers})
+def _config(decode_unrolled=True):
+  return tiny_config(**{"execution.decode_unrolled": decode_unrolled})
 
 
 def _open_gates(tree):
@@ -162,15 +162,15 @@ def test_cached_beam_search_equals_full_recompute():
   np.testing.assert_array_equal(new, filled)
 
 
-def test_unrolled_layers_decode_like_scanned():
-  """The cache of unrolled layers (batch on axis 0, reordered by beam parent) gives the same beams."""
-  config, unrolled = _config(), _config(scan_layers=False)
+def test_scanned_and_unrolled_decoding_agree():
+  """Decoding with the layers scanned (the cache stacked [units, B, ...], reordered by beam parent on
+  axis 1) gives the beams of the default, unrolled decoding (execution.decode_unrolled)."""
+  config, scanned = _config(), _config(decode_unrolled=False)
   params = _params(config)
-  unrolled_params = P.relayout(params, P.stacks(unrolled), scanned=False)
   tokens, mask, images = _prompts(config)
   stop = (_beam_stop_token(config, params, tokens, images),)
   want = decoding.generate(config, params, tokens, mask, images, BEAM, stop)
-  got = decoding.generate(unrolled, unrolled_params, tokens, mask, images, BEAM, stop)
+  got = decoding.generate(scanned, params, tokens, mask, images, BEAM, stop)
   for g, w in zip(got, want):
     np.testing.assert_array_equal(g, w)
 
