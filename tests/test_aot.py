@@ -51,7 +51,7 @@ def test_tiny_compiles_for_v5e_2x2_and_reports_positive_numbers():
   assert report["chips"] == 4 and report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
   for key in ("frozen_params_gib", "trainable_params_gib", "optimizer_state_gib", "batch_gib",
               "temporaries_gib", "total_gib", "model_flops_per_step", "step_time_s", "mfu",
-              "compile_s", "compiler_flops_per_chip", "executed_flops_per_chip"):
+              "compile_s", "compile_cpu_s", "compiler_flops_per_chip", "executed_flops_per_chip"):
     assert report[key] > 0, key
   # Adam keeps two moments of the float32 trainable tree: twice its bytes (fsdp-sharded alike).
   assert report["optimizer_state_gib"] == pytest.approx(2 * report["trainable_params_gib"],
