@@ -35,8 +35,8 @@ LIBTPU_MISSING = ("Compiling for a TPU topology on this machine needs libtpu: "
                   "matching jax {jax}.")
 GPU_UNSUPPORTED = ("JAX cannot compile ahead of time for a GPU on a machine without one: GPU "
                    "compilation needs a CUDA device and the jax-cuda PJRT plugin (there are no "
-                   "compile-only GPU devices, unlike libtpu's TPU topologies). Run this check on "
-                   "a GPU host with --topology=local.")
+                   "compile-only GPU devices, unlike libtpu's TPU topologies). On a GPU host, the "
+                   "trainer's own compile reports running out of memory before the first step.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +103,10 @@ def parse_topology(name: str) -> Topology:
     if count <= 0 or count % chip.cores_per_name_unit:
       unit = "TensorCores (2 per chip)" if chip.cores_per_name_unit == 2 else "chips"
       raise ValueError(f"--topology={name!r}: the number after '-' counts {unit}.")
-    return Topology(chip, slice_shape(count // chip.cores_per_name_unit, chip.dims))
+    try:
+      return Topology(chip, slice_shape(count // chip.cores_per_name_unit, chip.dims))
+    except ValueError as e:
+      raise ValueError(f"--topology={name!r}: {e}") from None
   shape = tuple(int(s) for s in match.group(3).split("x") if s)
   if len(shape) != chip.dims or min(shape) <= 0:
     example = "4x4x8" if chip.dims == 3 else "4x8"

@@ -7,7 +7,7 @@ Builds the trainer's mesh and abstract state for the slice's compile-only device
 the real train step and prints per-chip memory (parameters, optimiser state, temporaries, total vs
 HBM), whether it fits, model FLOPs per step, the estimated step time, MFU and the compile time
 (`flamingo_jax.aot`). Exit status 0 when it fits, 3 when it does not, 1 when it cannot be checked
-(libtpu missing, a GPU target).
+(libtpu missing, a GPU target, a bad slice name or config).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main(argv) -> int:
   f = flags.FLAGS
   try:
     report = check(f.config, f.topology)
-  except RuntimeError as e:
+  except (RuntimeError, ValueError) as e:  # No libtpu, a GPU target, a bad slice or config.
     print(e, file=sys.stderr)
     return 1
   print(json.dumps(report) if f.json else aot.format_report(report), flush=True)
