@@ -122,6 +122,8 @@ def topology_devices(topology: Topology) -> list[jax.Device]:
   except ImportError as e:
     raise RuntimeError(LIBTPU_MISSING.format(jax=jax.__version__)) from e
   # Outside a TPU VM libtpu would warn about the missing VM metadata; these values silence it.
+  # Compile-only devices touch no TPU, so several processes (tests, checks) may load libtpu at once.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{topology.chip.generation}-8")
   from jax.experimental import topologies
@@ -159,17 +161,22 @@ def bytes_per_device(tree: Any) -> int:
              for x in jax.tree.leaves(tree))
 
 
-_OOM = re.compile(r"Used ([0-9.]+)([KMGT]?) of ([0-9.]+)([KMGT]?) hbm")
+_SIZE = r"([0-9.]+)([KMGTP]?)"
+# The TPU compiler's out-of-HBM errors: the whole program, or its temporaries alone.
+_OOM_TOTAL = re.compile(rf"Used {_SIZE} of {_SIZE} hbm")
+_OOM_TEMPORARIES = re.compile(rf"HLO temporaries \({_SIZE}\) exceeds available HBM \({_SIZE}\)")
 
 
-def _parse_oom(message: str) -> tuple[float, float] | None:
-  """(bytes used, bytes available) from the TPU compiler's out-of-HBM error, if it is one."""
-  match = _OOM.search(message)
-  if not match:
-    return None
-  scale = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
-  return (float(match.group(1)) * scale[match.group(2)],
-          float(match.group(3)) * scale[match.group(4)])
+def _parse_oom(message: str) -> tuple[str, float, float] | None:
+  """("total" | "temporaries", bytes needed, bytes the compiler had) from the TPU compiler's
+  out-of-HBM error, or None for any other error. Sizes are binary (1.5G = 1.5 GiB)."""
+  scale = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40, "P": 2 ** 50}
+  for kind, pattern in (("total", _OOM_TOTAL), ("temporaries", _OOM_TEMPORARIES)):
+    match = pattern.search(message)
+    if match:
+      needed, unit, available, available_unit = match.groups()
+      return kind, float(needed) * scale[unit], float(available) * scale[available_unit]
+  return None
 
 
 def fit_report(config: ml_collections.ConfigDict, topology: Topology) -> dict[str, Any]:
@@ -211,11 +218,15 @@ def fit_report(config: ml_collections.ConfigDict, topology: Topology) -> dict[st
       oom = _parse_oom(str(e))
       if oom is None:
         raise
+      kind, needed, available = oom
+      resident = sum(report[k] for k in ("frozen_params_gib", "trainable_params_gib",
+                                         "optimizer_state_gib", "batch_gib"))
+      temporaries = None if kind == "total" else needed / GIB
+      total = needed / GIB if kind == "total" else temporaries + resident
       report.update(compile_s=time.perf_counter() - start,
-                    compile_cpu_s=time.process_time() - start_cpu, total_gib=oom[0] / GIB,
-                    temporaries_gib=None, fits=False,
-                    overflow_gib=(oom[0] - chip.hbm_gib * GIB) / GIB,
-                    compiler_hbm_gib=oom[1] / GIB, step_time_s=None, step_time_source=None,
+                    compile_cpu_s=time.process_time() - start_cpu, temporaries_gib=temporaries,
+                    total_gib=total, fits=False, overflow_gib=total - chip.hbm_gib,
+                    compiler_hbm_gib=available / GIB, step_time_s=None, step_time_source=None,
                     mfu=None, compiler_error=str(e).splitlines()[0][:300])
       return report
   # Wall time, and CPU time of all this process's threads (what a busy machine does not inflate).

@@ -83,3 +83,12 @@ def test_without_libtpu_the_error_says_how_to_install_it(monkeypatch):
 def test_gpu_target_says_jax_cannot_compile_for_it_without_one():
   with pytest.raises(RuntimeError, match="cannot compile ahead of time for a GPU"):
     aot_check.check(_tiny(), "h100")
+
+
+def test_both_forms_of_the_tpu_compilers_out_of_hbm_error_are_read():
+  assert aot._parse_oom("Ran out of memory in memory space hbm. Used 30.5G of 15.75G hbm. "
+                        "Exceeded hbm capacity by 14.75G.") == ("total", 30.5 * 2**30, 15.75 * 2**30)
+  assert aot._parse_oom("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required "
+                        "for HLO temporaries (1.5T) exceeds available HBM (15.75G).") == (
+                            "temporaries", 1.5 * 2**40, 15.75 * 2**30)
+  assert aot._parse_oom("INVALID_ARGUMENT: something else") is None
