@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from flamingo_jax import flops, sharding
+from flamingo_jax import flops, sharding, train
 from flamingo_jax.metrics import PEAK_FLOPS
 
 GIB = 2 ** 30
@@ -144,9 +144,14 @@ def abstract_batches(config: ml_collections.ConfigDict, model_config,
   mixture's keys, shapes and dtypes: tokens / labels / phi [B, T] int32, loss_mask [B, T] float32,
   images [B, N, F, H, W, 3] uint8, image_mask [B, N] bool), on `batch_sharding`."""
   size = model_config.vision.image_size
+  mesh = batch_sharding.mesh
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
   out = {}
   for name, spec in config.data.datasets.items():
     b, t, n, f = spec.batch_size, spec.seq_len, spec.max_images, spec.num_frames
+    if b % shards:
+      raise ValueError(f"data.datasets.{name}.batch_size={b} cannot be split over mesh.data x "
+                       f"mesh.fsdp = {shards} devices: change the batch size or the mesh.")
     shapes = {"tokens": ((b, t), jnp.int32), "labels": ((b, t), jnp.int32),
               "loss_mask": ((b, t), jnp.float32), "images": ((b, n, f, size, size, 3), jnp.uint8),
               "image_mask": ((b, n), jnp.bool_), "phi": ((b, t), jnp.int32)}
@@ -183,7 +188,6 @@ def fit_report(config: ml_collections.ConfigDict, topology: Topology) -> dict[st
   """Compiles the train step of `config` for `topology` and returns the per-chip report: memory in
   GiB (frozen / trainable parameters, optimiser state, batch, temporaries, total vs HBM), fits,
   overflow, model FLOPs per step, estimated step time (and how it was estimated), MFU, compile s."""
-  from flamingo_jax import train  # The trainer's setup and step (imports absl flags lazily).
   devices = topology_devices(topology)
   setup = train.build_setup(config, devices=devices)
   batches = abstract_batches(config, setup.model_config, setup.batch_sharding)

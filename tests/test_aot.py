@@ -92,3 +92,11 @@ def test_both_forms_of_the_tpu_compilers_out_of_hbm_error_are_read():
                         "for HLO temporaries (1.5T) exceeds available HBM (15.75G).") == (
                             "temporaries", 1.5 * 2**40, 15.75 * 2**30)
   assert aot._parse_oom("INVALID_ARGUMENT: something else") is None
+
+
+def test_a_batch_the_mesh_cannot_split_is_rejected_naming_the_fields():
+  from flamingo_jax import train
+  config = _tiny(**{"data.datasets.video.batch_size": 6})
+  setup = train.build_setup(config)  # 8 CPU devices: data=8.
+  with pytest.raises(ValueError, match=r"data.datasets.video.batch_size=6 .* mesh.data x mesh.fsdp"):
+    aot.abstract_batches(config, setup.model_config, setup.batch_sharding)
