@@ -1,8 +1,11 @@
 r"""A sentencepiece tokenizer with Flamingo's two new tokens, and a CLI that trains a small model.
 
-With V = the sentencepiece vocabulary size, `<image>` = V and `<EOC>` = V + 1 (as the model's
-`FlamingoConfig.image_token_id = lm.vocab_size`, `eoc_token_id = lm.vocab_size + 1`). Any `.model`
-file loads (e.g. LLaMA's); BOS / EOS come from it.
+With V = the sentencepiece vocabulary size, `<image>` = V and `<EOC>` = V + 1 by default (as the
+model's `FlamingoConfig.image_token_id`, `eoc_token_id` with `image_token = eoc_token = -1`). Any
+`.model` file loads (e.g. LLaMA's); BOS / EOS come from it. A pretrained checkpoint's own ids
+(IDEFICS: `<image>` = 32001 from its added tokens, EOS ends a chunk) come with
+`Tokenizer.from_checkpoint(dir)` (`tokenizer.model` and the added-token json files next to the weights;
+the rule is `import_weights.special_token_ids`).
 
   python -m data_pipelines.tokenizer --corpus corpus.txt --vocab_size 512 --out tok.model
 """
@@ -10,6 +13,7 @@ file loads (e.g. LLaMA's); BOS / EOS come from it.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 
 import sentencepiece as spm
@@ -19,24 +23,42 @@ _SPECIAL = re.compile(f"({re.escape(IMAGE)}|{re.escape(EOC)})")
 
 
 class Tokenizer:
-  """Wraps a sentencepiece model file; `<image>` = vocab_size, `<EOC>` = vocab_size + 1."""
+  """Wraps a sentencepiece model file; `<image>` = `image_id` (default vocab_size), `<EOC>` =
+  `eoc_id` (default vocab_size + 1): pass the model's `image_token_id` / `eoc_token_id`."""
 
-  def __init__(self, model_path: str):
+  def __init__(self, model_path: str, image_id: int | None = None, eoc_id: int | None = None):
     self.model_path = model_path
     self._sp = spm.SentencePieceProcessor(model_file=model_path)
     self.vocab_size = self._sp.vocab_size()
-    self.image_id, self.eoc_id = self.vocab_size, self.vocab_size + 1
+    self.image_id = self.vocab_size if image_id is None else image_id
+    self.eoc_id = self.vocab_size + 1 if eoc_id is None else eoc_id
+    if self.image_id == self.eoc_id:
+      raise ValueError(f"<image> and <EOC> both have id {self.image_id}; they must differ.")
     self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
     if self.bos_id < 0 or self.eos_id < 0:
       raise ValueError(f"{model_path} defines no BOS or EOS piece; train it with bos_id and eos_id set.")
     # Padding never enters the loss (loss_mask 0); models without a pad piece pad with EOS.
     self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else self.eos_id
 
+  @classmethod
+  def from_checkpoint(cls, checkpoint_dir: str) -> Tokenizer:
+    """A pretrained checkpoint's tokenizer: its `tokenizer.model`, with `<image>` / `<EOC>` mapped to
+    the ids its added-token files give them (`import_weights.special_token_ids`)."""
+    from flamingo_jax import import_weights  # Here: plain tokenizer use needs no jax.
+    path = os.path.join(checkpoint_dir, "tokenizer.model")
+    if not os.path.exists(path):
+      raise ValueError(f"{checkpoint_dir} has no tokenizer.model (the sentencepiece model); copy it "
+                       "next to the weights.")
+    sp = spm.SentencePieceProcessor(model_file=path)
+    image_id, eoc_id = import_weights.special_token_ids(
+        import_weights.checkpoint_token_ids(checkpoint_dir), sp.vocab_size(), sp.eos_id())
+    return cls(path, image_id, eoc_id)
+
   def __getstate__(self):  # Grain sends transforms to worker processes: reload from the file there.
-    return {"model_path": self.model_path}
+    return {"model_path": self.model_path, "image_id": self.image_id, "eoc_id": self.eoc_id}
 
   def __setstate__(self, state):
-    self.__init__(state["model_path"])
+    self.__init__(state["model_path"], state["image_id"], state["eoc_id"])
 
   def encode(self, text: str) -> list[int]:
     """Plain text -> sentencepiece ids (no BOS/EOS). A literal "<image>" in the text stays text."""

@@ -150,8 +150,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       keep_every=0,  # Also keep every k-th step's checkpoint forever (0: none).
   ))
 
-  # Pretrained frozen towers (orbax checkpoints of the `vision` / `lm` subtrees), "" for random.
-  config.init = ml_collections.ConfigDict(dict(vision_checkpoint="", lm_checkpoint=""))
+  # Pretrained frozen towers (orbax checkpoints of the `vision` / `lm` subtrees), "" for random;
+  # flamingo_checkpoint: a whole model, trainable parts included (`import_weights idefics`).
+  config.init = ml_collections.ConfigDict(dict(vision_checkpoint="", lm_checkpoint="",
+                                               flamingo_checkpoint=""))
 
   # flamingo_jax.quickstart: steps of each stage and the held-out evaluation.
   config.quickstart = ml_collections.ConfigDict(dict(

@@ -10,13 +10,16 @@ the previous one.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
 import signal
-from typing import Any
+from typing import Any, Iterable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint.experimental import v1 as ocp_v1
 from jax.experimental import multihost_utils
 
 
@@ -58,12 +61,43 @@ def save_params(path: str, params: Any) -> None:
     checkpointer.save(os.path.abspath(path), params, force=True)
 
 
+# Where orbax's partial saves (`save_params_in_batches`) put the tree inside the checkpoint directory.
+_BATCHED_TREE = "state"
+
+
+def save_params_in_batches(path: str, batches: Iterable[Any]) -> None:
+  """Writes one parameter tree given as disjoint subtrees (nested dicts of numpy arrays, produced
+  one after the other) with orbax's partial saves: memory holds one subtree and its write buffers,
+  not the whole tree (the weight importer's peak). `load_params` reads the result like `save_params`'."""
+  path = os.path.abspath(path)
+  if os.path.exists(path):
+    shutil.rmtree(path)
+  for batch in batches:
+    ocp_v1.partial.save(path, batch)
+    del batch  # Freed before the next one is made.
+    _return_freed_memory()
+  ocp_v1.partial.finalize(path)
+
+
+def _return_freed_memory() -> None:
+  """Hands glibc's freed blocks back to the OS (`malloc_trim`). The write buffers of a batch are freed
+  in tensorstore's threads' arenas, which the main thread's next batch would not reuse: untrimmed,
+  they add ~0.3x of a 207 MB import to its peak. Does nothing without glibc."""
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
+
+
 def load_params(path: str, abstract_params: Any) -> Any:
-  """Reads a tree written by `save_params` onto the shardings and dtypes of `abstract_params`;
-  a tree of another structure or shape is an error naming the path."""
+  """Reads a tree written by `save_params` or `save_params_in_batches` onto the shardings and dtypes
+  of `abstract_params`; a tree of another structure or shape is an error naming the path."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, _BATCHED_TREE)):
+    path = os.path.join(path, _BATCHED_TREE)
   try:
     with ocp.StandardCheckpointer() as checkpointer:
-      return checkpointer.restore(os.path.abspath(path), abstract_params)
+      return checkpointer.restore(path, abstract_params)
   except (ValueError, KeyError, FileNotFoundError) as e:
     raise ValueError(f"Cannot load parameters from {path}: {e}. Check that it was written for this "
                      "model config (shapes and layer plan).") from e

@@ -18,6 +18,8 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
 GATE_SHAPES = ("scalar", "vector")
 ROPE_SCALINGS = ("none", "linear", "llama3")
+XATTN_NORMS = ("layer", "rms")
+ALPHA_INITS = ("zeros", "ones", "normal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +94,8 @@ class ResamplerConfig:
   ffw_activation: str = "squared_relu"
   num_time_embeddings: int = 8  # Frames per media item seen in training (1 for still images).
   interpolate_time_embeddings: bool = True  # More frames at inference: linear interpolation.
+  time_embeddings: bool = True  # Learned per-frame embeddings added to the features (IDEFICS: none).
+  qk_norm: bool = False  # LayerNorm (with bias) on the projected queries and keys, per head (IDEFICS).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +110,17 @@ class XAttnConfig:
   ffw_activation: str = "squared_relu"
   gate_shape: str = "scalar"  # "scalar": one alpha per gate (paper); "vector": one per channel.
   qk_norm: bool = False  # RMSNorm on the projected queries and keys (IDEFICS).
+  # The text-side norms before the cross-attention and the FFW: "layer" (LayerNorm, paper) or "rms"
+  # (RMSNorm, IDEFICS); `norm_eps` is theirs and the qk norms' epsilon.
+  norm: str = "layer"
+  norm_eps: float = 1e-5
+  visual_norm: bool = True  # LayerNorm on the visual keys/values (paper); IDEFICS has none.
+  ffw_gated: bool = False  # SwiGLU-style FFW, act(gate(x)) * up(x) (IDEFICS, with ffw_activation=silu).
+  ffw_dim: int = 0  # FFW hidden width; 0: ffw_mult * LM width (IDEFICS: the LM's mlp_dim).
+  # Initial value of the gates' alpha: "zeros" (paper: the block starts as the identity), "ones", or
+  # "normal" with std `alpha_init_std` (IDEFICS' alpha_initializer / alphas_initializer_range).
+  alpha_init: str = "zeros"
+  alpha_init_std: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,18 +140,25 @@ class FlamingoConfig:
   resampler: ResamplerConfig = ResamplerConfig()
   xattn: XAttnConfig = XAttnConfig()
   execution: ExecutionConfig = ExecutionConfig()
+  # New token rows after the LM's V (ids V .. V + num_extra_tokens - 1): the trainable `extra_embed`
+  # and `extra_head` (IDEFICS: additional_vocab_size, its <fake_token_around_image> and <image>).
+  num_extra_tokens: int = 2
+  # Ids of <image> and <EOC>; -1: V and V + 1 (our tokenizer's). An imported checkpoint's own ids
+  # (IDEFICS-9B: <image> = 32001, and its EOS ends a chunk) come from its tokenizer files.
+  image_token: int = -1
+  eoc_token: int = -1
 
   @property
   def image_token_id(self) -> int:
-    return self.lm.vocab_size
+    return self.lm.vocab_size if self.image_token < 0 else self.image_token
 
   @property
   def eoc_token_id(self) -> int:
-    return self.lm.vocab_size + 1
+    return self.lm.vocab_size + 1 if self.eoc_token < 0 else self.eoc_token
 
   @property
   def num_new_tokens(self) -> int:
-    return 2
+    return self.num_extra_tokens
 
   @property
   def total_vocab_size(self) -> int:
@@ -237,6 +259,28 @@ def validate(config: FlamingoConfig, prefix: str = "model") -> None:
     _fail(f"{p}.offset", x.offset, f"must satisfy 0 <= offset < {p}.every={x.every}.")
   if x.offset >= lm.num_layers:
     _fail(f"{p}.offset", x.offset, f"must be below {prefix}.lm.num_layers={lm.num_layers}.")
+  _one_of(p, x, "norm", XATTN_NORMS)
+  _one_of(p, x, "alpha_init", ALPHA_INITS)
+  if not x.norm_eps > 0:
+    _fail(f"{p}.norm_eps", x.norm_eps, "must be positive.")
+  if not isinstance(x.ffw_dim, int) or x.ffw_dim < 0:
+    _fail(f"{p}.ffw_dim", x.ffw_dim, "must be 0 (ffw_mult * LM width) or a positive width.")
+  if not x.alpha_init_std >= 0:
+    _fail(f"{p}.alpha_init_std", x.alpha_init_std, "must be >= 0.")
+
+  p = prefix
+  total = lm.vocab_size + config.num_extra_tokens
+  if not isinstance(config.num_extra_tokens, int) or config.num_extra_tokens < 0:
+    _fail(f"{p}.num_extra_tokens", config.num_extra_tokens, "must be a non-negative integer.")
+  for name, default in (("image_token", lm.vocab_size), ("eoc_token", lm.vocab_size + 1)):
+    value = getattr(config, name)
+    token_id = default if value < 0 else value
+    if not token_id < total or value < -1:
+      _fail(f"{p}.{name}", value, f"id {token_id} is outside the vocabulary of {total} ids "
+            f"({prefix}.lm.vocab_size + {prefix}.num_extra_tokens); use -1 or an id below {total}.")
+  if config.image_token_id == config.eoc_token_id:
+    _fail(f"{p}.eoc_token", config.eoc_token, f"must differ from {p}.image_token's id "
+          f"{config.image_token_id}.")
 
   p = f"{prefix}.execution"
   _one_of(p, e, "remat_policy", REMAT_POLICIES)
@@ -246,7 +290,8 @@ def validate(config: FlamingoConfig, prefix: str = "model") -> None:
 
 def check_frames(config: ResamplerConfig, num_frames: int, prefix: str = "model.resampler") -> None:
   """Rejects more frames than time embeddings when interpolation is off (called while tracing)."""
-  if num_frames > config.num_time_embeddings and not config.interpolate_time_embeddings:
+  if (config.time_embeddings and num_frames > config.num_time_embeddings
+      and not config.interpolate_time_embeddings):
     raise ValueError(
         f"Input has {num_frames} frames per media item but {prefix}.num_time_embeddings="
         f"{config.num_time_embeddings} and {prefix}.interpolate_time_embeddings=False; set "

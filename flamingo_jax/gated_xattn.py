@@ -3,6 +3,12 @@
 y = y + tanh(a_attn) * xattn(q=LN(y), kv=LN(visual))   (only tokens with an image get a non-zero xattn)
 y = y + tanh(a_ffw)  * ffw(LN(y))
 The gates a_* start at 0, so a freshly initialised block is the identity.
+When decoding (the `cache` collection is mutable), the keys/values of the visual tokens are projected
+at the first call (the prefill) and reused by every later step (`layers.Attention`, `cache_context`).
+
+IDEFICS variant (XAttnConfig fields): RMSNorm instead of LN on the text side (`norm`), no norm on
+the visual keys/values (`visual_norm`), a SwiGLU FFW of the LM's MLP width (`ffw_gated`, `ffw_dim`),
+RMSNorm on the per-head queries and keys (`qk_norm`) and other alpha initialisers (`alpha_init`).
 """
 
 from __future__ import annotations
@@ -13,7 +19,13 @@ import jax.numpy as jnp
 
 from flamingo_jax import masking
 from flamingo_jax.config import ExecutionConfig, XAttnConfig
-from flamingo_jax.layers import Attention, Mlp, layer_norm
+from flamingo_jax.layers import Attention, Mlp, layer_norm, rms_norm
+
+
+def _alpha_init(config: XAttnConfig) -> nn.initializers.Initializer:
+  if config.alpha_init == "normal":
+    return nn.initializers.normal(config.alpha_init_std)
+  return nn.initializers.ones_init() if config.alpha_init == "ones" else nn.initializers.zeros_init()
 
 
 class GatedCrossAttentionDense(nn.Module):
@@ -22,8 +34,8 @@ class GatedCrossAttentionDense(nn.Module):
 
   def _gate(self, name: str, width: int) -> jax.Array:
     shape, axes = ((), ()) if self.config.gate_shape == "scalar" else ((width,), ("norm",))
-    alpha = self.param(name, nn.with_logical_partitioning(nn.initializers.zeros_init(), axes),
-                       shape, jnp.dtype(self.execution.param_dtype))
+    alpha = self.param(name, nn.with_logical_partitioning(_alpha_init(self.config), axes), shape,
+                       jnp.dtype(self.execution.param_dtype))
     return jnp.tanh(alpha.astype(jnp.float32))
 
   @nn.compact
@@ -32,14 +44,20 @@ class GatedCrossAttentionDense(nn.Module):
     c, ex = self.config, self.execution
     b, n, r, dv = visual.shape
     d = y.shape[-1]
-    kv = layer_norm(ex, name="visual_norm")(visual.reshape(b, n * r, dv)).astype(y.dtype)
-    q = layer_norm(ex, name="attn_norm")(y).astype(y.dtype)
+    kv = visual.reshape(b, n * r, dv)
+    if c.visual_norm:
+      kv = layer_norm(ex, name="visual_norm")(kv)
+    kv = kv.astype(y.dtype)
+    text_norm = lambda name: (layer_norm if c.norm == "layer" else rms_norm)(
+        ex, c.norm_eps, name=name)
+    q = text_norm("attn_norm")(y).astype(y.dtype)
     mask = masking.cross_attention_mask(phi, n, r)
     attn = Attention(c.num_heads, c.num_heads, c.head_dim, d, ex, qk_norm=c.qk_norm,
-                     name="attn")(q, kv, mask=mask)
+                     qk_norm_eps=c.norm_eps, name="attn")(
+                         q, kv, mask=mask, cache_context=self.is_mutable_collection("cache"))
     attn = attn * masking.has_image(phi, n)[..., None].astype(attn.dtype)
     self.sow("intermediates", "xattn_output", attn)
     y = y + (self._gate("attn_gate", d) * attn).astype(y.dtype)
-    h = layer_norm(ex, name="ffw_norm")(y).astype(y.dtype)
-    ffw = Mlp(c.ffw_mult * d, c.ffw_activation, ex, name="ffw")(h)
+    h = text_norm("ffw_norm")(y).astype(y.dtype)
+    ffw = Mlp(c.ffw_dim or c.ffw_mult * d, c.ffw_activation, ex, gated=c.ffw_gated, name="ffw")(h)
     return y + (self._gate("ffw_gate", d) * ffw).astype(y.dtype)

@@ -3,6 +3,7 @@ r"""Pretrained weights from Hugging Face safetensors checkpoints -> our paramete
   python -m flamingo_jax.import_weights llama  --checkpoint DIR --out OUT [--dtype float32]
   python -m flamingo_jax.import_weights clip   --checkpoint DIR --out OUT
   python -m flamingo_jax.import_weights siglip --checkpoint DIR --out OUT
+  python -m flamingo_jax.import_weights idefics --checkpoint DIR --out OUT
 
 DIR is a `save_pretrained(..., safe_serialization=True)` directory: `config.json` and either
 `model.safetensors` or shards listed by `model.safetensors.index.json` (`weight_map`). Pickled
@@ -16,6 +17,9 @@ What maps where:
          scanned.
   siglip (SiglipVisionModel, or SiglipModel's `vision_model.*` tensors) -> the same, SigLIP variant.
          Load either with `config.init.vision_checkpoint`.
+  idefics (IdeficsForVisionText2Text, IDEFICS v1) -> the whole `Flamingo` tree {vision, resampler,
+         lm}, scanned; its config fields from `idefics_config` (see the decisions in
+         docs/architecture.md). Load it with `config.init.flamingo_checkpoint`.
 
 `*_config(hf_config)` turn a checkpoint's `config.json` into our config fields, so shapes are never
 transcribed by hand. The import checks that every expected tensor is found, every tensor found is used
@@ -23,7 +27,9 @@ transcribed by hand. The import checks that every expected tensor is found, ever
 tensor and the config field to change.
 
 Memory: tensors are read one at a time from their shard (plain file reads, no memory map) and written
-into preallocated output arrays, so the peak is about the output tree plus the largest tensor.
+into preallocated output arrays. `import_*` convert the whole tree (the output plus the largest
+tensor); the CLI converts and writes `WRITE_BATCH_BYTES` at a time (`ImportPlan.batches`,
+`checkpointing.save_params_in_batches`), so its peak is a few times the largest parameter.
 """
 
 from __future__ import annotations
@@ -42,10 +48,13 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
-from flamingo_jax.checkpointing import save_params
+from flamingo_jax.checkpointing import save_params_in_batches
+from flamingo_jax import params as P
 from flamingo_jax.config import (DTYPES, ROPE_SCALINGS, ExecutionConfig, FlamingoConfig, LMConfig,
-                                 RopeScalingConfig, VisionConfig)
+                                 ResamplerConfig, RopeScalingConfig, VisionConfig, XAttnConfig,
+                                 validate)
 from flamingo_jax.lm import DecoderLM
+from flamingo_jax.model import abstract_params
 from flamingo_jax.vision import VisionTransformer
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -62,6 +71,10 @@ IGNORED = {
     # The text tower of a SiglipModel and the attention-pooling head (Flamingo uses all patches).
     "siglip": (r"text_model\..*", r"logit_scale", r"logit_bias", r"(vision_model\.)?head\..*",
                r"(vision_model\.)?embeddings\.position_ids"),
+    # As CLIP: the pooled class token's norm; rotary frequencies are recomputed.
+    "idefics": (r"model\.vision_model\.post_layernorm\..*",
+                r"model\.vision_model\.embeddings\.position_ids",
+                r"model\.(layers|gated_cross_attn_layers)\.\d+\.(self|cross)_attn\.rotary_emb\..*"),
 }
 
 _SAFETENSORS_DTYPES = {
@@ -149,6 +162,53 @@ def read_hf_config(checkpoint_dir: str) -> dict[str, Any]:
     return json.load(f)
 
 
+# Tokenizer files that list a checkpoint's added tokens (all optional; they must agree).
+TOKENIZER_FILES = ("added_tokens.json", "tokenizer_config.json", "tokenizer.json")
+
+
+def checkpoint_token_ids(checkpoint_dir: str) -> dict[str, int]:
+  """Token -> id of every added token the checkpoint's tokenizer files list (`added_tokens.json`,
+  `tokenizer_config.json`'s `added_tokens_decoder`, `tokenizer.json`'s `added_tokens`); {} when
+  there are none. Two files giving one token different ids is an error naming both."""
+  found: dict[str, tuple[int, str]] = {}
+  for name in TOKENIZER_FILES:
+    path = os.path.join(checkpoint_dir, name)
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      data = json.load(f)
+    if name == "added_tokens.json":
+      pairs = data.items()
+    elif name == "tokenizer_config.json":
+      pairs = ((entry["content"], int(i)) for i, entry in data.get("added_tokens_decoder", {}).items())
+    else:
+      pairs = ((entry["content"], entry["id"]) for entry in data.get("added_tokens", ()))
+    for token, token_id in pairs:
+      if token in found and found[token][0] != token_id:
+        raise ValueError(f"{checkpoint_dir}: {found[token][1]} gives {token} id {found[token][0]} "
+                         f"but {name} gives {token_id}.")
+      found[token] = (int(token_id), name)
+  return {token: token_id for token, (token_id, _) in found.items()}
+
+
+def special_token_ids(added: Mapping[str, int], vocab_size: int, eos_id: int) -> tuple[int, int]:
+  """(<image> id, <EOC> id) for a checkpoint whose tokenizer lists `added` tokens (token -> id).
+
+  Each takes the checkpoint's own id when it has the token. Otherwise: with no added tokens beyond
+  the vocabulary, ours (V, V + 1); with some (IDEFICS: <fake_token_around_image>, <image>), the
+  checkpoint has no <EOC> and its EOS ends a chunk, as in its training documents.
+  """
+  new = {token: i for token, i in added.items() if i >= vocab_size}
+  image = added.get("<image>", vocab_size)
+  eoc = added.get("<EOC>", eos_id if new else vocab_size + 1)
+  by_id = {i: token for token, i in added.items()}
+  for token, token_id in (("<image>", image), ("<EOC>", eoc)):
+    if by_id.get(token_id, token) != token:
+      raise ValueError(f"{token} would get id {token_id}, which the checkpoint's tokenizer gives to "
+                       f"{by_id[token_id]}; add {token} to its added tokens.")
+  return image, eoc
+
+
 # ----------------------------------------------------------------------------- configs
 
 
@@ -222,6 +282,65 @@ def vision_config(family: str, hf: Mapping[str, Any],
       norm_eps=hf.get("layer_norm_eps", 1e-5), pixel_mean=tuple(mean), pixel_std=tuple(std))
 
 
+_ALPHA_INITIALIZERS = {"zeros": "zeros", "ones": "ones", "normal": "normal", "gaussian": "normal",
+                       "random": "normal"}
+
+
+def idefics_config(hf: Mapping[str, Any], added_tokens: Mapping[str, int],
+                   preprocessor: Mapping[str, Any] | None = None) -> FlamingoConfig:
+  """Our FlamingoConfig from an IdeficsForVisionText2Text `config.json`, the added tokens of its
+  tokenizer (`checkpoint_token_ids`) and, when given, `preprocessor_config.json`.
+
+  LM: the LLaMA fields (`llama_config`). Vision: CLIP layout, features = last_hidden_state (its
+  post_layernorm only normalises the pooled class token). Perceiver: `use_resampler` must be on;
+  width = the vision width, no time embeddings, ReLU FFW of 4x, LayerNorm qk norms. Gated blocks:
+  before LM layer i when i % cross_layer_interval == 0 (our every / offset 0), the LM's heads and
+  head width, RMSNorm text norms, no visual norm, SwiGLU FFW of the LM's MLP width, RMSNorm qk norms.
+  """
+  hf = _HFConfig(hf)
+  lm = llama_config(hf)
+  if not hf.get("use_resampler", False):
+    raise ValueError("config.json has use_resampler=false: the gated blocks would attend to all "
+                     "vision features; our model always resamples (model.resampler).")
+  vision = _HFConfig(hf["vision_config"])
+  vision = vision_config("clip", {**vision, "hidden_size": vision.get("embed_dim", 768),
+                                  "hidden_act": vision.get("hidden_act", "gelu")}, preprocessor)
+  perceiver = _HFConfig(hf["perceiver_config"])
+  resampler = ResamplerConfig(
+      width=vision.width, num_layers=perceiver.get("resampler_depth", 6),
+      num_heads=perceiver.get("resampler_n_heads", 16),
+      head_dim=perceiver.get("resampler_head_dim", 96),
+      num_latents=perceiver.get("resampler_n_latents", 64), ffw_mult=4, ffw_activation="relu",
+      num_time_embeddings=1, interpolate_time_embeddings=False, time_embeddings=False,
+      qk_norm=bool(perceiver.get("qk_layer_norms_perceiver", False)))
+  every = hf.get("cross_layer_interval", 1)
+  if lm.num_layers % every:
+    raise ValueError(f"config.json has num_hidden_layers={lm.num_layers} and cross_layer_interval="
+                     f"{every}; IDEFICS needs the interval to divide the layers (model.xattn.every).")
+  alpha_type = hf.get("alpha_type", "float")
+  if alpha_type not in ("float", "vector"):
+    raise ValueError(f"config.json has alpha_type={alpha_type}; model.xattn.gate_shape supports "
+                     "float (scalar) and vector.")
+  alpha_init = hf.get("alpha_initializer", "zeros")
+  if alpha_init not in _ALPHA_INITIALIZERS:
+    raise ValueError(f"config.json has alpha_initializer={alpha_init}; model.xattn.alpha_init "
+                     f"supports {', '.join(_ALPHA_INITIALIZERS)}.")
+  xattn = XAttnConfig(
+      every=every, offset=0, num_heads=lm.num_heads, head_dim=lm.head_dim, ffw_activation="silu",
+      gate_shape="scalar" if alpha_type == "float" else "vector",
+      qk_norm=bool(hf.get("qk_layer_norms", False)), norm="rms", norm_eps=lm.norm_eps,
+      visual_norm=False, ffw_gated=True, ffw_dim=lm.mlp_dim,
+      alpha_init=_ALPHA_INITIALIZERS[alpha_init],
+      alpha_init_std=float(hf.get("alphas_initializer_range", 0.0)))
+  extra = hf.get("additional_vocab_size", 0)
+  eos = hf.get("eos_token_id", 2)  # An int, or a list whose first id is the document end.
+  image, eoc = special_token_ids(added_tokens, lm.vocab_size, eos[0] if isinstance(eos, list) else eos)
+  config = FlamingoConfig(vision=vision, lm=lm, resampler=resampler, xattn=xattn,
+                          num_extra_tokens=extra, image_token=image, eoc_token=eoc)
+  validate(config)
+  return config
+
+
 # ----------------------------------------------------------------------------- name and layout maps
 
 
@@ -231,7 +350,7 @@ class Source:
   scanned stack), how to lay it out, and the config fields that set its shape (for errors).
 
   layout: "same" (our shape), "vector" (flat [prod(ours)] reshaped, e.g. a bias [H*Dh] -> [H, Dh]),
-  "linear" (torch Linear [out, in] -> our kernel [*in, *out]; `num_in` input dims), "conv" (patch conv
+  "gate" (an IDEFICS alpha: [1] -> scalar, [1, 1, D] -> [D]), "linear" (torch Linear [out, in] -> our kernel [*in, *out]; `num_in` input dims), "conv" (patch conv
   [D, 3, p, p] -> our kernel [p*p*3, D]).
   """
 
@@ -239,6 +358,10 @@ class Source:
   layout: str
   fields: str
   num_in: int = 1
+  # Layer u of our stack reads checkpoint layer `layer_start + layer_stride * u` (IDEFICS: LM block j
+  # of gated unit u is checkpoint layer every * u + j).
+  layer_stride: int = 1
+  layer_start: int = 0
 
 
 def hf_shape(source: Source, ours: tuple[int, ...]) -> tuple[int, ...]:
@@ -247,6 +370,8 @@ def hf_shape(source: Source, ours: tuple[int, ...]) -> tuple[int, ...]:
     return ours
   if source.layout == "vector":
     return (math.prod(ours),)
+  if source.layout == "gate":
+    return (1, 1, *ours) if ours else (1,)
   if source.layout == "linear":
     return (math.prod(ours[source.num_in:]), math.prod(ours[:source.num_in]))
   side = math.isqrt(ours[0] // 3)  # conv
@@ -256,7 +381,7 @@ def hf_shape(source: Source, ours: tuple[int, ...]) -> tuple[int, ...]:
 def lay_out_into(source: Source, tensor: np.ndarray, slot: np.ndarray) -> None:
   """Writes checkpoint `tensor` into our preallocated `slot` (a view of the output array), casting
   to its dtype without an intermediate copy."""
-  if source.layout in ("same", "vector"):
+  if source.layout in ("same", "vector", "gate"):
     np.copyto(slot, tensor.reshape(slot.shape), casting="unsafe")
   elif source.layout == "linear":
     flat_in = math.prod(slot.shape[:source.num_in])
@@ -330,6 +455,81 @@ def vision_sources(config: VisionConfig, prefix: str) -> dict[tuple[str, ...], S
   return sources
 
 
+def idefics_sources(config: FlamingoConfig) -> dict[tuple[str, ...], Source]:
+  """Our Flamingo path -> IDEFICS checkpoint source (the LM names are LLaMA's under `model.`)."""
+  every = config.xattn.every
+  sources = {}
+  for path, source in llama_sources(config.lm).items():
+    if path[0] != "segment_0":
+      sources[("lm", *path)] = source
+      continue
+    for j in range(every):  # LM block j of gated unit u is layer every * u + j.
+      sources[("lm", "segment_0", f"block_{j}", *path[2:])] = dataclasses.replace(
+          source, layer_stride=every, layer_start=j)
+  sources.update({("vision", *path): source for path, source in
+                  vision_sources(config.vision, "model.vision_model.").items()})
+  if config.num_extra_tokens:
+    new = "model.num_extra_tokens, model.lm.width"
+    sources[("lm", "extra_embed", "embedding")] = Source(
+        "model.embed_tokens.additional_embedding.weight", "same", new)
+    if not config.lm.tie_embeddings:
+      sources[("lm", "extra_head", "kernel")] = Source("lm_head.additional_fc.weight", "linear", new)
+
+  p = "model.perceiver_resampler."
+  layer = p + "blocks.{i}."
+  res = "model.resampler.width"
+  heads = "model.resampler.num_heads, model.resampler.head_dim"
+  block = {("latents_norm",): layer + "0.latents_layer_norm", ("media_norm",): layer + "0.context_layer_norm",
+           ("ffw_norm",): layer + "1.ln"}
+  resampler = {}
+  for path, name in block.items():
+    resampler[(*path, "scale")] = Source(name + ".weight", "same", res)
+    resampler[(*path, "bias")] = Source(name + ".bias", "same", res)
+  for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+    resampler[("attn", ours, "kernel")] = Source(layer + f"0.{theirs}.weight", "linear", heads)
+  resampler[("attn", "out", "kernel")] = Source(layer + "0.output_proj.weight", "linear", heads,
+                                                num_in=2)
+  if config.resampler.qk_norm:
+    for ours, theirs in (("query_norm", "q_layer_norm"), ("key_norm", "k_layer_norm")):
+      for param, torch_name in (("scale", "weight"), ("bias", "bias")):
+        resampler[("attn", ours, param)] = Source(layer + f"0.{theirs}.{torch_name}", "same",
+                                                  "model.resampler.head_dim")
+  ffw = "model.resampler.width, model.resampler.ffw_mult"
+  resampler[("ffw", "up", "kernel")] = Source(layer + "1.fc.weight", "linear", ffw)
+  resampler[("ffw", "down", "kernel")] = Source(layer + "1.c_proj.weight", "linear", ffw)
+  sources.update({("resampler", "blocks", *path): s for path, s in resampler.items()})
+  sources[("resampler", "latents")] = Source(p + "latents", "same",
+                                             "model.resampler.num_latents, model.resampler.width")
+  for param, torch_name in (("scale", "weight"), ("bias", "bias")):
+    sources[("resampler", "final_norm", param)] = Source(p + f"layer_norm.{torch_name}", "same", res)
+
+  x = "model.gated_cross_attn_layers.{i}."
+  width = "model.lm.width"
+  attn = "model.lm.width, model.xattn.num_heads, model.xattn.head_dim"
+  kv = "model.resampler.width, model.xattn.num_heads, model.xattn.head_dim"
+  mlp = "model.xattn.ffw_dim"
+  xattn = {
+      ("attn_norm", "scale"): Source(x + "input_layernorm.weight", "same", width),
+      ("attn", "query", "kernel"): Source(x + "cross_attn.q_proj.weight", "linear", attn),
+      ("attn", "key", "kernel"): Source(x + "cross_attn.k_proj.weight", "linear", kv),
+      ("attn", "value", "kernel"): Source(x + "cross_attn.v_proj.weight", "linear", kv),
+      ("attn", "out", "kernel"): Source(x + "cross_attn.o_proj.weight", "linear", attn, num_in=2),
+      ("ffw_norm", "scale"): Source(x + "post_attention_layernorm.weight", "same", width),
+      ("ffw", "gate", "kernel"): Source(x + "mlp.gate_proj.weight", "linear", mlp),
+      ("ffw", "up", "kernel"): Source(x + "mlp.up_proj.weight", "linear", mlp),
+      ("ffw", "down", "kernel"): Source(x + "mlp.down_proj.weight", "linear", mlp),
+      ("attn_gate",): Source(x + "alpha_cross_attn", "gate", "model.xattn.gate_shape"),
+      ("ffw_gate",): Source(x + "alpha_dense", "gate", "model.xattn.gate_shape"),
+  }
+  if config.xattn.qk_norm:
+    xattn[("attn", "query_norm", "scale")] = Source(x + "cross_attn.q_layer_norm.weight", "same",
+                                                    "model.xattn.head_dim")
+    xattn[("attn", "key_norm", "scale")] = Source(x + "cross_attn.k_layer_norm.weight", "same",
+                                                  "model.xattn.head_dim")
+  sources.update({("lm", "segment_0", "xattn", *path): s for path, s in xattn.items()})
+  return sources
+
+
 # ----------------------------------------------------------------------------- conversion
 
 
@@ -354,15 +554,67 @@ def expected_tensors(sources: Mapping[tuple[str, ...], Source],
     length = stacked(path)
     ours = abstract[path].shape[1:] if length else abstract[path].shape
     for i in (range(length) if length else (None,)):
-      out[source.name.format(i=i)] = Expected(path, i, ours, hf_shape(source, ours))
+      layer = None if i is None else source.layer_start + source.layer_stride * i
+      out[source.name.format(i=layer)] = Expected(path, i, ours, hf_shape(source, ours))
   return out
 
 
-def convert(tensors: Mapping[str, TensorInfo], sources: Mapping[tuple[str, ...], Source],
-            wanted: Mapping[str, Expected], abstract: Mapping[tuple[str, ...], jax.ShapeDtypeStruct],
-            ignored: tuple[str, ...], dtype: np.dtype) -> dict[tuple[str, ...], np.ndarray]:
-  """Our flat params {path: array in `dtype`} from checkpoint `tensors`, read one at a time, shard by
-  shard. Raises ValueError on a missing, unused or misshapen tensor."""
+@dataclasses.dataclass(frozen=True)
+class ImportPlan:
+  """A checked import: which checkpoint tensor fills which slot of which of our parameters.
+
+  `params()` converts everything at once (nested dict of numpy arrays); `batches(max_bytes)` yields
+  disjoint subtrees (nested dicts) of about `max_bytes` (at least one parameter each), made only when
+  asked for, so a writer that drops each before asking for the next holds one at a time. `fresh` holds parameters with no checkpoint tensor (made on the host).
+  """
+
+  config: Any
+  tensors: Mapping[str, TensorInfo]
+  sources: Mapping[tuple[str, ...], Source]
+  wanted: Mapping[str, Expected]
+  abstract: Mapping[tuple[str, ...], jax.ShapeDtypeStruct]
+  dtype: np.dtype
+  fresh: Mapping[tuple[str, ...], np.ndarray] = dataclasses.field(default_factory=dict)
+
+  def _convert(self, paths) -> dict[tuple[str, ...], np.ndarray]:
+    """Our arrays at `paths`, their checkpoint tensors read one at a time in file order."""
+    out = {path: np.empty(self.abstract[path].shape, self.dtype) for path in paths}
+    names = [name for name, want in self.wanted.items() if want.path in out]
+    for name in sorted(names, key=lambda n: (self.tensors[n].file, self.tensors[n].offset)):
+      want = self.wanted[name]
+      slot = out[want.path] if want.layer is None else out[want.path][want.layer, ...]
+      lay_out_into(self.sources[want.path], read_tensor(self.tensors[name]), slot)
+    return out
+
+  def batches(self, max_bytes: int):
+    first = {}  # Our path -> where its first tensor lies, so batches read the shards in order.
+    for name, want in self.wanted.items():
+      first[want.path] = min(first.get(want.path, (self.tensors[name].file, math.inf)),
+                             (self.tensors[name].file, self.tensors[name].offset))
+    batch, size = [], 0
+    for path in sorted(self.sources, key=first.__getitem__):
+      nbytes = math.prod(self.abstract[path].shape) * self.dtype.itemsize
+      if batch and size + nbytes > max_bytes:
+        yield traverse_util.unflatten_dict(self._convert(batch))
+        batch, size = [], 0
+      batch.append(path)
+      size += nbytes
+    if batch:
+      yield traverse_util.unflatten_dict(self._convert(batch))
+    if self.fresh:
+      yield traverse_util.unflatten_dict(dict(self.fresh))
+
+  def params(self) -> dict[str, Any]:
+    return traverse_util.unflatten_dict({**self._convert(self.sources), **self.fresh})
+
+
+def plan(tensors: Mapping[str, TensorInfo], sources: Mapping[tuple[str, ...], Source],
+         abstract: Mapping[tuple[str, ...], jax.ShapeDtypeStruct],
+         stacked: Callable[[tuple[str, ...]], int], ignored: tuple[str, ...], dtype: str,
+         config: Any, fresh: Mapping[tuple[str, ...], np.ndarray] | None = None) -> ImportPlan:
+  """Checks a checkpoint against our parameters and returns the ImportPlan; reads only headers.
+  Raises ValueError on a missing, unused or misshapen tensor, or a parameter nothing fills."""
+  wanted = expected_tensors(sources, abstract, stacked)
   missing = sorted(set(wanted) - set(tensors))
   if missing:
     raise ValueError(f"The checkpoint lacks {len(missing)} expected tensor(s), e.g. {missing[:3]}; "
@@ -377,12 +629,11 @@ def convert(tensors: Mapping[str, TensorInfo], sources: Mapping[tuple[str, ...],
     if tensors[name].shape != want.shape:
       raise ValueError(f"Tensor {name} has shape {tensors[name].shape} but {want.shape} is expected; "
                        f"change {sources[want.path].fields} to match the checkpoint.")
-  out = {path: np.empty(abstract[path].shape, dtype) for path in sources}
-  for name in sorted(wanted, key=lambda n: (tensors[n].file, tensors[n].offset)):
-    want = wanted[name]
-    slot = out[want.path] if want.layer is None else out[want.path][want.layer]
-    lay_out_into(sources[want.path], read_tensor(tensors[name]), slot)
-  return out
+  fresh = dict(fresh or {})
+  unmapped = sorted("/".join(p) for p in set(abstract) - set(sources) - set(fresh))
+  if unmapped:  # Guards the maps against model changes.
+    raise ValueError(f"No checkpoint tensor maps to our parameter(s) {', '.join(unmapped)}.")
+  return ImportPlan(config, tensors, sources, wanted, abstract, _target_dtype(dtype), fresh)
 
 
 def _target_dtype(dtype: str) -> np.dtype:
@@ -396,82 +647,120 @@ def _llama_init(config: LMConfig, dtype: str, seed: int) -> Callable[[], dict[st
   return lambda: nn.meta.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 1), jnp.int32))["params"])
 
 
-def _llama_expected(config, sources, abstract) -> dict[str, Expected]:
-  return expected_tensors(sources, abstract,
-                          lambda path: config.num_layers if path[0] == "segment_0" else 0)
+def _llama_stacked(config: LMConfig) -> Callable[[tuple[str, ...]], int]:
+  return lambda path: config.num_layers if path[0] == "segment_0" else 0
 
 
 def llama_checkpoint_shapes(config: LMConfig) -> dict[str, tuple[int, ...]]:
   """Checkpoint name -> shape of every tensor a LlamaForCausalLM checkpoint of `config` holds (for
   tools and benchmarks that write synthetic checkpoints)."""
   abstract = traverse_util.flatten_dict(jax.eval_shape(_llama_init(config, "float32", 0)))
-  expected = _llama_expected(config, llama_sources(config), abstract)
+  expected = expected_tensors(llama_sources(config), abstract, _llama_stacked(config))
   return {name: want.shape for name, want in expected.items()}
+
+
+def _new_token_rows(abstract: Mapping[tuple[str, ...], jax.ShapeDtypeStruct], dtype: str,
+                    seed: int) -> dict[tuple[str, ...], np.ndarray]:
+  """The <image>/<EOC> rows, drawn on the host (no compilation) at the model's initialiser scales:
+  `extra_embed` N(0, 0.02), `extra_head` N(0, 1 / D)."""
+  rng = np.random.default_rng(seed)
+  rows = {}
+  for path, std in ((("extra_embed", "embedding"), lambda shape: 0.02),
+                    (("extra_head", "kernel"), lambda shape: shape[0] ** -0.5)):
+    if path in abstract:
+      shape = abstract[path].shape
+      rows[path] = (rng.standard_normal(shape, np.float32) * std(shape)).astype(_target_dtype(dtype))
+  return rows
+
+
+def plan_llama(checkpoint_dir: str, config: LMConfig | None = None, dtype: str = "float32",
+               seed: int = 0) -> ImportPlan:
+  """The ImportPlan of a LlamaForCausalLM checkpoint into the text-only `DecoderLM(num_extra_tokens=2)`
+  tree (scanned layers). `config` defaults to `llama_config(config.json)`; the <image>/<EOC> rows are
+  drawn from `seed` (train.load_text_lm keeps the frozen rows only; these complete the tree)."""
+  tensors = checkpoint_tensors(checkpoint_dir)
+  config = config or llama_config(read_hf_config(checkpoint_dir))
+  abstract = traverse_util.flatten_dict(jax.eval_shape(_llama_init(config, dtype, seed)))
+  return plan(tensors, llama_sources(config), abstract, _llama_stacked(config), IGNORED["llama"],
+              dtype, config, _new_token_rows(abstract, dtype, seed))
 
 
 def import_llama(checkpoint_dir: str, config: LMConfig | None = None, dtype: str = "float32",
                  seed: int = 0) -> tuple[LMConfig, dict[str, Any]]:
-  """A LlamaForCausalLM safetensors checkpoint -> (its LMConfig, the text-only
-  `DecoderLM(num_extra_tokens=2)` params: nested dict of numpy arrays, scanned layers). `config` defaults to
-  `llama_config(config.json)`; the <image>/<EOC> rows are initialised from `seed`."""
-  tensors = checkpoint_tensors(checkpoint_dir)
-  config = config or llama_config(read_hf_config(checkpoint_dir))
-  abstract = traverse_util.flatten_dict(jax.eval_shape(_llama_init(config, dtype, seed)))
-  # The new-token rows come from a one-layer, one-token LM of the same width: same shapes and
-  # initialisers; compiling the full model's initialisation would take seconds.
-  # (train.load_text_lm keeps the frozen rows only; these complete the tree.)
-  small = dataclasses.replace(config, vocab_size=1, num_layers=1, mlp_dim=1)
-  fresh = {k: v for k, v in jax.jit(_llama_init(small, dtype, seed))().items()
-           if k in ("extra_embed", "extra_head")}
-  sources = llama_sources(config)
-  flat = convert(tensors, sources, _llama_expected(config, sources, abstract), abstract,
-                 IGNORED["llama"], _target_dtype(dtype))
-  flat.update(traverse_util.flatten_dict(jax.tree.map(np.asarray, fresh)))
-  _check_complete(flat, abstract)
-  return config, traverse_util.unflatten_dict(flat)
+  """(LMConfig, params: nested dict of numpy arrays) of `plan_llama`, converted at once."""
+  p = plan_llama(checkpoint_dir, config, dtype, seed)
+  return p.config, p.params()
 
 
-def import_vision(family: str, checkpoint_dir: str, config: VisionConfig | None = None,
-                  dtype: str = "float32") -> tuple[VisionConfig, dict[str, Any]]:
-  """A CLIP or SigLIP (`family`) safetensors checkpoint -> (its VisionConfig, `VisionTransformer`
-  params: nested dict of numpy arrays, scanned layers). `config` defaults to `vision_config(family, config.json)`."""
+def plan_vision(family: str, checkpoint_dir: str, config: VisionConfig | None = None,
+                dtype: str = "float32") -> ImportPlan:
+  """The ImportPlan of a CLIP or SigLIP (`family`) checkpoint into the `VisionTransformer` tree
+  (scanned). `config` defaults to `vision_config(family, config.json, preprocessor_config.json)`."""
   if family not in ("clip", "siglip"):
     raise ValueError(f"family={family!r}: must be clip or siglip.")
   tensors = checkpoint_tensors(checkpoint_dir)
   if config is None:
-    preprocessor_path = os.path.join(checkpoint_dir, "preprocessor_config.json")
-    preprocessor = None
-    if os.path.exists(preprocessor_path):
-      with open(preprocessor_path) as f:
-        preprocessor = json.load(f)
-    config = vision_config(family, read_hf_config(checkpoint_dir), preprocessor)
+    config = vision_config(family, read_hf_config(checkpoint_dir),
+                           _read_json(checkpoint_dir, "preprocessor_config.json"))
   model = VisionTransformer(config, ExecutionConfig(param_dtype=dtype))
   images = jnp.zeros((1, 1, 1, config.image_size, config.image_size, 3), jnp.uint8)
   abstract = traverse_util.flatten_dict(jax.eval_shape(
       lambda: nn.meta.unbox(model.init(jax.random.key(0), images)["params"])))
   prefix = "vision_model." if any(name.startswith("vision_model.") for name in tensors) else ""
-  sources = vision_sources(config, prefix)
-  wanted = expected_tensors(sources, abstract,
-                            lambda path: config.num_layers if path[0] == "blocks" else 0)
-  flat = convert(tensors, sources, wanted, abstract, IGNORED[family], _target_dtype(dtype))
-  _check_complete(flat, abstract)
-  return config, traverse_util.unflatten_dict(flat)
+  return plan(tensors, vision_sources(config, prefix), abstract,
+              lambda path: config.num_layers if path[0] == "blocks" else 0, IGNORED[family], dtype,
+              config)
 
 
-def _check_complete(flat: Mapping[tuple[str, ...], Any],
-                    abstract: Mapping[tuple[str, ...], Any]) -> None:
-  """Every parameter of our model has a source (guards the maps above against model changes)."""
-  unmapped = sorted("/".join(p) for p in set(abstract) - set(flat))
-  if unmapped:
-    raise ValueError(f"No checkpoint tensor maps to our parameter(s) {', '.join(unmapped)}.")
+def import_vision(family: str, checkpoint_dir: str, config: VisionConfig | None = None,
+                  dtype: str = "float32") -> tuple[VisionConfig, dict[str, Any]]:
+  """(VisionConfig, params: nested dict of numpy arrays) of `plan_vision`, converted at once."""
+  p = plan_vision(family, checkpoint_dir, config, dtype)
+  return p.config, p.params()
 
 
-def _to_host_arrays(flat: dict[tuple[str, ...], Any]) -> None:
-  """In place: numpy leaves -> jax arrays on the host CPU, one leaf at a time. Orbax writes jax
-  arrays with less staging than numpy ones (peak RSS of a 207 MB import: 2.0x its size, not 3.3x)."""
-  cpu = jax.devices("cpu")[0]
-  for path in list(flat):
-    flat[path] = jax.device_put(flat.pop(path), cpu)
+def _read_json(checkpoint_dir: str, name: str) -> dict[str, Any] | None:
+  path = os.path.join(checkpoint_dir, name)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def plan_idefics(checkpoint_dir: str, config: FlamingoConfig | None = None,
+                 dtype: str = "float32") -> ImportPlan:
+  """The ImportPlan of an IdeficsForVisionText2Text (IDEFICS v1) checkpoint into the whole Flamingo
+  tree ({vision, resampler, lm}, scanned layers).
+
+  `config` defaults to `idefics_config(config.json, the tokenizer files' added tokens,
+  preprocessor_config.json)`; a checkpoint with new token rows needs tokenizer files naming <image>.
+  """
+  tensors = checkpoint_tensors(checkpoint_dir)
+  if config is None:
+    hf = read_hf_config(checkpoint_dir)
+    added = checkpoint_token_ids(checkpoint_dir)
+    if hf.get("additional_vocab_size", 0) and "<image>" not in added:
+      raise ValueError(
+          f"{checkpoint_dir} has {hf['additional_vocab_size']} new token rows but no tokenizer file "
+          f"({', '.join(TOKENIZER_FILES)}) naming <image>; copy the checkpoint's tokenizer files next "
+          "to its weights, or pass a config with model.image_token set.")
+    config = idefics_config(hf, added, _read_json(checkpoint_dir, "preprocessor_config.json"))
+  abstract = traverse_util.flatten_dict(nn.meta.unbox(abstract_params(
+      dataclasses.replace(config, execution=ExecutionConfig(param_dtype=dtype)))))
+  lengths = dict(P.stacks(config))
+  return plan(tensors, idefics_sources(config), abstract, lambda path: lengths.get(path[:2], 0),
+              IGNORED["idefics"], dtype, config)
+
+
+def import_idefics(checkpoint_dir: str, config: FlamingoConfig | None = None,
+                   dtype: str = "float32") -> tuple[FlamingoConfig, dict[str, Any]]:
+  """(FlamingoConfig, params: nested dict of numpy arrays) of `plan_idefics`, converted at once."""
+  p = plan_idefics(checkpoint_dir, config, dtype)
+  return p.config, p.params()
+
+
+# Bytes of converted parameters the CLI holds at a time (a parameter larger than this is one batch).
+WRITE_BATCH_BYTES = 64 * 2**20
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -480,24 +769,26 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
       prog="python -m flamingo_jax.import_weights",
       description="Import a Hugging Face safetensors checkpoint as an orbax parameter tree.")
-  parser.add_argument("family", choices=("llama", "clip", "siglip"))
+  parser.add_argument("family", choices=("llama", "clip", "siglip", "idefics"))
   parser.add_argument("--checkpoint", required=True, help="save_pretrained directory")
   parser.add_argument("--out", required=True, help="orbax output directory (overwritten)")
   parser.add_argument("--dtype", default="float32", choices=DTYPES, help="stored parameter dtype")
   args = parser.parse_args(argv)
+  planners = {"llama": lambda: plan_llama(args.checkpoint, dtype=args.dtype),
+              "idefics": lambda: plan_idefics(args.checkpoint, dtype=args.dtype),
+              "clip": lambda: plan_vision("clip", args.checkpoint, dtype=args.dtype),
+              "siglip": lambda: plan_vision("siglip", args.checkpoint, dtype=args.dtype)}
+  use, section = {"llama": ("config.init.lm_checkpoint", "config.model.lm"),
+                  "idefics": ("config.init.flamingo_checkpoint", "config.model")}.get(
+                      args.family, ("config.init.vision_checkpoint", "config.model.vision"))
   try:
-    if args.family == "llama":
-      config, params = import_llama(args.checkpoint, dtype=args.dtype)
-      use, section = "config.init.lm_checkpoint", "config.model.lm"
-    else:
-      config, params = import_vision(args.family, args.checkpoint, dtype=args.dtype)
-      use, section = "config.init.vision_checkpoint", "config.model.vision"
+    import_plan = planners[args.family]()
   except ValueError as e:
     parser.exit(1, f"{parser.prog}: error: {e}\n")
-  flat = traverse_util.flatten_dict(params)
-  del params  # The numpy leaves are freed one by one as they become jax arrays.
-  _to_host_arrays(flat)
-  save_params(args.out, traverse_util.unflatten_dict(flat))
+  save_params_in_batches(args.out, import_plan.batches(WRITE_BATCH_BYTES))
+  config = import_plan.config
+  if args.family == "idefics":  # The stored dtype is not a model setting.
+    config = dataclasses.replace(config, execution=ExecutionConfig())
   print(f"Wrote {args.out}. Set {use}={os.path.abspath(args.out)} and {section} to:")
   print(json.dumps(dataclasses.asdict(config), indent=2))
 

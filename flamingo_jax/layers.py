@@ -7,7 +7,7 @@ Shapes: B batch, T query length, S key length, D width, H heads, K key/value hea
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -113,11 +113,33 @@ def rotary(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array
   return out.astype(x.dtype)
 
 
+class DecodeSlots(NamedTuple):
+  """Where a decoding call's tokens go in the self-attention key/value cache (see `Attention`).
+
+  index: [] int32, the cache slot of the call's first token (its t-th token goes to slot index + t).
+  key_mask: [B, S] bool, the cache slots that hold real tokens (False on left padding); S is the
+    cache length. A query in slot s attends to the slots <= s that key_mask allows.
+  """
+
+  index: jax.Array
+  key_mask: jax.Array
+
+
 class Attention(nn.Module):
   """Multi-head attention with grouped key/value heads.
 
   Queries come from `x` [B, T, Dq], keys and values from `context` [B, S, Dkv] (self-attention when
   `context` is `x`). Output [B, T, out_features].
+
+  Decoding uses the `cache` collection (mutable in the decoding apply, see `decoding.py`):
+  * self-attention with `decode` given: this call's keys/values [B, T, K, Dh] (rotary applied) are
+    written into `cache/cached_key`, `cache/cached_value` [B, S, K, Dh] (zeros when absent; S is
+    decode.key_mask's length) at slots decode.index..index+T-1, and the queries attend over the
+    whole cache, causally by slot, skipping the slots that decode.key_mask rules out;
+  * `cache_context=True` (cross-attention): the first call projects `context` and stores its keys
+    and values as `cache/cached_key`, `cache/cached_value` [B, S, K, Dh]; later calls reuse them and
+    ignore `context`. A later call may bring G * B query rows (beams, scoring candidates): rows
+    b * G .. b * G + G - 1 share row b's cached keys/values.
   """
 
   num_heads: int
@@ -129,28 +151,68 @@ class Attention(nn.Module):
   qk_norm: bool = False  # RMSNorm on projected queries and keys, per head.
   rope_theta: float | None = None  # Rotary positions on q and k (self-attention only).
   rope_scaling: RopeScalingConfig = RopeScalingConfig()  # Frequency rescaling of the rotary ones.
+  qk_norm_type: str = "rms"  # The qk norm: "rms" (RMSNorm) or "layer" (LayerNorm with bias).
+  qk_norm_eps: float = 1e-5
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array, *, positions: jax.Array | None = None,
-               mask: jax.Array | None = None, is_causal: bool = False) -> jax.Array:
+               mask: jax.Array | None = None, is_causal: bool = False,
+               decode: DecodeSlots | None = None, cache_context: bool = False) -> jax.Array:
     ex = self.execution
     q = dense((self.num_heads, self.head_dim), ("embed", "heads", "kv"), ex,
               use_bias=self.use_bias, name="query")(x)
-    k = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), ex,
-              use_bias=self.use_bias, name="key")(context)
-    v = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), ex,
-              use_bias=self.use_bias, name="value")(context)
+    key_proj = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), ex,
+                     use_bias=self.use_bias, name="key")
+    value_proj = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), ex,
+                       use_bias=self.use_bias, name="value")
+    qk_norm = rms_norm if self.qk_norm_type == "rms" else layer_norm
+    key_norm = qk_norm(ex, self.qk_norm_eps, name="key_norm") if self.qk_norm else None
     if self.qk_norm:
-      q = rms_norm(ex, name="query_norm")(q).astype(q.dtype)
-      k = rms_norm(ex, name="key_norm")(k).astype(k.dtype)
+      q = qk_norm(ex, self.qk_norm_eps, name="query_norm")(q).astype(q.dtype)
     if self.rope_theta is not None:
       inv_freq = rope_frequencies(self.head_dim, self.rope_theta, self.rope_scaling)
       q = rotary(q, positions, inv_freq)
-      k = rotary(k, positions, inv_freq)
+    if cache_context and self.has_variable("cache", "cached_key"):
+      k = self.get_variable("cache", "cached_key")
+      v = self.get_variable("cache", "cached_value")
+    else:
+      k, v = key_proj(context), value_proj(context)
+      if key_norm is not None:
+        k = key_norm(k).astype(k.dtype)
+      if self.rope_theta is not None:
+        k = rotary(k, positions, inv_freq)
+      if cache_context:
+        self.put_variable("cache", "cached_key", k)
+        self.put_variable("cache", "cached_value", v)
+    if decode is not None:
+      k, v, mask = self._update_cache(k, v, decode)
+    rows, t = q.shape[:2]
+    groups = rows // k.shape[0]  # > 1: groups of query rows share one cached context row.
+    if groups > 1:
+      q = q.reshape(k.shape[0], groups * t, *q.shape[2:])
+      mask = mask.reshape(k.shape[0], groups, *mask.shape[1:]).swapaxes(1, 2).reshape(
+          k.shape[0], mask.shape[1], groups * t, mask.shape[-1])
     q = constrain(q, ("batch", "length", "act_heads", "act_kv"))
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal and decode is None)
+    out = out.reshape(rows, t, *out.shape[2:])
     return dense(self.out_features, ("heads", "kv", "embed"), ex, use_bias=self.use_bias,
                  num_in=2, name="out")(out)
+
+  def _update_cache(self, k: jax.Array, v: jax.Array, decode: DecodeSlots):
+    """Writes k, v [B, T, K, Dh] at decode.index -> (cached keys, values [B, S, K, Dh], mask
+    [B, 1, T, S]: slot <= the query's slot and allowed by decode.key_mask)."""
+    b, t, kv_heads, head_dim = k.shape
+    length = decode.key_mask.shape[1]
+    start = (0, decode.index, 0, 0)
+    cached = {}
+    for name, new in (("cached_key", k), ("cached_value", v)):
+      var = self.variable("cache", name, jnp.zeros, (b, length, kv_heads, head_dim), new.dtype)
+      var.value = jax.lax.dynamic_update_slice(var.value, new.astype(var.value.dtype), start)
+      cached[name] = var.value
+    query_slot = decode.index + jnp.arange(t)
+    causal = jnp.arange(length)[None, :] <= query_slot[:, None]  # [T, S]
+    mask = causal[None, None] & decode.key_mask[:, None, None, :]
+    return cached["cached_key"], cached["cached_value"], mask
 
 
 class Mlp(nn.Module):
@@ -188,14 +250,15 @@ def repeat(block: type[nn.Module], length: int, x: jax.Array, *broadcast: Any,
 
   `block(execution=execution, **block_fields)(x, *broadcast)` must return `(x, None)`. With `execution.scan_layers` the
   copies are one `nn.scan` named `name` whose parameters carry a leading `layers` axis [length, ...];
-  otherwise they are unrolled as `name_0`, `name_1`, ... (see `params.py` to convert). The remat
+  otherwise they are unrolled as `name_0`, `name_1`, ... (see `params.py` to convert); a decoding
+  `cache` collection is laid out the same way ([length, ...] under `name` when scanned). The remat
   policy wraps each copy. Call from inside a compact method: the copies become its children.
   """
   if execution.remat_policy != "none":
     block = nn.remat(block, policy=_REMAT_POLICIES[execution.remat_policy],
                      prevent_cse=not execution.scan_layers)
   if execution.scan_layers:
-    scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+    scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
                       in_axes=(nn.broadcast,) * len(broadcast), length=length,
                       metadata_params={nn.PARTITION_NAME: "layers"})
     x, _ = scanned(execution=execution, **block_fields, name=name)(x, *broadcast)

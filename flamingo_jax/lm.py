@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from flamingo_jax.config import ExecutionConfig, LMConfig, XAttnConfig
 from flamingo_jax.gated_xattn import GatedCrossAttentionDense
-from flamingo_jax.layers import Attention, Mlp, constrain, dense, repeat, rms_norm
+from flamingo_jax.layers import Attention, DecodeSlots, Mlp, constrain, dense, repeat, rms_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,18 +51,21 @@ def layer_plan(num_layers: int, xattn: XAttnConfig | None) -> tuple[Segment, ...
 
 
 class LMBlock(nn.Module):
-  """x + attn(RMSNorm(x)) (causal, rotary, GQA), then x + SwiGLU(RMSNorm(x)). x: [B, T, D]."""
+  """x + attn(RMSNorm(x)) (causal, rotary, GQA), then x + SwiGLU(RMSNorm(x)). x: [B, T, D].
+
+  With `decode` the attention reads and extends the key/value cache (`layers.Attention`)."""
 
   config: LMConfig
   execution: ExecutionConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, positions: jax.Array,
+               decode: DecodeSlots | None = None) -> jax.Array:
     c, ex = self.config, self.execution
     h = rms_norm(ex, c.norm_eps, name="attn_norm")(x).astype(x.dtype)
     x = x + Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.width, ex,
                       rope_theta=c.rope_theta, rope_scaling=c.rope_scaling,
-                      name="attn")(h, h, positions=positions, is_causal=True)
+                      name="attn")(h, h, positions=positions, is_causal=True, decode=decode)
     h = rms_norm(ex, c.norm_eps, name="mlp_norm")(x).astype(x.dtype)
     x = x + Mlp(c.mlp_dim, "silu", ex, gated=True, name="mlp")(h)
     return constrain(x, ("batch", "length", "act_embed"))
@@ -77,11 +80,11 @@ class DecoderUnit(nn.Module):
   execution: ExecutionConfig
 
   @nn.compact
-  def __call__(self, y, positions, visual, phi) -> tuple[jax.Array, None]:
+  def __call__(self, y, positions, visual, phi, decode=None) -> tuple[jax.Array, None]:
     if self.xattn is not None:
       y = GatedCrossAttentionDense(self.xattn, self.execution, name="xattn")(y, visual, phi)
     for j in range(self.blocks_per_unit):
-      y = LMBlock(self.config, self.execution, name=f"block_{j}")(y, positions)
+      y = LMBlock(self.config, self.execution, name=f"block_{j}")(y, positions, decode)
     return y, None
 
 
@@ -89,7 +92,9 @@ class DecoderLM(nn.Module):
   """Tokens [B, T] -> logits [B, T, V + num_extra_tokens] (or hidden states [B, T, D]).
 
   Text-only with `xattn=None`; with `xattn` set, `visual` [B, N, R, D_v] and the media index `phi`
-  [B, T] must be given (see `masking.py`).
+  [B, T] must be given (see `masking.py`). Decoding (`decoding.py`) passes `decode`, per-row
+  `positions`, and a mutable `cache` collection: self-attention keys/values are cached per LM block,
+  the gated blocks' visual keys/values once per request.
   """
 
   config: LMConfig
@@ -100,7 +105,7 @@ class DecoderLM(nn.Module):
   @nn.compact
   def __call__(self, tokens: jax.Array, visual: jax.Array | None = None,
                phi: jax.Array | None = None, positions: jax.Array | None = None,
-               return_hidden: bool = False) -> jax.Array:
+               return_hidden: bool = False, decode: DecodeSlots | None = None) -> jax.Array:
     c, ex = self.config, self.execution
     if (self.xattn is not None) != (visual is not None and phi is not None):
       raise ValueError("DecoderLM: pass `visual` and `phi` exactly when the LM has gated blocks.")
@@ -121,7 +126,7 @@ class DecoderLM(nn.Module):
     y = constrain(y, ("batch", "length", "act_embed"))
 
     for k, segment in enumerate(layer_plan(c.num_layers, self.xattn)):
-      y = repeat(DecoderUnit, segment.num_units, y, positions, visual, phi, execution=ex,
+      y = repeat(DecoderUnit, segment.num_units, y, positions, visual, phi, decode, execution=ex,
                  name=f"segment_{k}", config=c, blocks_per_unit=segment.blocks_per_unit,
                  xattn=self.xattn if segment.has_xattn else None)
 

@@ -11,6 +11,12 @@ Images are numbered 1..N in the order of their `<image>` tokens; phi = 0 means "
 
 Tokens whose phi is 0 (or points past the images supplied) get exactly zero cross-attention output
 (see `gated_xattn.py`).
+
+IDEFICS (v1) correspondence: its processor's `image_attention_mask` [B, T, N] is one-hot(phi - 1)
+under the previous-image rule (a running count of `<image>` tokens, the `<image>` token included),
+its `cross_attention_gate` is `has_image`; `<fake_token_around_image>` around each `<image>` is an
+ordinary token with no role here. Its processor also drops attention after an EOS inside a packed
+sequence, which phi does not model (our examples hold one document each).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from flamingo_jax.config import FlamingoConfig
+from flamingo_jax.layers import DecodeSlots
 from flamingo_jax.lm import DecoderLM
 from flamingo_jax.resampler import PerceiverResampler
 from flamingo_jax.vision import VisionTransformer
@@ -42,6 +43,12 @@ class Flamingo(nn.Module):
     """tokens [B, T], uint8 images [B, N, F, H, W, 3], phi [B, T] (masking.media_index) -> logits
     [B, T, V + 2] in the compute dtype."""
     return self.lm(tokens, self.encode_images(images), phi)
+
+  def decode_lm(self, tokens: jax.Array, visual: jax.Array, phi: jax.Array, positions: jax.Array,
+                decode: DecodeSlots) -> jax.Array:
+    """One decoding call of the LM on visual tokens from `encode_images` (see `decoding.py`): tokens,
+    phi, positions [B, T] -> logits [B, T, V + 2]; reads and extends the `cache` collection."""
+    return self.lm(tokens, visual, phi, positions, decode=decode)
 
 
 def example_inputs(config: FlamingoConfig, batch: int = 1, length: int = 8, num_images: int = 1,

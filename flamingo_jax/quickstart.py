@@ -6,7 +6,9 @@ r"""The quickstart: the paper's three stages end to end, then held-out results.
 2. lm:          pretrain the text-only LM on the corpus text            -> <workdir>/lm
 3. flamingo:    freeze both, train resampler + gated blocks on the mix  -> <workdir>/flamingo
 Then, on held-out batches of every dataset: the Flamingo loss next to the frozen LM's text-only loss
-on the same tokens, tanh(alpha) of every gated block, and <workdir>/flamingo/training.png.
+on the same tokens, tanh(alpha) of every gated block, and <workdir>/flamingo/training.png; and the
+few-shot evaluation of the trained model on the held-out digits (experiments/evaluation.py:demo):
+captioning CIDEr and the in-context colour-renaming task at 0 and 4 shots -> <workdir>/fewshot/.
 Each stage is `flamingo_jax.train` with `config.task` set; a stage whose export exists is skipped, so
 the command resumes where it stopped.
 """
@@ -25,9 +27,12 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from data_pipelines import demo
-from flamingo_jax import params as P
+from data_pipelines.tokenizer import Tokenizer
+from experiments import evaluation
 from flamingo_jax import train as trainer
-from flamingo_jax.checkpointing import Checkpointer, load_params
+from flamingo_jax.checkpointing import load_params
+from flamingo_jax.evaluate import evaluate, results_table
+from flamingo_jax.generate import load_trained
 from flamingo_jax.losses import next_token_loss
 from flamingo_jax.metrics import read_metrics
 from flamingo_jax.model import Flamingo
@@ -54,21 +59,16 @@ def stage_config(config: ml_collections.ConfigDict, task: str, workdir: str):
 def heldout_losses(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple[float, float]]:
   """{dataset: (Flamingo loss, text-only LM loss)} on held-out batches, the same tokens for both."""
   flamingo_config = stage_config(config, "flamingo", workdir)
-  setup = trainer.build_setup(flamingo_config)
-  frozen, _ = trainer.initial_params(flamingo_config, setup)
-  checkpointer = Checkpointer(os.path.join(workdir, "flamingo"), keep=1)
-  state, _ = checkpointer.restore(checkpointer.latest_step(), setup.abstract_state)
-  checkpointer.close()
-  lm_task = make_task("lm", setup.model_config)
+  model_config, params = load_trained(flamingo_config, os.path.join(workdir, "flamingo"))
+  lm_task = make_task("lm", model_config)
   lm_abstract = jax.eval_shape(lambda: nn.meta.unbox(
       lm_task.model.init(jax.random.key(0), *lm_task.init_inputs)["params"]))
   lm_params = load_params(flamingo_config.init.lm_checkpoint, lm_abstract)
 
-  mixture = trainer.build_mixture(flamingo_config, setup.model_config, split="eval")
-  flamingo = jax.jit(Flamingo(setup.model_config).apply)
+  mixture = trainer.build_mixture(flamingo_config, model_config, split="eval")
+  flamingo = jax.jit(Flamingo(model_config).apply)
   text_lm = jax.jit(lm_task.model.apply)
   totals: dict[str, list[float]] = {}
-  params = P.merge(jax.device_get(frozen), jax.device_get(state.trainable))
   for _ in range(config.quickstart.heldout_batches):
     for name, batch in next(mixture).items():
       batch = {k: jnp.asarray(v) for k, v in batch.items()}
@@ -105,6 +105,24 @@ def main(argv):
     values = ", ".join(f"{v:+.3f}" for v in last.get(f"gates/{gate}", []))
     print(f"tanh(alpha) {gate} gates by block: [{values}]")
   print(f"plot: {plot_training(os.path.join(workdir, 'flamingo'), os.path.join(workdir, 'flamingo', 'training.png'))}")
+  fewshot_demo(config, workdir)
+
+
+def fewshot_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Few-shot evaluation of the trained model on the demo corpus's held-out digits (the `demo`
+  preset of experiments/evaluation.py); prints the table and writes <workdir>/fewshot/results.*."""
+  settings = evaluation.get_config("demo")
+  settings.flamingo = stage_config(config, "flamingo", workdir)
+  corpus = os.path.dirname(config.data.tokenizer)
+  for task in settings.tasks.values():
+    task.data_dir = corpus
+  print("\n== few-shot evaluation on held-out digits (flamingo_jax.evaluate, "
+        "experiments/evaluation.py:demo)", flush=True)
+  model_config, params = load_trained(settings.flamingo, os.path.join(workdir, "flamingo"))
+  results = evaluate(settings, model_config, params, Tokenizer(config.data.tokenizer),
+                     os.path.join(workdir, "fewshot"))
+  print(results_table(results))
+  return results
 
 
 if __name__ == "__main__":

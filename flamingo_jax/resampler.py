@@ -37,7 +37,7 @@ class ResamplerBlock(nn.Module):
     q = layer_norm(ex, name="latents_norm")(latents).astype(latents.dtype)
     kv = jnp.concatenate([layer_norm(ex, name="media_norm")(media).astype(q.dtype), q], axis=1)
     latents = latents + Attention(c.num_heads, c.num_heads, c.head_dim, c.width, ex,
-                                  name="attn")(q, kv)
+                                  qk_norm=c.qk_norm, qk_norm_type="layer", name="attn")(q, kv)
     h = layer_norm(ex, name="ffw_norm")(latents).astype(latents.dtype)
     latents = latents + Mlp(c.ffw_mult * c.width, c.ffw_activation, ex, name="ffw")(h)
     return constrain(latents, ("batch", "length", "act_embed")), None
@@ -56,10 +56,11 @@ class PerceiverResampler(nn.Module):
     x = features.astype(jnp.dtype(ex.dtype))
     if x.shape[-1] != c.width:
       x = dense(c.width, ("vision_embed", "embed"), ex, name="input_proj")(x)
-    table = self.param("time_embed", nn.with_logical_partitioning(
-        nn.initializers.normal(0.02), ("frames", "embed")), (c.num_time_embeddings, c.width),
-                       jnp.dtype(ex.param_dtype))
-    x = x + time_embeddings(table, f).astype(x.dtype)[:, None, :]
+    if c.time_embeddings:
+      table = self.param("time_embed", nn.with_logical_partitioning(
+          nn.initializers.normal(0.02), ("frames", "embed")), (c.num_time_embeddings, c.width),
+                         jnp.dtype(ex.param_dtype))
+      x = x + time_embeddings(table, f).astype(x.dtype)[:, None, :]
     media = constrain(x.reshape(b * n, f * s, c.width), ("batch", "length", "act_embed"))
     latents = self.param("latents", nn.with_logical_partitioning(
         nn.initializers.normal(0.02), ("latents", "embed")), (c.num_latents, c.width),

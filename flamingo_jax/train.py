@@ -86,7 +86,9 @@ def build_mixture(config: ml_collections.ConfigDict, model_config: FlamingoConfi
         seed=data.seed, num_workers=data.num_workers, accumulation=data.accumulation,
         datasets=datasets))
     return build_arrayrecord_mixture(stream_config, image_size=model_config.vision.image_size,
-                                     tokenizer=Tokenizer(data.tokenizer), split=split, **common)
+                                     tokenizer=Tokenizer(data.tokenizer, model_config.image_token_id,
+                                                         model_config.eoc_token_id),
+                                     split=split, **common)
   raise ValueError(f"data.source={data.source!r}: use 'synthetic' or 'arrayrecord'.")
 
 
@@ -164,9 +166,22 @@ def initial_params(config: ml_collections.ConfigDict, setup: Setup,
 
   frozen, trainable = jax.jit(init, out_shardings=(
       setup.frozen_shardings, setup.state_shardings.trainable if with_trainable else None))()
+  if config.init.flamingo_checkpoint:  # A whole imported model (IDEFICS): both parts.
+    if config.init.vision_checkpoint or config.init.lm_checkpoint:
+      raise ValueError("config.init.flamingo_checkpoint holds the towers too; leave "
+                       "config.init.vision_checkpoint and config.init.lm_checkpoint empty.")
+    abstract = P.merge(_abstract(frozen), setup.abstract_state.trainable)
+    loaded_frozen, loaded_trainable = P.split(
+        load_scanned(config.init.flamingo_checkpoint, abstract, P.stacks(setup.model_config),
+                     setup.model_config.execution.scan_layers),
+        task.trainable_if)
+    frozen = jax.device_put(loaded_frozen, setup.frozen_shardings)
+    if with_trainable:
+      trainable = jax.device_put(loaded_trainable, setup.state_shardings.trainable)
   if config.init.vision_checkpoint:
-    frozen = {**frozen, "vision": load_params(config.init.vision_checkpoint,
-                                              _abstract(frozen["vision"]))}
+    frozen = {**frozen, "vision": load_scanned(
+        config.init.vision_checkpoint, _abstract(frozen["vision"]),
+        export_stacks("vision", setup.model_config), setup.model_config.execution.scan_layers)}
   if config.init.lm_checkpoint:
     frozen = {**frozen, "lm": load_text_lm(config.init.lm_checkpoint, setup.model_config,
                                            frozen["lm"])}
@@ -177,15 +192,32 @@ def _abstract(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+def export_stacks(name: str, config: FlamingoConfig) -> list[tuple[tuple[str, ...], int]]:
+  """The layer stacks of an export (`lm`: a text-only LM, `vision`: a ViT) for `params.relayout`."""
+  return {"lm": [(("segment_0",), config.lm.num_layers)],
+          "vision": [(("blocks",), config.vision.num_layers)]}[name]
+
+
+def load_scanned(path: str, abstract: P.Params, stack_list, scan_layers: bool) -> P.Params:
+  """A tree written in the scanned layout (exports, `import_weights`) in the layout of `abstract`
+  (ShapeDtypeStructs with shardings; unrolled when not `scan_layers`). `stack_list` as in
+  `params.relayout`."""
+  if scan_layers:
+    return load_params(path, abstract)
+  host = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  scanned = jax.eval_shape(lambda t: P.relayout(t, stack_list, scanned=True), abstract)
+  scanned = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=host), scanned)
+  return P.relayout(load_params(path, scanned), stack_list, scanned=False)
+
+
 def load_text_lm(path: str, config: FlamingoConfig, frozen_lm: P.Params) -> P.Params:
   """The frozen LM subtree from a text-only LM export (task=lm): its blocks regrouped into this
   config's gated-block placement, in `frozen_lm`'s dtypes; its new-token rows are not used."""
-  text_lm = DecoderLM(config.lm, config.execution, num_extra_tokens=config.num_new_tokens)
+  scanned = dataclasses.replace(config.execution, scan_layers=True)  # Exports are scanned.
+  text_lm = DecoderLM(config.lm, scanned, num_extra_tokens=config.num_new_tokens)
   abstract = jax.eval_shape(lambda: nn.meta.unbox(text_lm.init(
       jax.random.key(0), example_inputs(config)[0])["params"]))
   loaded = load_params(path, abstract)
-  if not config.execution.scan_layers:
-    loaded = P.relayout(loaded, [(("segment_0",), config.lm.num_layers)], scanned=True)
   blocks, _ = P.lm_layers(loaded, layer_plan(config.lm.num_layers, None))
   rest = {k: v for k, v in loaded.items() if k not in ("extra_embed", "extra_head")}
   lm = P.with_lm_layers(rest, blocks, None, layer_plan(config.lm.num_layers, config.xattn))
@@ -262,7 +294,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Trai
     if setup.task.export and step >= config.train.num_steps:
       export = os.path.join(workdir, "export", setup.task.export)
       tree = state.trainable if setup.task.name == "lm" else state.trainable[setup.task.export]
-      save_params(export, tree)
+      # Exports are always in the scanned layout, whatever execution.scan_layers trained with.
+      save_params(export, P.relayout(tree, export_stacks(setup.task.export, setup.model_config),
+                                     scanned=True))
       print(f"Exported {setup.task.export} to {export}", flush=True)
     writer.close()
     guard.restore_handler()

@@ -26,6 +26,13 @@ from conftest import tiny_config
      "model.lm.rope_scaling.factor"),
     ({"lm.rope_scaling.kind": "llama3", "lm.rope_scaling.high_freq_factor": 0.5},
      "model.lm.rope_scaling.high_freq_factor"),
+    ({"xattn.norm": "batch"}, "model.xattn.norm"),
+    ({"xattn.alpha_init": "uniform"}, "model.xattn.alpha_init"),
+    ({"xattn.alpha_init_std": -1.0}, "model.xattn.alpha_init_std"),
+    ({"xattn.ffw_dim": -1}, "model.xattn.ffw_dim"),
+    ({"image_token": 10_000}, "model.image_token"),
+    ({"eoc_token": 512}, "model.eoc_token"),  # V = 512: the id <image> already has.
+    ({"num_extra_tokens": 1}, "model.eoc_token"),  # No row left for <EOC> = V + 1.
 ])
 def test_impossible_config_names_the_field(override, field):
   with pytest.raises(ValueError, match=field.replace(".", r"\.")):

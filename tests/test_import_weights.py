@@ -19,12 +19,15 @@ from safetensors.torch import load_file, save_file
 from transformers import (CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel, LlamaConfig,
                           LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel)
 
+from benchmarks import import_weights as import_benchmark
 from conftest import tiny_config
 from flamingo_jax import import_weights, masking
 from flamingo_jax import params as P
 from flamingo_jax.config import ExecutionConfig
+from flamingo_jax import train
 from flamingo_jax.lm import DecoderLM
-from flamingo_jax.model import Flamingo, example_inputs
+from flamingo_jax.lm import layer_plan as lm_layer_plan
+from flamingo_jax.model import Flamingo, abstract_params, example_inputs
 from flamingo_jax.train import load_text_lm
 from flamingo_jax.vision import VisionTransformer
 
@@ -245,3 +248,41 @@ def test_imported_lm_loads_into_flamingo_and_matches_without_images(tmp_path, ll
   np.testing.assert_allclose(np.asarray(logits[..., :VOCAB]), _hf_logits(hf_model, tokens),
                              atol=TOL, rtol=0)
 
+
+
+def test_import_peak_memory_stays_under_one_and_a_half_times_the_checkpoint():
+  # benchmarks/import_weights.py: a 207 MB LLaMA-layout checkpoint imported by the CLI in a fresh
+  # process; (peak RSS - RSS with JAX loaded) / checkpoint bytes.
+  result = import_benchmark.measure(num_layers=6, dtype="float32")
+  assert result["size"] >= 200e6
+  assert (result["peak"] - result["baseline"]) / result["size"] < 1.5
+
+
+def test_scanned_exports_load_into_unrolled_models(tmp_path, clip, llama_gqa, monkeypatch):
+  # Imports and the trainer's exports are scanned; a model with execution.scan_layers=False gets
+  # them in its unrolled layout (name_0, name_1, ...).
+  vision_out, lm_out = str(tmp_path / "vision"), str(tmp_path / "lm")
+  import_weights.main(["clip", "--checkpoint", clip[1], "--out", vision_out])
+  monkeypatch.setattr(import_weights, "WRITE_BATCH_BYTES", 8 * 1024)  # The LM in many batches.
+  import_weights.main(["llama", "--checkpoint", llama_gqa[1], "--out", lm_out])
+  vision_config, vision_params = import_weights.import_vision("clip", clip[1])
+  lm_config, lm_params = import_weights.import_llama(llama_gqa[1])
+  config = dataclasses.replace(tiny_config(**{"xattn.every": 2, "execution.scan_layers": False}),
+                               vision=vision_config, lm=lm_config)
+  frozen, _ = P.split(nn.meta.unbox(abstract_params(config)))  # ShapeDtypeStructs.
+  vision = train.load_scanned(vision_out, frozen["vision"], train.export_stacks("vision", config),
+                              scan_layers=False)
+  assert set(vision) == set(frozen["vision"]) and "blocks_1" in vision
+  np.testing.assert_array_equal(vision["blocks_1"]["mlp"]["up"]["kernel"],
+                                vision_params["blocks"]["mlp"]["up"]["kernel"][1])
+  lm = train.load_text_lm(lm_out, config, frozen["lm"])
+  assert jax.tree.structure(lm) == jax.tree.structure(frozen["lm"])
+  layer = 0  # LM layer i sits in unit u of segment k as block j (the gated-block placement).
+  for k, segment in enumerate(lm_layer_plan(config.lm.num_layers, config.xattn)):
+    for u in range(segment.num_units):
+      for j in range(segment.blocks_per_unit):
+        np.testing.assert_array_equal(
+            lm[f"segment_{k}_{u}"][f"block_{j}"]["mlp"]["gate"]["kernel"],
+            lm_params["segment_0"]["block_0"]["mlp"]["gate"]["kernel"][layer])
+        layer += 1
+  assert layer == config.lm.num_layers

@@ -1,0 +1,102 @@
+r"""Few-shot evaluation configs: `get_config("<preset>[,<task>...]")` for flamingo_jax.evaluate.
+
+  paper  the paper's seven benchmarks (FLAMINGO.md, "Few-shot evaluation protocol"): COCO, Flickr30k
+         (CIDEr), VQAv2, OK-VQA, TextVQA, VizWiz (VQA accuracy), HatefulMemes (ROC-AUC); shots
+         0/4/8/16/32, support 2048, 5000 COCO / 1024 other queries, beam search with 3 beams.
+         Data under DATA_ROOT (tfds data_dir, and manual_dir/<dataset> with the official files).
+  demo   the quickstart's tiny model on the bundled demo corpus (data_pipelines/demo.py): captioning
+         (CIDEr) and `colours`, an in-context task (the shots rename the colours; chance 25%).
+
+`paper,coco,vqav2` keeps the named tasks only. The model and its frozen towers come from
+`config.flamingo` (an experiments/flamingo.py config: override `--config.flamingo.model.*`,
+`--config.flamingo.init.*`); the trained weights from `--checkpoint`.
+
+Task fields:
+  kind             "captioning" | "vqa" | "classification" | "mapping" (the in-context renaming task)
+  source           "tfds" (a tfds builder: `tfds_name`, `data_dir`, `manual_dir`) | "demo" (`data_dir`)
+  support_split    split the shots come from; query_split: the evaluated split
+  support_size     support examples (paper: 2048); num_queries: evaluated queries (0: the whole split)
+  prompt           one example; "{answer}" marks the answer, "{question}" the question / meme text
+  selection        "random" (seeded) | "rices" (most similar by frozen vision features, last)
+  num_permutations scoring tasks: shot orders averaged (prompt ensembling; paper: 6)
+  class_names      classification / mapping: candidate names ("" = the tfds builder's label names)
+  mapping_words    mapping: the words the shots call the classes, shuffled per query (() = the
+                   class names themselves, permuted)
+"""
+
+import os
+
+import ml_collections
+
+from experiments import flamingo
+
+DATA_ROOT = "/data/flamingo_eval"  # tfds data_dir; official files under DATA_ROOT/manual/<dataset>.
+CAPTION_PROMPT = "<image>Output: {answer}<EOC>"  # FLAMINGO.md
+VQA_PROMPT = "<image>Question: {question} Answer: {answer}<EOC>"  # FLAMINGO.md (OpenFlamingo: "Short answer:")
+MEMES_PROMPT = '<image>is an image with written: "{question}" on it. Is it hateful? Answer: {answer}<EOC>'
+
+
+def _task(kind, tfds_name="", *, prompt, num_queries=1024, query_split="validation",
+          support_split="train", class_names=(), source="tfds", data_dir=DATA_ROOT, manual_dir=""):
+  return dict(kind=kind, source=source, tfds_name=tfds_name, data_dir=data_dir,
+              manual_dir=manual_dir, support_split=support_split, query_split=query_split,
+              support_size=2048, num_queries=num_queries, prompt=prompt, selection="random",
+              num_permutations=6 if kind in ("classification", "mapping") else 1,
+              class_names=tuple(class_names), mapping_words=())
+
+
+def _files(name):
+  return os.path.join(DATA_ROOT, "manual", name)
+
+
+PAPER_TASKS = dict(
+    coco=_task("captioning", "coco_captions", prompt=CAPTION_PROMPT, num_queries=5000,
+               query_split="val"),
+    flickr30k=_task("captioning", "flamingo_eval_files/flickr30k", prompt=CAPTION_PROMPT,
+                    manual_dir=_files("flickr30k")),
+    vqav2=_task("vqa", "flamingo_eval_files/vqav2", prompt=VQA_PROMPT, manual_dir=_files("vqav2")),
+    okvqa=_task("vqa", "flamingo_eval_files/okvqa", prompt=VQA_PROMPT, manual_dir=_files("okvqa")),
+    textvqa=_task("vqa", "flamingo_eval_files/textvqa", prompt=VQA_PROMPT,
+                  manual_dir=_files("textvqa")),
+    vizwiz=_task("vqa", "flamingo_eval_files/vizwiz", prompt=VQA_PROMPT, manual_dir=_files("vizwiz")),
+    hateful_memes=_task("classification", "flamingo_eval_files/hateful_memes", prompt=MEMES_PROMPT,
+                        class_names=("no", "yes"), manual_dir=_files("hateful_memes")),
+)
+
+
+def _demo_tasks(root):
+  demo = dict(source="demo", data_dir=root, support_split="train", query_split="eval")
+  # The corpus's own page layout ("<image>This one is a red seven.<EOC>"), which the tiny model knows.
+  prompt = "<image>This one is {answer}.<EOC>"
+  captioning = _task("captioning", prompt=prompt, num_queries=64, **demo)
+  colours = _task("mapping", prompt=prompt, num_queries=128,
+                  class_names=("red", "green", "blue", "yellow"), **demo)
+  # Novel words (no prior from training), so only the shots can tell which colour each names.
+  colours.update(support_size=512, num_permutations=2, mapping_words=("dax", "wug", "blick", "fep"))
+  captioning.update(support_size=512)
+  return dict(captions=captioning, colours=colours)
+
+
+def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+  preset, *task_names = arg.split(",")
+  if preset not in ("paper", "demo"):
+    raise ValueError(f"Unknown evaluation preset {preset!r}; use 'paper' or 'demo'.")
+  config = ml_collections.ConfigDict()
+  # The model: an experiments/flamingo.py config (its model, init.* towers and data.tokenizer).
+  config.flamingo = flamingo.get_config("tiny,demo" if preset == "demo" else "flamingo_9b")
+  config.seed = 0  # Shot draws (random selection, 0-shot text examples, orders, renamings).
+  config.shots = (0, 4) if preset == "demo" else (0, 4, 8, 16, 32)
+  config.num_text_only_shots = 2  # 0 shots: this many text-only examples (paper: 2).
+  config.batch_size = 8  # Queries per generate / score call.
+  config.pad_to_multiple = 32  # Prompt lengths rounded up to this (fewer compilations).
+  # Open-ended tasks (flamingo_jax.decoding.SamplingConfig): beam search with 3 beams (paper).
+  config.sampling = ml_collections.ConfigDict(dict(
+      strategy="beam", max_new_tokens=8 if preset == "demo" else 20, num_beams=3,
+      length_penalty=0.0, temperature=1.0, top_k=0, top_p=1.0))
+  tasks = _demo_tasks(flamingo.DEMO_CORPUS) if preset == "demo" else PAPER_TASKS
+  unknown = set(task_names) - set(tasks)
+  if unknown:
+    raise ValueError(f"Unknown tasks {sorted(unknown)} for preset {preset!r}; choose from "
+                     f"{sorted(tasks)}.")
+  config.tasks = {name: spec for name, spec in tasks.items() if not task_names or name in task_names}
+  return config

@@ -1,0 +1,338 @@
+"""Cached decoding: generation (greedy, beam search, sampling) and likelihood scoring.
+
+A request (`generate`):
+  images --Flamingo.encode_images (vision tower + resampler, once)--> visual [B, N, R, D_res]
+  prefill: the left-padded prompt [B, T] through `Flamingo.decode_lm` with an empty `cache`
+    collection: each LM block's self-attention keys/values fill slots 0..T-1 of a cache of
+    S = T + max_new_tokens slots; each gated block projects the visual tokens to keys/values, once.
+  loop (one `lax.while_loop`, left when every row has stopped or after max_new_tokens): pick the next
+    token from the last logits; feed it as one token at slot T + i, with position = the row's real
+    prompt tokens + i and phi = the running count of `<image>` tokens (masking.py's previous-image
+    rule); the gated blocks reuse their cached visual keys/values.
+Positions count real tokens only and `DecodeSlots.key_mask` hides the left padding, so a padded row
+decodes as it would alone. Beam search runs B x num_beams rows: the prefill runs on the B prompts;
+its self-attention cache is repeated per beam and reordered by beam parent after each step, while the
+gated blocks' visual keys/values stay one row per prompt, shared by its beams. The cache leaves carry
+the batch on axis 1 when layers are scanned ([units, B, ...]), on axis 0 otherwise.
+
+Scoring (`score`) runs the shared context once (a prefill with room for the candidates), repeats its
+self-attention cache for the C candidates (which share its visual keys/values) and runs all
+candidate tokens in one call at slots T..T+K-1.
+
+The loop and the scorer are jitted with the config and sampling settings static; jax caches one
+compiled function per (those, input shapes, number of stop tokens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flamingo_jax import masking
+from flamingo_jax.config import FlamingoConfig
+from flamingo_jax.layers import DecodeSlots
+from flamingo_jax.model import Flamingo
+
+STRATEGIES = ("greedy", "beam", "sample")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  strategy: str = "greedy"  # One of STRATEGIES.
+  max_new_tokens: int = 20
+  num_beams: int = 3  # beam only (the paper: 3).
+  length_penalty: float = 0.0  # beam only: score = logprob / length**length_penalty.
+  temperature: float = 1.0  # sample only.
+  top_k: int = 0  # sample only; 0 = off.
+  top_p: float = 1.0  # sample only; 1.0 = off.
+
+  def __post_init__(self):
+    def fail(name, why):
+      raise ValueError(f"Invalid SamplingConfig.{name}={getattr(self, name)!r}: {why}")
+    if self.strategy not in STRATEGIES:
+      fail("strategy", f"must be one of {', '.join(STRATEGIES)}.")
+    if self.max_new_tokens < 1:
+      fail("max_new_tokens", "must be at least 1.")
+    if self.num_beams < 1:
+      fail("num_beams", "must be at least 1.")
+    if not self.temperature > 0:
+      fail("temperature", "must be positive (use strategy='greedy' for argmax).")
+    if self.top_k < 0:
+      fail("top_k", "must be >= 0 (0 = off).")
+    if not 0 < self.top_p <= 1:
+      fail("top_p", "must be in (0, 1] (1 = off).")
+
+
+def _decoding_config(config: FlamingoConfig) -> FlamingoConfig:
+  """The same model without remat (decoding has no backward pass); the same parameter tree."""
+  return dataclasses.replace(config, execution=dataclasses.replace(config.execution,
+                                                                   remat_policy="none"))
+
+
+def _batch_axis(config: FlamingoConfig) -> int:
+  return 1 if config.execution.scan_layers else 0
+
+
+def _as_inputs(tokens, prompt_mask, images):
+  return jnp.asarray(tokens, jnp.int32), jnp.asarray(prompt_mask, bool), jnp.asarray(images)
+
+
+def _check_inputs(config: FlamingoConfig, tokens, prompt_mask, images) -> None:
+  if tokens.ndim != 2:
+    raise ValueError(f"tokens must be [B, T], got shape {tokens.shape}.")
+  if prompt_mask.shape != tokens.shape:
+    raise ValueError(f"prompt_mask {prompt_mask.shape} must have the shape of tokens {tokens.shape}.")
+  if not isinstance(prompt_mask, jax.core.Tracer):
+    mask = np.asarray(prompt_mask)
+    if not (mask[:, -1].all() and (mask[:, 1:] >= mask[:, :-1]).all()):
+      raise ValueError("prompt_mask must be LEFT padded: in every row the real tokens (True) form a "
+                       "suffix ending at the last position, at least one per row.")
+  size = config.vision.image_size
+  if images.ndim != 6 or images.shape[0] != tokens.shape[0] or images.shape[3:] != (size, size, 3):
+    raise ValueError(f"images must be [B={tokens.shape[0]}, N, F, {size}, {size}, 3] "
+                     f"(model.vision.image_size={size}), got shape {images.shape}.")
+
+
+def _positions(mask: jax.Array) -> jax.Array:
+  """mask [B, T] bool -> [B, T] int32: the index of each real token among its row's real tokens."""
+  return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+
+
+def _prefill(model: Flamingo, params, visual, tokens, token_mask, cache_length: int):
+  """Runs tokens [B, T] (left padded; token_mask [B, T]) into a fresh cache of `cache_length` slots.
+
+  Returns (logits [B, T, V + 2] float32, cache, key_mask [B, cache_length], phi [B, T]).
+  """
+  b, t = tokens.shape
+  tokens = jnp.where(token_mask, tokens, 0)
+  phi = masking.media_index(tokens, model.config.image_token_id)
+  key_mask = jnp.concatenate([token_mask, jnp.ones((b, cache_length - t), bool)], axis=1)
+  logits, variables = model.apply(
+      {"params": params}, tokens, visual, phi, _positions(token_mask),
+      DecodeSlots(jnp.zeros((), jnp.int32), key_mask), method=Flamingo.decode_lm, mutable=["cache"])
+  return logits.astype(jnp.float32), variables["cache"], key_mask, phi
+
+
+def _step(model: Flamingo, params, cache, visual, tokens, positions, phi, index, key_mask):
+  """tokens, positions, phi [B, L] at cache slots index..index+L-1 -> (logits [B, L, V+2], cache)."""
+  logits, variables = model.apply(
+      {"params": params, "cache": cache}, tokens, visual, phi, positions,
+      DecodeSlots(index, key_mask), method=Flamingo.decode_lm, mutable=["cache"])
+  return logits.astype(jnp.float32), variables["cache"]
+
+
+def _map_self_attention(fn, cache):
+  """fn applied to the LM blocks' self-attention cache; the gated blocks' visual keys/values keep
+  one row per prompt (beams and candidates share them, see `layers.Attention`)."""
+  def apply(path, x):
+    return x if any(getattr(key, "key", None) == "xattn" for key in path) else fn(x)
+  return jax.tree_util.tree_map_with_path(apply, cache)
+
+
+def _filter_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
+  """[B, V] float32 -> temperature-scaled logits with tokens outside top-k / top-p set to -inf."""
+  logits = logits / sampling.temperature
+  if sampling.top_k:
+    kth = jax.lax.top_k(logits, min(sampling.top_k, logits.shape[-1]))[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if sampling.top_p < 1.0:
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # Mass of the more likely tokens.
+    sorted_logits = jnp.where(before < sampling.top_p, sorted_logits, -jnp.inf)  # Keeps the first.
+    logits = jnp.full_like(logits, -jnp.inf).at[
+        jnp.arange(logits.shape[0])[:, None], order].set(sorted_logits)
+  return logits
+
+
+def _fill_after_stop(new_tokens, lengths, stop_token):
+  """Positions from lengths[b] on hold the stop token that ended row b (rows that never stopped have
+  lengths = max_new_tokens and are unchanged)."""
+  after = jnp.arange(new_tokens.shape[-1]) >= lengths[..., None]
+  return jnp.where(after, stop_token[..., None], new_tokens)
+
+
+def _generate_rows(model, params, visual, tokens, prompt_mask, sampling: SamplingConfig,
+                   stop_tokens: jax.Array, rng):
+  """Greedy or sampling: one continuation per row."""
+  b, t = tokens.shape
+  m, image_id = sampling.max_new_tokens, model.config.image_token_id
+  logits, cache, key_mask, phi = _prefill(model, params, visual, tokens, prompt_mask, t + m)
+
+  def body(state):
+    i, cache, logits, out, done, lengths, stop_token, position, phi, rng = state
+    rng, key = jax.random.split(rng)
+    if sampling.strategy == "greedy":
+      token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    else:
+      token = jax.random.categorical(key, _filter_logits(logits, sampling)).astype(jnp.int32)
+    is_stop = jnp.isin(token, stop_tokens)
+    newly = is_stop & ~done
+    lengths = jnp.where(newly, i, lengths)
+    stop_token = jnp.where(newly, token, stop_token)
+    out = out.at[:, i].set(token)
+    done = done | is_stop
+    phi = phi + (token == image_id)
+    step_logits, cache = _step(model, params, cache, visual, token[:, None], position[:, None],
+                               phi[:, None], t + i, key_mask)
+    return (i + 1, cache, step_logits[:, 0], out, done, lengths, stop_token, position + 1, phi, rng)
+
+  def cond(state):
+    i, done = state[0], state[4]
+    return (i < m) & ~jnp.all(done)
+
+  state = (jnp.zeros((), jnp.int32), cache, logits[:, -1], jnp.zeros((b, m), jnp.int32),
+           jnp.zeros((b,), bool), jnp.full((b,), m, jnp.int32), jnp.zeros((b,), jnp.int32),
+           prompt_mask.sum(axis=1).astype(jnp.int32), phi[:, -1], rng)
+  _, _, _, out, _, lengths, stop_token, _, _, _ = jax.lax.while_loop(cond, body, state)
+  return _fill_after_stop(out, lengths, stop_token), lengths
+
+
+def _beam_search(model, params, visual, tokens, prompt_mask, sampling: SamplingConfig,
+                 stop_tokens: jax.Array, batch_axis: int):
+  """Beam search over num_beams beams per row; a finished beam keeps its score and competes with the
+  open ones; candidates and the final pick are ranked by logprob / length**length_penalty, length
+  counting the stop token."""
+  b, t = tokens.shape
+  w, m, image_id = sampling.num_beams, sampling.max_new_tokens, model.config.image_token_id
+  logits, cache, key_mask, phi = _prefill(model, params, visual, tokens, prompt_mask, t + m)
+  vocab = logits.shape[-1]
+  cache = _map_self_attention(lambda x: jnp.repeat(x, w, axis=batch_axis), cache)
+  key_mask = jnp.repeat(key_mask, w, axis=0)
+  beam_rows = lambda x: jnp.repeat(x, w, axis=0).reshape(b, w)  # noqa: E731 [B] -> [B, W].
+
+  def normalised(scores, length):
+    return scores / length.astype(jnp.float32) ** sampling.length_penalty
+
+  def body(state):
+    i, cache, logits, seqs, scores, done, lengths, stop_token, position, phi = state
+    logp = jax.nn.log_softmax(logits, axis=-1).reshape(b, w, vocab)
+    keep_stop = jnp.where(jnp.arange(vocab) == stop_token[..., None], 0.0, -jnp.inf)
+    candidates = scores[..., None] + jnp.where(done[..., None], keep_stop, logp)  # [B, W, V]
+    length = jnp.where(done, lengths + 1, i + 1)[..., None]
+    _, flat = jax.lax.top_k(normalised(candidates, length).reshape(b, w * vocab), w)
+    parent, token = flat // vocab, (flat % vocab).astype(jnp.int32)  # [B, W]
+    scores = jnp.take_along_axis(candidates.reshape(b, w * vocab), flat, axis=1)
+    by_parent = lambda x: jnp.take_along_axis(x, parent, axis=1)  # noqa: E731
+    seqs = jnp.take_along_axis(seqs, parent[..., None], axis=1)
+    done, lengths, stop_token = by_parent(done), by_parent(lengths), by_parent(stop_token)
+    position, phi = by_parent(position), by_parent(phi)
+    is_stop = jnp.isin(token, stop_tokens)
+    newly = is_stop & ~done
+    lengths = jnp.where(newly, i, lengths)
+    stop_token = jnp.where(newly, token, stop_token)
+    seqs = seqs.at[:, :, i].set(token)
+    done = done | is_stop
+    phi = phi + (token == image_id)
+    rows = (jnp.arange(b)[:, None] * w + parent).reshape(-1)
+    cache = _map_self_attention(lambda x: jnp.take(x, rows, axis=batch_axis), cache)
+    step_logits, cache = _step(model, params, cache, visual, token.reshape(-1, 1),
+                               position.reshape(-1, 1), phi.reshape(-1, 1), t + i, key_mask)
+    return (i + 1, cache, step_logits[:, 0], seqs, scores, done, lengths, stop_token, position + 1,
+            phi)
+
+  def cond(state):
+    i, done = state[0], state[5]
+    return (i < m) & ~jnp.all(done)
+
+  first_beam_only = jnp.where(jnp.arange(w) == 0, 0.0, -jnp.inf)
+  state = (jnp.zeros((), jnp.int32), cache, jnp.repeat(logits[:, -1], w, axis=0),
+           jnp.zeros((b, w, m), jnp.int32), jnp.broadcast_to(first_beam_only, (b, w)),
+           jnp.zeros((b, w), bool), jnp.full((b, w), m, jnp.int32), jnp.zeros((b, w), jnp.int32),
+           beam_rows(prompt_mask.sum(axis=1).astype(jnp.int32)), beam_rows(phi[:, -1]))
+  _, _, _, seqs, scores, done, lengths, stop_token, _, _ = jax.lax.while_loop(cond, body, state)
+  best = jnp.argmax(normalised(scores, jnp.where(done, lengths + 1, m)), axis=1)[:, None]
+  pick = lambda x: jnp.take_along_axis(x, best, axis=1)[:, 0]  # noqa: E731
+  seqs = jnp.take_along_axis(seqs, best[..., None], axis=1)[:, 0]
+  return _fill_after_stop(seqs, pick(lengths), pick(stop_token)), pick(lengths)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "sampling"))
+def _generate(config: FlamingoConfig, params, tokens, prompt_mask, images,
+              sampling: SamplingConfig, stop_tokens: jax.Array, rng):
+  model = Flamingo(config)
+  visual = model.apply({"params": params}, images, method=Flamingo.encode_images)
+  if sampling.strategy == "beam":
+    return _beam_search(model, params, visual, tokens, prompt_mask, sampling, stop_tokens,
+                        _batch_axis(config))
+  return _generate_rows(model, params, visual, tokens, prompt_mask, sampling, stop_tokens, rng)
+
+
+def generate(config: FlamingoConfig, params, tokens, prompt_mask, images, sampling: SamplingConfig,
+             stop_tokens: Sequence[int], rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Continues each prompt by up to sampling.max_new_tokens tokens.
+
+  params: the full (merged frozen + trainable) Flamingo param tree. tokens [B, T] int32 prompts, LEFT
+  padded; prompt_mask [B, T] bool (True on real tokens; every row needs at least one); images uint8
+  [B, N, F, H, W, 3]: row b's k-th <image> token sees images[b, k-1] (unused slots are zeros).
+  stop_tokens: e.g. (config.eoc_token_id, tokenizer.eos_id). rng: required for strategy="sample".
+  Returns (new_tokens [B, max_new_tokens] int32, lengths [B] int32): lengths[b] = tokens generated
+  before the first stop token (the stop token not counted); positions from lengths[b] on hold the
+  stop token (or whatever was generated if none).
+  """
+  tokens, prompt_mask, images = _as_inputs(tokens, prompt_mask, images)
+  _check_inputs(config, tokens, prompt_mask, images)
+  if sampling.strategy == "sample" and rng is None:
+    raise ValueError("generate: strategy='sample' needs an `rng` key.")
+  rng = jax.random.key(0) if rng is None else rng
+  stops = jnp.asarray([int(s) for s in stop_tokens], jnp.int32).reshape(-1)
+  return _generate(_decoding_config(config), params, tokens, prompt_mask, images, sampling, stops,
+                   rng)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "reuse_prefix"))
+def _score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidates, candidate_mask,
+           reuse_prefix: bool):
+  model = Flamingo(config)
+  b, t = tokens.shape
+  _, c, k = candidates.shape
+  visual = model.apply({"params": params}, images, method=Flamingo.encode_images)
+  flat_candidates = candidates.reshape(b * c, k)
+  flat_mask = candidate_mask.reshape(b * c, k)
+  if reuse_prefix:
+    logits, cache, key_mask, phi = _prefill(model, params, visual, tokens, prompt_mask, t + k)
+    cache = _map_self_attention(lambda x: jnp.repeat(x, c, axis=_batch_axis(config)), cache)
+    key_mask = jnp.repeat(key_mask, c, axis=0).at[:, t:].set(flat_mask)
+    context_length = jnp.repeat(prompt_mask.sum(axis=1), c)
+    is_image = (flat_candidates == config.image_token_id) & flat_mask
+    candidate_phi = jnp.repeat(phi[:, -1], c)[:, None] + jnp.cumsum(is_image, axis=1)
+    step_logits, _ = _step(model, params, cache, visual, flat_candidates,
+                           context_length[:, None] + jnp.arange(k), candidate_phi,
+                           jnp.asarray(t, jnp.int32), key_mask)
+    # Token j of a candidate is predicted by the logits one slot before it.
+    predicting = jnp.concatenate([jnp.repeat(logits[:, -1:], c, axis=0), step_logits[:, :-1]], 1)
+  else:  # Every candidate re-runs the whole context (the images are still encoded once).
+    full = jnp.concatenate([jnp.repeat(tokens, c, axis=0), flat_candidates], axis=1)
+    full_mask = jnp.concatenate([jnp.repeat(prompt_mask, c, axis=0), flat_mask], axis=1)
+    logits, _, _, _ = _prefill(model, params, jnp.repeat(visual, c, axis=0), full, full_mask, t + k)
+    predicting = logits[:, t - 1:t + k - 1]
+  logp = jax.nn.log_softmax(predicting, axis=-1)
+  picked = jnp.take_along_axis(logp, flat_candidates[..., None], axis=-1)[..., 0]
+  return jnp.sum(jnp.where(flat_mask, picked, 0.0), axis=1).reshape(b, c)
+
+
+def score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidates,
+          candidate_mask, reuse_prefix: bool = True) -> jax.Array:
+  """Sum of log p(candidate tokens | prompt) -> [B, C] float32.
+
+  tokens/prompt_mask/images as in `generate` (the shared context); candidates [B, C, K] int32 RIGHT
+  padded, candidate_mask [B, C, K] bool. With `reuse_prefix` (the default) the context is run once
+  and its cache shared by all C candidates; without it every candidate re-runs the context (the
+  reference the benchmark compares against).
+  """
+  tokens, prompt_mask, images = _as_inputs(tokens, prompt_mask, images)
+  candidates, candidate_mask = jnp.asarray(candidates, jnp.int32), jnp.asarray(candidate_mask, bool)
+  _check_inputs(config, tokens, prompt_mask, images)
+  if candidates.ndim != 3 or candidates.shape[0] != tokens.shape[0]:
+    raise ValueError(f"candidates must be [B={tokens.shape[0]}, C, K], got shape {candidates.shape}.")
+  if candidate_mask.shape != candidates.shape:
+    raise ValueError(f"candidate_mask {candidate_mask.shape} must have the shape of candidates "
+                     f"{candidates.shape}.")
+  return _score(_decoding_config(config), params, tokens, prompt_mask, images, candidates,
+                candidate_mask, reuse_prefix)

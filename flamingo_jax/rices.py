@@ -1,0 +1,79 @@
+"""RICES (Retrieval-based In-Context Example Selection): shots = the support examples whose frozen
+vision features are most similar to the query's, most similar LAST in the prompt (nearest the query).
+
+Features: the frozen vision tower's output [B, 1, 1, S, D] mean-pooled over its S tokens and L2
+normalised -> [B, D]; similarity is the cosine (a dot product of normalised features). Features are
+cached on disk as `<cache_dir>/<dataset>-<split>-<model>.npy`, where `model` fingerprints the vision
+config and weights, so a second evaluation (another shot count, another task on the same images)
+reads them instead of running the tower again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flamingo_jax.config import FlamingoConfig
+from flamingo_jax.eval_data import EvalExample, load_image
+from flamingo_jax.vision import VisionTransformer
+
+
+def most_similar(query_features: np.ndarray, support_features: np.ndarray, k: int) -> np.ndarray:
+  """query [Q, D], support [S, D] (L2-normalised) -> [Q, k] support indices, ordered from the k-th
+  most similar to the most similar (most similar last)."""
+  if k > len(support_features):
+    raise ValueError(f"RICES: {k} shots need at least as many support examples, got "
+                     f"{len(support_features)}; raise the task's support_size.")
+  similarity = np.asarray(query_features, np.float32) @ np.asarray(support_features, np.float32).T
+  best_first = np.argsort(-similarity, axis=-1, kind="stable")[:, :k]
+  return best_first[:, ::-1]
+
+
+def model_fingerprint(config: FlamingoConfig, vision_params) -> str:
+  """A short hash of the vision config and weights: the cache key of the features they produce."""
+  digest = hashlib.blake2b(repr(config.vision).encode(), digest_size=8)
+  for leaf in jax.tree.leaves(vision_params):
+    digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+  return digest.hexdigest()
+
+
+def vision_features(config: FlamingoConfig, vision_params, examples: Sequence[EvalExample],
+                    batch_size: int = 64) -> np.ndarray:
+  """[len(examples), D] float32: mean-pooled, L2-normalised frozen vision features."""
+  tower = VisionTransformer(config.vision, config.execution)
+
+  @jax.jit
+  def embed(images):  # [B, 1, 1, H, W, 3] uint8 -> [B, D]
+    features = tower.apply({"params": vision_params}, images)[:, 0, 0].astype(jnp.float32)
+    pooled = features.mean(axis=1)
+    return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+
+  size, out = config.vision.image_size, []
+  for start in range(0, len(examples), batch_size):
+    chunk = examples[start:start + batch_size]
+    images = np.zeros((batch_size, 1, 1, size, size, 3), np.uint8)  # One shape: one compilation.
+    for i, ex in enumerate(chunk):
+      images[i, 0, 0] = load_image(ex, size)
+    out.append(np.asarray(embed(images))[:len(chunk)])
+  return np.concatenate(out) if out else np.zeros((0, config.vision.width), np.float32)
+
+
+def cached_features(cache_dir: str, dataset: str, split: str, model: str,
+                    compute: Callable[[], np.ndarray]) -> np.ndarray:
+  """Features from `<cache_dir>/<dataset>-<split>-<model>.npy`, or `compute()` written there first."""
+  name = re.sub(r"[^A-Za-z0-9_.]+", "_", f"{dataset}-{split}-{model}")
+  path = os.path.join(cache_dir, f"{name}.npy")
+  if os.path.exists(path):
+    return np.load(path)
+  features = np.asarray(compute(), np.float32)
+  os.makedirs(cache_dir, exist_ok=True)
+  tmp = path + ".tmp.npy"
+  np.save(tmp, features)
+  os.replace(tmp, path)  # A half-written cache file is never read.
+  return features

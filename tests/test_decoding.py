@@ -1,0 +1,332 @@
+"""Cached decoding (flamingo_jax/decoding.py) against full recomputation, on the tiny model."""
+
+import collections
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import apply_fn, flamingo_presets, init_params, tiny_config
+from PIL import Image
+
+from data_pipelines import images as image_ops
+from data_pipelines.tokenizer import Tokenizer
+from data_pipelines.tokenizer import train as train_tokenizer
+from flamingo_jax import decoding, masking
+from flamingo_jax import generate as generate_cli
+from flamingo_jax import params as P
+from flamingo_jax import train as trainer
+from flamingo_jax.checkpointing import Checkpointer
+from flamingo_jax.config import FlamingoConfig
+from flamingo_jax.decoding import SamplingConfig
+from flamingo_jax.layers import Dense
+from flamingo_jax.lm import layer_plan
+from flamingo_jax.optimizer import make_optimizer
+from flamingo_jax.train_step import TrainState
+from flamingo_jax.vision import VisionTransformer
+
+MAX_NEW = 6
+
+
+def _config(scan_layers=True):
+  return tiny_config(**{"execution.scan_layers": scan_layers})
+
+
+def _open_gates(tree):
+  """Every gate of a (params or trainable) tree at 0.5, so the images change the logits."""
+  def open_gate(path, x):
+    return jnp.full_like(x, 0.5) if path[-1].key in ("attn_gate", "ffw_gate") else x
+  return jax.tree_util.tree_map_with_path(open_gate, tree)
+
+
+def _params(config):
+  return _open_gates(init_params(config))
+
+
+def _prompts(config, lengths=(9, 9), num_images=2, seed=0):
+  """Left-padded prompts of the given real lengths, each starting with <image> and with a second
+  <image> in the middle: (tokens [B, T], prompt_mask [B, T], images [B, N, 1, H, W, 3])."""
+  rng = np.random.default_rng(seed)
+  t = max(lengths)
+  tokens = np.zeros((len(lengths), t), np.int32)
+  mask = np.zeros((len(lengths), t), bool)
+  for b, n in enumerate(lengths):
+    row = rng.integers(0, config.lm.vocab_size, n)
+    row[0] = row[n // 2] = config.image_token_id
+    tokens[b, t - n:], mask[b, t - n:] = row, True
+  size = config.vision.image_size
+  images = rng.integers(0, 256, (len(lengths), num_images, 1, size, size, 3), dtype=np.uint8)
+  return tokens, mask, images
+
+
+def _recompute_logits(config, params, buffers, images):
+  """Full forward over right-padded buffers [B, L] (unpadded prompts): logits [B, L, V + 2]."""
+  buffers = jnp.asarray(buffers)
+  phi = masking.media_index(buffers, config.image_token_id)
+  return np.asarray(apply_fn(config)({"params": params}, buffers, jnp.asarray(images), phi),
+                    np.float64)
+
+
+def _recompute_greedy(config, params, tokens, images, max_new):
+  b, t = tokens.shape
+  buffers = np.zeros((b, t + max_new), np.int32)
+  buffers[:, :t] = tokens
+  for i in range(max_new):
+    buffers[:, t + i] = _recompute_logits(config, params, buffers, images)[:, t + i - 1].argmax(-1)
+  return buffers[:, t:]
+
+
+def _log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _recompute_beam(config, params, tokens, images, sampling, stop_tokens):
+  """Beam search with a full forward per step: a finished beam keeps its score (continued by its stop
+  token), candidates ranked by logprob / length**length_penalty, length counting the stop token."""
+  b, t = tokens.shape
+  w, m, lp = sampling.num_beams, sampling.max_new_tokens, sampling.length_penalty
+  seqs = np.zeros((b, w, m), np.int32)
+  scores = np.tile(np.where(np.arange(w) == 0, 0.0, -np.inf), (b, 1))
+  done, lengths, stop_token = np.zeros((b, w), bool), np.full((b, w), m), np.zeros((b, w), np.int32)
+  for i in range(m):
+    if done.all():
+      break
+    buffers = np.zeros((b * w, t + m), np.int32)
+    buffers[:, :t] = np.repeat(tokens, w, axis=0)
+    buffers[:, t:] = seqs.reshape(b * w, m)
+    logits = _recompute_logits(config, params, buffers, np.repeat(images, w, axis=0))[:, t + i - 1]
+    logp = _log_softmax(logits).reshape(b, w, -1)
+    vocab = logp.shape[-1]
+    keep_stop = np.where(np.arange(vocab) == stop_token[..., None], 0.0, -np.inf)
+    candidates = scores[..., None] + np.where(done[..., None], keep_stop, logp)
+    length = np.where(done, lengths + 1, i + 1)[..., None]
+    ranked = np.argsort(-(candidates / length ** lp).reshape(b, -1), axis=1, kind="stable")[:, :w]
+    parent, token = ranked // vocab, ranked % vocab
+    scores = np.take_along_axis(candidates.reshape(b, -1), ranked, axis=1)
+    seqs, done, lengths, stop_token = (np.take_along_axis(x, parent[..., None] if x.ndim == 3 else
+                                                          parent, axis=1)
+                                       for x in (seqs, done, lengths, stop_token))
+    newly = np.isin(token, stop_tokens) & ~done
+    lengths, stop_token = np.where(newly, i, lengths), np.where(newly, token, stop_token)
+    seqs[:, :, i] = token
+    done |= np.isin(token, stop_tokens)
+  best = np.argmax(scores / np.where(done, lengths + 1, m) ** lp, axis=1)
+  rows = np.arange(b)
+  return seqs[rows, best], lengths[rows, best]
+
+
+GREEDY = SamplingConfig(max_new_tokens=MAX_NEW)
+BEAM = SamplingConfig("beam", max_new_tokens=MAX_NEW, num_beams=3, length_penalty=1.0)
+
+
+def _greedy(config, params, tokens, mask, images, stop_tokens=None):
+  """Cached greedy decoding; one stop token by default (<EOC>), so the tests share compilations."""
+  stop_tokens = (config.eoc_token_id,) if stop_tokens is None else stop_tokens
+  return [np.asarray(x) for x in decoding.generate(config, params, tokens, mask, images, GREEDY,
+                                                   stop_tokens)]
+
+
+def _beam_stop_token(config, params, tokens, images):
+  """A token the beams pick early (the most frequent of a short greedy decode): stopping on it
+  exercises finished beams."""
+  greedy = _recompute_greedy(config, params, tokens, images, MAX_NEW)[:, :3]
+  return int(np.bincount(greedy.ravel()).argmax())
+
+
+def test_cached_greedy_equals_full_recompute():
+  config = _config()
+  params = _params(config)
+  tokens, mask, images = _prompts(config)
+  new, lengths = _greedy(config, params, tokens, mask, images)
+  np.testing.assert_array_equal(new, _recompute_greedy(config, params, tokens, images, MAX_NEW))
+  np.testing.assert_array_equal(lengths, [MAX_NEW] * 2)
+  # The images matter (the gates are open), so the cross-attention path is exercised too.
+  buffers = np.concatenate([tokens, new], axis=1)
+  moved = np.abs(_recompute_logits(config, params, buffers, images) -
+                 _recompute_logits(config, params, buffers, 255 - images)).max()
+  assert moved > 1e-3, moved
+
+
+def test_cached_beam_search_equals_full_recompute():
+  config = _config()
+  params = _params(config)
+  tokens, mask, images = _prompts(config)
+  stop = _beam_stop_token(config, params, tokens, images)
+  new, lengths = decoding.generate(config, params, tokens, mask, images, BEAM, stop_tokens=(stop,))
+  want, want_lengths = _recompute_beam(config, params, tokens, images, BEAM, (stop,))
+  assert (want_lengths < MAX_NEW).any()  # Some best beam finished early.
+  np.testing.assert_array_equal(lengths, want_lengths)
+  filled = np.where(np.arange(MAX_NEW) >= want_lengths[:, None], stop, want)
+  np.testing.assert_array_equal(new, filled)
+
+
+def test_unrolled_layers_decode_like_scanned():
+  """The cache of unrolled layers (batch on axis 0, reordered by beam parent) gives the same beams."""
+  config, unrolled = _config(), _config(scan_layers=False)
+  params = _params(config)
+  unrolled_params = P.relayout(params, P.stacks(unrolled), scanned=False)
+  tokens, mask, images = _prompts(config)
+  stop = (_beam_stop_token(config, params, tokens, images),)
+  want = decoding.generate(config, params, tokens, mask, images, BEAM, stop)
+  got = decoding.generate(unrolled, unrolled_params, tokens, mask, images, BEAM, stop)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g, w)
+
+
+def test_left_padded_batch_equals_one_by_one():
+  config = _config()
+  params = _params(config)
+  tokens, mask, images = _prompts(config, lengths=(9, 6), seed=1)
+  batched = _greedy(config, params, tokens, mask, images)
+  for b, n in enumerate((9, 6)):
+    # Each prompt alone, unpadded (two copies: the compiled [2, T] loop is shared).
+    alone = _greedy(config, params, np.repeat(tokens[b:b + 1, -n:], 2, 0), np.ones((2, n), bool),
+                    np.repeat(images[b:b + 1], 2, 0))
+    for got, want in zip(batched, alone):
+      np.testing.assert_array_equal(got[b], want[0])
+
+
+def test_sampling_with_top_k_1_is_greedy_and_stops_at_stop_tokens():
+  config = _config()
+  params = _params(config)
+  tokens, mask, images = _prompts(config)
+  greedy, _ = _greedy(config, params, tokens, mask, images)
+  stop = int(greedy[0, 2])
+  sampled, lengths = decoding.generate(
+      config, params, tokens, mask, images,
+      SamplingConfig("sample", max_new_tokens=MAX_NEW, temperature=0.7, top_k=1), (stop,),
+      rng=jax.random.key(3))
+  for b in range(2):
+    hits = np.flatnonzero(greedy[b] == stop)
+    n = hits[0] if hits.size else MAX_NEW
+    assert lengths[b] == n
+    np.testing.assert_array_equal(sampled[b, :n], greedy[b, :n])
+    np.testing.assert_array_equal(sampled[b, n:], stop)
+  assert lengths[0] <= 2
+
+
+def test_top_k_and_top_p_filters():
+  logits = jnp.log(jnp.array([[0.1, 0.5, 0.15, 0.25]]))
+
+  def kept(**sampling):
+    return np.isfinite(decoding._filter_logits(logits, SamplingConfig("sample", **sampling)))
+  np.testing.assert_array_equal(kept(top_k=2), [[False, True, False, True]])
+  np.testing.assert_array_equal(kept(top_p=0.7), [[False, True, False, True]])  # 0.5 + 0.25 >= 0.7.
+  np.testing.assert_array_equal(kept(top_p=0.8), [[False, True, True, True]])
+  np.testing.assert_array_equal(kept(top_p=0.01), [[False, True, False, False]])
+
+
+def test_score_equals_full_forward_and_prefix_reuse_equals_no_reuse():
+  config = _config()
+  params = _params(config)
+  tokens, mask, images = _prompts(config)
+  rng = np.random.default_rng(2)
+  candidates = rng.integers(0, config.lm.vocab_size, (2, 3, 4)).astype(np.int32)
+  candidates[0, 1, 2] = config.image_token_id  # A candidate may hold an <image> (phi moves on).
+  candidate_mask = np.arange(4) < np.array([[4, 2, 3], [1, 4, 4]])[..., None]
+  scores = np.asarray(decoding.score(config, params, tokens, mask, images, candidates,
+                                     candidate_mask))
+  # Reference: log-probs from one plain forward of context + candidate (right padded) per candidate.
+  t = tokens.shape[1]
+  full = np.concatenate([np.repeat(tokens, 3, 0), candidates.reshape(6, 4)], axis=1)
+  logp = _log_softmax(_recompute_logits(config, params, full, np.repeat(images, 3, 0)))
+  picked = np.take_along_axis(logp[:, t - 1:-1], candidates.reshape(6, 4, 1), axis=2)[..., 0]
+  want = np.where(candidate_mask.reshape(6, 4), picked, 0).sum(1).reshape(2, 3)
+  np.testing.assert_allclose(scores, want, rtol=1e-5)
+
+  padded_tokens, padded_mask, _ = _prompts(config, lengths=(9, 6), seed=1)
+  reuse = decoding.score(config, params, padded_tokens, padded_mask, images, candidates,
+                         candidate_mask)
+  no_reuse = decoding.score(config, params, padded_tokens, padded_mask, images, candidates,
+                            candidate_mask, reuse_prefix=False)
+  np.testing.assert_allclose(reuse, no_reuse, rtol=1e-5)
+
+
+def test_bad_inputs_name_the_culprit():
+  config = _config()
+  tokens, mask, images = _prompts(config)
+  with pytest.raises(ValueError, match="SamplingConfig.strategy"):
+    SamplingConfig("nucleus")
+  with pytest.raises(ValueError, match="SamplingConfig.top_p"):
+    SamplingConfig("sample", top_p=0.0)
+  with pytest.raises(ValueError, match="prompt_mask"):
+    decoding.generate(config, {}, tokens, mask[:, 1:], images, GREEDY, ())
+  with pytest.raises(ValueError, match="LEFT padded"):
+    decoding.generate(config, {}, tokens, mask[:, ::-1] & (np.arange(9) < 5), images, GREEDY, ())
+  with pytest.raises(ValueError, match="model.vision.image_size"):
+    decoding.generate(config, {}, tokens, mask, images[:, :, :, 1:], GREEDY, ())
+  with pytest.raises(ValueError, match="rng"):
+    decoding.generate(config, {}, tokens, mask, images, SamplingConfig("sample"), ())
+
+
+PROMPT = "<image>Output: abc"
+
+
+def test_generate_cli_loads_a_saved_checkpoint_and_prints_its_continuation(tmp_path):
+  """The CLI's path (load_trained + generate_text, which main() calls with the flags) on a tiny
+  model saved in the test: frozen towers from the seed, the trainable tree from the checkpoint."""
+  config = flamingo_presets.get_config("tiny")
+  rng = np.random.default_rng(0)
+  words = ["".join(rng.choice(list("abcdefghijklmnop"), rng.integers(2, 8))) for _ in range(400)]
+  train_tokenizer((" ".join(rng.choice(words, 12)) for _ in range(2000)), str(tmp_path / "tok.model"))
+  tokenizer = Tokenizer(str(tmp_path / "tok.model"))
+  model_config = FlamingoConfig.from_dict(config.model)
+  params = init_params(model_config, seed=config.seed)  # What training builds from the seed.
+  frozen, trainable = P.split(params)
+  trainable = _open_gates(trainable)  # The "trained" tree: it must come from the checkpoint.
+  optimizer = make_optimizer(config.optimizer)
+  checkpointer = Checkpointer(str(tmp_path / "run"), keep=1)
+  checkpointer.save(7, TrainState(jnp.asarray(7, jnp.int32), trainable, optimizer.init(trainable),
+                                  jax.random.key_data(jax.random.key(1))), {})
+  checkpointer.wait()
+  checkpointer.close()
+  Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+
+  loaded_config, loaded = generate_cli.load_trained(config, str(tmp_path / "run"))
+  assert loaded_config == model_config
+  jax.tree.map(np.testing.assert_array_equal, loaded, P.merge(frozen, trainable))
+  text = generate_cli.generate_text(loaded_config, loaded, tokenizer, PROMPT,
+                                    [str(tmp_path / "a.jpg")], GREEDY)
+
+  tokens = np.asarray([tokenizer.encode_prompt(PROMPT)], np.int32)
+  images = image_ops.decode((tmp_path / "a.jpg").read_bytes(), model_config.vision.image_size)
+  new, lengths = decoding.generate(model_config, P.merge(frozen, trainable), tokens,
+                                   np.ones_like(tokens, bool), images[None, None, None], GREEDY,
+                                   (model_config.eoc_token_id, tokenizer.eos_id))
+  assert text == tokenizer.decode(new[0, :int(lengths[0])])
+  with pytest.raises(ValueError, match="1 <image> token"):
+    generate_cli.generate_text(loaded_config, loaded, tokenizer, PROMPT, [], GREEDY)
+
+
+def test_image_keys_values_computed_once_per_request():
+  """Counts, while a request decodes MAX_NEW tokens, the runs of the vision tower and of the gated
+  blocks' visual key projections (once per request) and of the LM's key projections (every step)."""
+  config = _config()
+  params = _params(config)
+  tokens, mask, images = _prompts(config)
+  calls = collections.Counter()
+
+  def count(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    module, path = context.module, context.module.scope.path
+    if context.method_name != "__call__":
+      return out
+    if isinstance(module, VisionTransformer):
+      name = "vision"
+    elif isinstance(module, Dense) and path[0] == "lm" and path[-1] == "key":
+      name = "xattn_key" if "xattn" in path else "lm_key"
+    else:
+      return out
+    jax.debug.callback(lambda _: calls.update([name]), out[..., :1])
+    return out
+
+  decoding._generate.clear_cache()  # Trace again, under the interceptor (last test: no recompiles).
+  with nn.intercept_methods(count):
+    jax.block_until_ready(_greedy(config, params, tokens, mask, images))
+  jax.effects_barrier()
+  decoding._generate.clear_cache()
+  num_gated = sum(s.num_units for s in layer_plan(config.lm.num_layers, config.xattn) if s.has_xattn)
+  assert calls == {"vision": 1, "xattn_key": num_gated,
+                   "lm_key": config.lm.num_layers * (1 + MAX_NEW)}, calls

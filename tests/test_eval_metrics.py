@@ -1,0 +1,135 @@
+"""Metric parity: CIDEr-D vs pycocoevalcap, VQA accuracy vs the official evaluation's outputs,
+ROC-AUC and top-1 vs scikit-learn."""
+
+import numpy as np
+import pytest
+from pycocoevalcap.cider.cider import Cider
+from sklearn.metrics import roc_auc_score
+
+from flamingo_jax import eval_metrics
+
+# (prediction, the ten human answers, official accuracy in percent). The accuracies are the official
+# GT-Vision-Lab/VQA evaluation's (commit a013f00) evalQA values; tests/vqa_reference_values.py
+# recomputes them (its docstring has the commands).
+VQA_CASES = [
+    ('two', ('2', '2', '2', 'two', '2', '3', '2', '2', '2', '2'), 100.0),
+    ('Two', ('two', 'two', 'two', 'two', 'two', 'two', 'two', 'two', 'two', 'two'), 0.0),
+    ('2', ('two', 'two', 'two', 'two', 'two', 'two', 'two', 'two', 'two', 'two'), 0.0),
+    ('yes', ('yes', 'yes', 'no', 'yes', 'yes', 'no', 'yes', 'yes', 'yes', 'yes'), 100.0),
+    ('no', ('yes', 'yes', 'no', 'yes', 'yes', 'no', 'yes', 'yes', 'yes', 'yes'), 60.0),
+    ('the dog.',
+     ('dog', 'dogs', 'a dog', 'dog', 'puppy', 'dog', 'dog', 'the dog', 'dog', 'dog'),
+     100.0),
+    ('A red, bus!',
+     ('red bus', 'red bus', 'bus', 'red-bus', 'red bus', 'red bus', 'double decker', 'red bus',
+     'bus', 'red bus'),
+     100.0),
+    ('dont know',
+     ("don't know", 'dont know', 'unknown', 'dont know', "don't know", 'no idea', 'not sure',
+     'dont know', 'dont know', 'unanswerable'),
+     100.0),
+    ('1,000',
+     ('1000', '1,000', '1000', '1 000', '1000', 'thousand', '1000', '1000', '1,000', '1000'),
+     100.0),
+    ('3.5', ('3.5', '3.5', '3.50', '3', '4', '3.5', '3.5', 'three and half', '3.5', '3.5'), 100.0),
+    ('  tennis\tracket ',
+     ('tennis racket', 'tennis racquet', 'racket', 'tennis racket', 'tennis racket', 'racket',
+     'tennis racket', 'tennis racket', 'racquet', 'tennis racket'),
+     100.0),
+    ('hes running',
+     ("he's running", 'running', 'he is running', 'hes running', 'running', 'running', 'jogging',
+     'running', "he's running", 'running'),
+     90.0),
+    ('mr. smith',
+     ('mr smith', 'mr. smith', 'smith', 'mr smith', 'mr. smith', 'mr smith', 'mr smith', 'smith',
+     'mr. smith', 'mr smith'),
+     100.0),
+    ('left/right',
+     ('left', 'right', 'left right', 'left/right', 'left', 'left', 'right', 'left/right', 'both',
+     'left'),
+     90.0),
+    ('cat', ('dog', 'dog', 'dog', 'dog', 'dog', 'dog', 'dog', 'dog', 'dog', 'dog'), 0.0),
+    ('ten', ('10', '10', '10', 'ten', '10', '10', '11', '10', '10', '10'), 100.0),
+    ('bus',
+     ('red bus', 'red bus', 'bus', 'red-bus', 'red bus', 'red bus', 'double decker', 'red bus',
+     'bus', 'red bus'),
+     60.0),
+    ('racket',
+     ('tennis racket', 'tennis racquet', 'racket', 'tennis racket', 'tennis racket', 'racket',
+     'tennis racket', 'tennis racket', 'racquet', 'tennis racket'),
+     60.0),
+    ('running',
+     ("he's running", 'running', 'he is running', 'hes running', 'running', 'running', 'jogging',
+     'running', "he's running", 'running'),
+     100.0),
+    ('left right',
+     ('left', 'right', 'left right', 'left/right', 'left', 'left', 'right', 'left/right', 'both',
+     'left'),
+     90.0),
+    ('3', ('3.5', '3.5', '3.50', '3', '4', '3.5', '3.5', 'three and half', '3.5', '3.5'), 30.0),
+    ('unanswerable',
+     ("don't know", 'dont know', 'unknown', 'dont know', "don't know", 'no idea', 'not sure',
+     'dont know', 'dont know', 'unanswerable'),
+     30.0),
+    ('dogs', ('dog', 'dogs', 'a dog', 'dog', 'puppy', 'dog', 'dog', 'the dog', 'dog', 'dog'), 30.0),
+    ('red-bus',
+     ('red bus', 'red bus', 'bus', 'red-bus', 'red bus', 'red bus', 'double decker', 'red bus',
+     'bus', 'red bus'),
+     100.0),
+]
+
+
+def test_vqa_accuracy_equals_the_official_evaluation():
+  ours = [100 * eval_metrics.vqa_accuracy(p, answers) for p, answers, _ in VQA_CASES]
+  np.testing.assert_allclose(ours, [expected for _, _, expected in VQA_CASES], atol=1e-6)
+
+
+def test_vqa_normalisation():
+  assert eval_metrics.normalize_vqa_answer(" Two dogs!\n") == "2 dogs"
+  assert eval_metrics.normalize_vqa_answer("the cat's toy.") == "cat's toy"
+  assert eval_metrics.normalize_vqa_answer("1,000") == "1000"
+  assert eval_metrics.normalize_vqa_answer("dont") == "don't"
+  with pytest.raises(ValueError, match="no ground-truth"):
+    eval_metrics.vqa_accuracy("yes", [])
+
+
+def _random_captions(rng, words, count, length=(3, 12)):
+  return [" ".join(rng.choice(words, rng.integers(*length))) for _ in range(count)]
+
+
+def test_cider_d_equals_pycocoevalcap():
+  rng = np.random.default_rng(0)
+  words = np.array("a the dog cat man woman red blue sits on runs with ball table grass street "
+                   "two some near of in".split())
+  refs = {f"img{i}": _random_captions(rng, words, int(rng.integers(1, 6))) for i in range(40)}
+  cands = {i: _random_captions(rng, words, 1)[0] for i in refs}
+  cands["img0"] = refs["img0"][0]  # An exact match and an empty candidate are edge cases.
+  cands["img1"] = ""
+  expected, expected_each = Cider().compute_score(refs, {i: [c] for i, c in cands.items()})
+  ours, ours_each = eval_metrics.cider_d(refs, cands)
+  np.testing.assert_allclose(ours, expected, rtol=1e-12)
+  np.testing.assert_allclose([ours_each[i] for i in refs], expected_each, rtol=1e-12, atol=1e-15)
+  assert ours_each["img0"] > ours_each["img2"]
+
+
+def test_cider_d_rejects_mismatched_ids():
+  with pytest.raises(ValueError, match="same ids"):
+    eval_metrics.cider_d({"a": ["x"]}, {"b": "x"})
+
+
+def test_caption_tokenisation_matches_the_ptb_rules():
+  assert eval_metrics.tokenize_caption("A dog's ball, isn't it?") == "a dog 's ball is n't it"
+  assert eval_metrics.tokenize_caption("Two people -- on a BUS...") == "two people on a bus"
+
+
+def test_roc_auc_and_top1_equal_sklearn():
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 2, 200)
+  scores = np.round(rng.normal(labels * 0.7, 1.0), 1)  # Rounded: ties across the classes.
+  np.testing.assert_allclose(eval_metrics.roc_auc(labels, scores), roc_auc_score(labels, scores),
+                             rtol=1e-12)
+  logits = rng.normal(size=(50, 7))
+  targets = rng.integers(0, 7, 50)
+  assert eval_metrics.top1(logits, targets) == np.mean(logits.argmax(-1) == targets)
+  with pytest.raises(ValueError, match="both classes"):
+    eval_metrics.roc_auc([1, 1], [0.2, 0.3])
