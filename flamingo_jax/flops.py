@@ -112,3 +112,14 @@ def forward_flops(matmuls: list[MatMul]) -> int:
 def train_step_flops(matmuls: list[MatMul]) -> int:
   """Model FLOPs of forward + backward (trainable-tree gradients), matmuls only."""
   return sum(mm.flops * (1 + mm.backward) for mm in matmuls)
+
+
+def remat_recompute_flops(matmuls: list[MatMul], remat_policy: str) -> int:
+  """Forward FLOPs the backward pass recomputes under `remat_policy` (layers.py): "full" reruns the
+  forward of every product that has a backward; "dots_no_batch" the batched ones (attention scores
+  and values), whose outputs it does not save; "dots" and "none" recompute no matmul."""
+  if remat_policy == "full":
+    return sum(mm.flops for mm in matmuls if mm.backward)
+  if remat_policy == "dots_no_batch":
+    return sum(mm.flops for mm in matmuls if mm.backward and mm.batch > 1)
+  return 0

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import flax.linen as nn
 import jax
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -49,7 +50,12 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
   if math.prod(sizes) != len(devices):
     raise ValueError(f"Mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
                      f"{len(devices)} are available.")
-  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+  axis_types = (AxisType.Auto,) * 3
+  try:
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
+  except NotImplementedError:  # An axis is not a product of whole TPU torus axes (e.g. 2 of 4x4x8).
+    grid = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
+    return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def shardings(boxed_tree: Any, mesh: Mesh) -> Any:

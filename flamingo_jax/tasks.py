@@ -73,7 +73,12 @@ class Task:
 
   def step_flops(self, config: FlamingoConfig, batches, process_count: int) -> int:
     """Model FLOPs (matmuls) of one update over the global batches."""
-    total = 0
+    return flops.train_step_flops(self.step_matmuls(config, batches, process_count))
+
+  def step_matmuls(self, config: FlamingoConfig, batches, process_count: int) -> list[flops.MatMul]:
+    """The forward matmuls of one update over the global batches (every dataset), each tagged with
+    the backward products this task's trainable tree needs."""
+    out = []
     for batch in batches.values():
       b, t = batch["tokens"].shape
       n, f = batch["images"].shape[1:3]
@@ -87,8 +92,8 @@ class Task:
         matmuls = [dataclasses.replace(m, backward=2) for m in matmuls
                    if m.name.startswith("vision.") or (m.name.startswith("lm.")
                                                        and "head" not in m.name)]
-      total += flops.train_step_flops(matmuls)
-    return total
+      out += matmuls
+    return out
 
 
 def _loss_tokens(batch) -> jax.Array:

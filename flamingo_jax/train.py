@@ -118,6 +118,7 @@ class Setup:
   abstract_state: TrainState  # ShapeDtypeStructs carrying the shardings, for restore.
   batch_sharding: jax.sharding.NamedSharding
   optimizer: Any
+  abstract_frozen: Any = None  # ShapeDtypeStructs of the frozen tree (train.frozen_dtype, sharded).
 
 
 def build_setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
@@ -143,8 +144,26 @@ def build_setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
                  opt_state=jax.eval_shape(optimizer.init, abstract_trainable),
                  rng=jax.ShapeDtypeStruct((2,), jnp.uint32)),
       state_shardings)
-  return Setup(mesh, model_config, task, to_shardings(frozen_boxed), state_shardings, abstract_state,
-               jax.sharding.NamedSharding(mesh, jax.P(("data", "fsdp"))), optimizer)
+  frozen_shardings = to_shardings(frozen_boxed)
+  frozen_dtype = jnp.dtype(config.train.frozen_dtype)
+  abstract_frozen = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, frozen_dtype, sharding=s),
+      nn.meta.unbox(frozen_boxed), frozen_shardings)
+  return Setup(mesh, model_config, task, frozen_shardings, state_shardings, abstract_state,
+               jax.sharding.NamedSharding(mesh, jax.P(("data", "fsdp"))), optimizer,
+               abstract_frozen)
+
+
+def jit_train_step(config: ml_collections.ConfigDict, setup: Setup,
+                   loss_weights: dict[str, float]):
+  """The trainer's update, jitted on the setup's shardings (state donated): called by the loop, and
+  lowered for a target topology by `flamingo_jax.aot`."""
+  return jax.jit(
+      make_train_step(setup.task, setup.optimizer, learning_rate_schedule(config.optimizer),
+                      loss_weights, micro_batches=config.train.micro_batches),
+      in_shardings=(setup.state_shardings, setup.frozen_shardings, setup.batch_sharding),
+      out_shardings=(setup.state_shardings, jax.sharding.NamedSharding(setup.mesh, jax.P())),
+      donate_argnums=(0,))
 
 
 def initial_params(config: ml_collections.ConfigDict, setup: Setup,
@@ -258,13 +277,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Trai
       mixture.set_state(data_state)
       print(f"Resumed from step {latest} in {workdir}", flush=True)
 
-    train_step = jax.jit(
-        make_train_step(setup.task, setup.optimizer, learning_rate_schedule(config.optimizer),
-                        mixture.loss_weights,
-                        micro_batches=config.train.micro_batches),
-        in_shardings=(setup.state_shardings, setup.frozen_shardings, setup.batch_sharding),
-        out_shardings=(setup.state_shardings, jax.sharding.NamedSharding(setup.mesh, jax.P())),
-        donate_argnums=(0,))
+    train_step = jit_train_step(config, setup, mixture.loss_weights)
 
     peak, peak_source = peak_flops_per_device()
     flops_by_datasets = {}  # FLOPs of one update per set of datasets (fixed shapes: computed once).

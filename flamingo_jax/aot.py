@@ -1,0 +1,297 @@
+"""Ahead-of-time fit check: compile the real train step for a TPU slice on a CPU-only machine.
+
+`libtpu` gives JAX compile-only devices for a TPU topology (`jax.experimental.topologies`); the
+trainer's own setup (mesh, shardings, abstract state: `train.build_setup`) and jitted update
+(`train.jit_train_step`) are lowered on them with abstract inputs (ShapeDtypeStructs: nothing is
+allocated) and compiled by the TPU compiler. The compiled program says how much HBM a chip needs and
+how many FLOPs / bytes it runs; `fit_report` turns that into the per-chip table the CLI prints
+(`launch/aot_check.py`).
+
+Slice names (`parse_topology`): Cloud TPU names `v4-N`, `v5p-N` (N TensorCores, 2 per chip),
+`v5litepod-N` / `v5e-N`, `v6e-N` (N chips), or explicit shapes `v4:2x2x4`, `v5p:4x4x8`, `v5e:4x8`,
+`v6e:2x2`. GPUs: JAX cannot compile for a GPU without a CUDA device and its PJRT plugin, so there is
+no GPU target (`GPU_UNSUPPORTED`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from flamingo_jax import flops, sharding, train
+from flamingo_jax.metrics import PEAK_FLOPS
+
+GIB = 2 ** 30
+LIBTPU_MISSING = ("Compiling for a TPU topology on this machine needs libtpu: "
+                  "pip install 'libtpu==0.0.42.1' (or pip install -e '.[tpu]'), the version "
+                  "matching jax {jax}.")
+GPU_UNSUPPORTED = ("JAX cannot compile ahead of time for a GPU on a machine without one: GPU "
+                   "compilation needs a CUDA device and the jax-cuda PJRT plugin (there are no "
+                   "compile-only GPU devices, unlike libtpu's TPU topologies). On a GPU host, the "
+                   "trainer's own compile reports running out of memory before the first step.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """One TPU generation: data-sheet figures per chip, and how Cloud TPU names its slices."""
+
+  generation: str  # Topology name prefix libtpu expects: v4, v5e, v5p, v6e.
+  hbm_gib: float  # HBM per chip.
+  hbm_bytes_per_s: float  # HBM bandwidth per chip.
+  peak_flops: float  # Dense bf16 FLOP/s per chip.
+  dims: int  # 3: 3-D torus (shape AxBxC); 2: 2-D (AxB).
+  cores_per_name_unit: int  # The N of `<name>-N` counts TensorCores (2 per chip) or chips (1).
+  megacore: bool  # Two TensorCores driven as one JAX device.
+
+
+CHIPS = {
+    "v4": Chip("v4", 32, 1200e9, PEAK_FLOPS["TPU v4"], 3, 2, True),
+    "v5e": Chip("v5e", 16, 819e9, PEAK_FLOPS["TPU v5e"], 2, 1, False),
+    "v5p": Chip("v5p", 95, 2765e9, PEAK_FLOPS["TPU v5p"], 3, 2, True),
+    "v6e": Chip("v6e", 32, 1640e9, PEAK_FLOPS["TPU v6e"], 2, 1, False),
+}
+GENERATION_ALIASES = {"v4": "v4", "v5e": "v5e", "v5litepod": "v5e", "v5lite": "v5e", "v5p": "v5p",
+                      "v6e": "v6e"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  chip: Chip
+  shape: tuple[int, ...]  # Chips along each torus axis.
+
+  @property
+  def chips(self) -> int:
+    return math.prod(self.shape)
+
+  @property
+  def name(self) -> str:
+    """libtpu's topology name, e.g. v5p:4x4x8."""
+    return f"{self.chip.generation}:{'x'.join(map(str, self.shape))}"
+
+
+def slice_shape(chips: int, dims: int) -> tuple[int, ...]:
+  """Cloud TPU's default shape for a slice of `chips` (a power of two): start from one chip (2-D) or
+  2x2x1 (3-D) and double the smallest axis, the last of equals first: 4 -> 2x2x1, 16 -> 2x2x4,
+  256 -> 4x8x8 (3-D); 8 -> 2x4, 32 -> 4x8 (2-D)."""
+  shape = [1, 1] if dims == 2 else [2, 2, 1]
+  while math.prod(shape) < chips:
+    smallest = min(shape)
+    shape[max(i for i, s in enumerate(shape) if s == smallest)] *= 2
+  if math.prod(shape) != chips:
+    raise ValueError(f"No {dims}-D slice has {chips} chips: use a power of two"
+                     f"{' of at least 4' if dims == 3 else ''}.")
+  return tuple(shape)
+
+
+def parse_topology(name: str) -> Topology:
+  """`v5p-256` (Cloud name) or `v5p:4x4x8` (explicit shape) -> Topology; errors name the form."""
+  match = re.fullmatch(r"(v4|v5e|v5litepod|v5lite|v5p|v6e)([-:])([0-9x]+)", name.strip().lower())
+  if not match:
+    raise ValueError(f"--topology={name!r}: use a Cloud TPU name (v4-8, v5litepod-16, v5p-256, "
+                     "v6e-64) or an explicit shape (v4:2x2x2, v5e:4x4, v5p:4x4x8, v6e:8x8).")
+  chip = CHIPS[GENERATION_ALIASES[match.group(1)]]
+  if match.group(2) == "-":
+    count = int(match.group(3)) if match.group(3).isdigit() else 0
+    if count <= 0 or count % chip.cores_per_name_unit:
+      unit = "TensorCores (2 per chip)" if chip.cores_per_name_unit == 2 else "chips"
+      raise ValueError(f"--topology={name!r}: the number after '-' counts {unit}.")
+    try:
+      return Topology(chip, slice_shape(count // chip.cores_per_name_unit, chip.dims))
+    except ValueError as e:
+      raise ValueError(f"--topology={name!r}: {e}") from None
+  shape = tuple(int(s) for s in match.group(3).split("x") if s)
+  if len(shape) != chip.dims or min(shape) <= 0:
+    example = "4x4x8" if chip.dims == 3 else "4x8"
+    raise ValueError(f"--topology={name!r}: {chip.generation} slices have {chip.dims} axes, "
+                     f"e.g. {chip.generation}:{example}.")
+  return Topology(chip, shape)
+
+
+def topology_devices(topology: Topology) -> list[jax.Device]:
+  """Compile-only devices of the slice (one per chip); needs libtpu."""
+  try:
+    import libtpu  # noqa: F401
+  except ImportError as e:
+    raise RuntimeError(LIBTPU_MISSING.format(jax=jax.__version__)) from e
+  # Outside a TPU VM libtpu would warn about the missing VM metadata; these values silence it.
+  # Compile-only devices touch no TPU, so several processes (tests, checks) may load libtpu at once.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{topology.chip.generation}-8")
+  from jax.experimental import topologies
+  kwargs = {}
+  if topology.chip.megacore:
+    kwargs["chip_config_name"] = "megacore"
+  host = (2, 2, 1)  # libtpu's default chips per host; smaller slices need their own bounds.
+  shape3 = (*topology.shape, 1)[:3]
+  if any(s < h for s, h in zip(shape3, host)):
+    kwargs["chips_per_host_bounds"] = tuple(min(s, h) for s, h in zip(shape3, host))
+  return list(topologies.get_topology_desc(topology_name=topology.name, platform="tpu",
+                                           **kwargs).devices)
+
+
+def abstract_batches(config: ml_collections.ConfigDict, model_config,
+                     batch_sharding: jax.sharding.Sharding) -> dict[str, dict[str, Any]]:
+  """{dataset: {key: ShapeDtypeStruct}}: one global batch of every dataset in `config.data` (the
+  mixture's keys, shapes and dtypes: tokens / labels / phi [B, T] int32, loss_mask [B, T] float32,
+  images [B, N, F, H, W, 3] uint8, image_mask [B, N] bool), on `batch_sharding`."""
+  size = model_config.vision.image_size
+  mesh = batch_sharding.mesh
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  out = {}
+  for name, spec in config.data.datasets.items():
+    b, t, n, f = spec.batch_size, spec.seq_len, spec.max_images, spec.num_frames
+    if b % shards:
+      raise ValueError(f"data.datasets.{name}.batch_size={b} cannot be split over mesh.data x "
+                       f"mesh.fsdp = {shards} devices: change the batch size or the mesh.")
+    shapes = {"tokens": ((b, t), jnp.int32), "labels": ((b, t), jnp.int32),
+              "loss_mask": ((b, t), jnp.float32), "images": ((b, n, f, size, size, 3), jnp.uint8),
+              "image_mask": ((b, n), jnp.bool_), "phi": ((b, t), jnp.int32)}
+    out[name] = {k: jax.ShapeDtypeStruct(s, d, sharding=batch_sharding)
+                 for k, (s, d) in shapes.items()}
+  return out
+
+
+def bytes_per_device(tree: Any) -> int:
+  """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard per leaf)."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(tree))
+
+
+_SIZE = r"([0-9.]+)([KMGTP]?)"
+# The TPU compiler's out-of-HBM errors: the whole program, or its temporaries alone.
+_OOM_TOTAL = re.compile(rf"Used {_SIZE} of {_SIZE} hbm")
+_OOM_TEMPORARIES = re.compile(rf"HLO temporaries \({_SIZE}\) exceeds available HBM \({_SIZE}\)")
+
+
+def _parse_oom(message: str) -> tuple[str, float, float] | None:
+  """("total" | "temporaries", bytes needed, bytes the compiler had) from the TPU compiler's
+  out-of-HBM error, or None for any other error. Sizes are binary (1.5G = 1.5 GiB)."""
+  scale = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40, "P": 2 ** 50}
+  for kind, pattern in (("total", _OOM_TOTAL), ("temporaries", _OOM_TEMPORARIES)):
+    match = pattern.search(message)
+    if match:
+      needed, unit, available, available_unit = match.groups()
+      return kind, float(needed) * scale[unit], float(available) * scale[available_unit]
+  return None
+
+
+def fit_report(config: ml_collections.ConfigDict, topology: Topology) -> dict[str, Any]:
+  """Compiles the train step of `config` for `topology` and returns the per-chip report: memory in
+  GiB (frozen / trainable parameters, optimiser state, batch, temporaries, total vs HBM), fits,
+  overflow, model FLOPs per step, estimated step time (and how it was estimated), MFU, compile s."""
+  devices = topology_devices(topology)
+  setup = train.build_setup(config, devices=devices)
+  batches = abstract_batches(config, setup.model_config, setup.batch_sharding)
+  loss_weights = {name: spec.loss_weight for name, spec in config.data.datasets.items()}
+  chip = topology.chip
+  report: dict[str, Any] = {
+      "preset": config.get("preset", ""), "topology": topology.name, "chips": topology.chips,
+      "device_kind": devices[0].device_kind,
+      "mesh": dict(zip(setup.mesh.axis_names, map(int, setup.mesh.devices.shape))),
+      "remat_policy": setup.model_config.execution.remat_policy,
+      "micro_batches": config.train.micro_batches,
+      "frozen_params_gib": bytes_per_device(setup.abstract_frozen) / GIB,
+      "trainable_params_gib": bytes_per_device(setup.abstract_state.trainable) / GIB,
+      "optimizer_state_gib": bytes_per_device(setup.abstract_state.opt_state) / GIB,
+      "batch_gib": bytes_per_device(batches) / GIB,
+      "hbm_gib": float(chip.hbm_gib),
+  }
+  matmuls = setup.task.step_matmuls(setup.model_config, batches, process_count=1)
+  model_flops = flops.train_step_flops(matmuls)
+  executed_flops = model_flops + flops.remat_recompute_flops(
+      matmuls, setup.model_config.execution.remat_policy)
+  report["model_flops_per_step"] = float(model_flops)
+  report["executed_flops_per_chip"] = executed_flops / topology.chips
+
+  start, start_cpu = time.perf_counter(), time.process_time()
+  with sharding.active(setup.mesh):
+    lowered = train.jit_train_step(config, setup, loss_weights).lower(
+        setup.abstract_state, setup.abstract_frozen, batches)
+    try:
+      compiled = lowered.compile()
+    except Exception as e:  # noqa: BLE001 - the TPU compiler reports running out of HBM this way.
+      oom = _parse_oom(str(e))
+      if oom is None:
+        raise
+      kind, needed, available = oom
+      resident = sum(report[k] for k in ("frozen_params_gib", "trainable_params_gib",
+                                         "optimizer_state_gib", "batch_gib"))
+      temporaries = None if kind == "total" else needed / GIB
+      total = needed / GIB if kind == "total" else temporaries + resident
+      report.update(compile_s=time.perf_counter() - start,
+                    compile_cpu_s=time.process_time() - start_cpu, temporaries_gib=temporaries,
+                    total_gib=total, fits=False, overflow_gib=total - chip.hbm_gib,
+                    compiler_hbm_gib=available / GIB, step_time_s=None, step_time_source=None,
+                    mfu=None, compiler_error=str(e).splitlines()[0][:300])
+      return report
+  # Wall time, and CPU time of all this process's threads (what a busy machine does not inflate).
+  report.update(compile_s=time.perf_counter() - start, compile_cpu_s=time.process_time() - start_cpu)
+
+  memory = compiled.memory_analysis()
+  total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+           - memory.alias_size_in_bytes + memory.temp_size_in_bytes
+           + memory.generated_code_size_in_bytes)
+  report.update(temporaries_gib=memory.temp_size_in_bytes / GIB, total_gib=total / GIB,
+                fits=total <= chip.hbm_gib * GIB,
+                overflow_gib=max(0.0, total / GIB - chip.hbm_gib))
+  report.update(step_time(compiled, chip, executed_flops / topology.chips))
+  report["mfu"] = model_flops / (report["step_time_s"] * chip.peak_flops * topology.chips)
+  return report
+
+
+def step_time(compiled, chip: Chip, executed_flops_per_chip: float) -> dict[str, Any]:
+  """The step time the compiler estimates (cost_analysis "optimal_seconds"; else a roofline of its
+  FLOPs and bytes over the chip's peak and HBM bandwidth).
+
+  XLA's cost analysis counts the body of a loop once, whatever its trip count, and the layers run
+  under `nn.scan`: when the compiler counts fewer FLOPs than the step executes
+  (`executed_flops_per_chip`: the analytic matmuls of flops.py plus the remat recomputation), its
+  estimate is scaled by their ratio, i.e. the loop bodies are assumed to have the program's mix of
+  compute and memory time. The report says which estimate it used."""
+  cost = compiled.cost_analysis() or {}
+  if isinstance(cost, list):  # Older JAX: one dict per program.
+    cost = cost[0]
+  flops_, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+  out = {"compiler_flops_per_chip": flops_, "compiler_bytes_per_chip": accessed}
+  if cost.get("optimal_seconds", 0) > 0:
+    seconds, source = float(cost["optimal_seconds"]), "compiler (cost_analysis optimal_seconds)"
+  else:
+    seconds = max(flops_ / chip.peak_flops, accessed / chip.hbm_bytes_per_s)
+    source = "roofline of the compiler's flops and bytes (peak, HBM bandwidth)"
+  if 0 < flops_ < executed_flops_per_chip:
+    scale = executed_flops_per_chip / flops_
+    seconds *= scale
+    source += f" x {scale:.1f} (executed / compiler FLOPs: loop bodies counted once)"
+  return {**out, "step_time_s": seconds, "step_time_source": source}
+
+
+def format_report(report: dict[str, Any]) -> str:
+  """The report as aligned lines for the console."""
+  gib = lambda key: "n/a" if report.get(key) is None else f"{report[key]:.2f} GiB"  # noqa: E731
+  lines = [
+      f"{report['preset']} on {report['topology']} ({report['chips']} x {report['device_kind']}), "
+      f"mesh {report['mesh']}, remat {report['remat_policy']}, "
+      f"micro_batches {report['micro_batches']}",
+      f"  per chip: frozen params {gib('frozen_params_gib')}, trainable params "
+      f"{gib('trainable_params_gib')}, optimiser state {gib('optimizer_state_gib')}, batch "
+      f"{gib('batch_gib')}, temporaries {gib('temporaries_gib')}",
+      f"  total {gib('total_gib')} of {report['hbm_gib']:.0f} GiB HBM: "
+      + ("fits" if report["fits"] else f"DOES NOT FIT (over by {report['overflow_gib']:.2f} GiB)"),
+      f"  model FLOPs per step {report['model_flops_per_step']:.3e}",
+  ]
+  if report.get("step_time_s"):
+    lines.append(f"  estimated step time {report['step_time_s'] * 1e3:.1f} ms "
+                 f"({report['step_time_source']}), MFU {report['mfu']:.1%}")
+  if report.get("compiler_error"):
+    lines.append(f"  compiler: {report['compiler_error']}")
+  lines.append(f"  compile time {report['compile_s']:.1f} s ({report['compile_cpu_s']:.1f} s of CPU)")
+  return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Launchers: AOT fit checks, TPU pod / SLURM / single-host runs (launch/README.md)."""
