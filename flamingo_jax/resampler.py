@@ -49,22 +49,23 @@ class ResamplerBlock(nn.Module):
     return constrain(latents, ("batch", "length", "act_embed")), None
 
 
-def _time_embedded(config: ResamplerConfig, ex: ExecutionConfig, module: nn.Module,
-                   features: jax.Array) -> jax.Array:
-  """features [B, T_img, F, S, D_vis] -> [B, T_img, F, S, D] in the latent width (projected when D_vis
-  differs) plus the learned time embedding of each frame (none with `config.time_embeddings` off).
-  Called inside `module`'s compact `__call__`, so `input_proj` and `time_embed` are its parameters."""
-  f = features.shape[2]
+def _media_tokens(config: ResamplerConfig, ex: ExecutionConfig, module: nn.Module,
+                  features: jax.Array) -> jax.Array:
+  """features [B, T_img, F, S, D_vis] -> media tokens [B * T_img, F * S, D]: projected to the latent
+  width when D_vis differs, plus the learned time embedding of each frame (none with
+  `config.time_embeddings` off). Called inside `module`'s compact `__call__`, so `input_proj` and
+  `time_embed` are its parameters."""
+  b, n, f, s, _ = features.shape
   check_frames(config, f)
   x = features.astype(jnp.dtype(ex.dtype))
   if x.shape[-1] != config.width:
     x = dense(config.width, ("vision_embed", "embed"), ex, name="input_proj")(x)
-  if not config.time_embeddings:
-    return x
-  table = module.param("time_embed", nn.with_logical_partitioning(
-      nn.initializers.normal(0.02), ("frames", "embed")), (config.num_time_embeddings, config.width),
-                       jnp.dtype(ex.param_dtype))
-  return x + time_embeddings(table, f).astype(x.dtype)[:, None, :]
+  if config.time_embeddings:
+    table = module.param("time_embed", nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), ("frames", "embed")),
+                         (config.num_time_embeddings, config.width), jnp.dtype(ex.param_dtype))
+    x = x + time_embeddings(table, f).astype(x.dtype)[:, None, :]
+  return constrain(x.reshape(b * n, f * s, config.width), ("batch", "length", "act_embed"))
 
 
 class PerceiverResampler(nn.Module):
@@ -75,9 +76,8 @@ class PerceiverResampler(nn.Module):
   def __call__(self, features: jax.Array) -> jax.Array:
     """features [B, T_img, F, S, D_vis] -> visual tokens [B, T_img, R, D]."""
     c, ex = self.config, self.execution
-    b, n, f, s, _ = features.shape
-    x = _time_embedded(c, ex, self, features)
-    media = constrain(x.reshape(b * n, f * s, c.width), ("batch", "length", "act_embed"))
+    b, n = features.shape[:2]
+    media = _media_tokens(c, ex, self, features)
     latents = self.param("latents", nn.with_logical_partitioning(
         nn.initializers.normal(0.02), ("latents", "embed")), (c.num_latents, c.width),
                          jnp.dtype(ex.param_dtype))
@@ -99,10 +99,9 @@ class MlpProjection(nn.Module):
   @nn.compact
   def __call__(self, features: jax.Array) -> jax.Array:
     c, ex = self.config, self.execution
-    b, n, f, s, _ = features.shape
-    x = constrain(_time_embedded(c, ex, self, features).reshape(b * n, f * s, c.width),
-                  ("batch", "length", "act_embed"))
+    b, n = features.shape[:2]
+    x = _media_tokens(c, ex, self, features)
     h = layer_norm(ex, name="ffw_norm")(x).astype(x.dtype)
     x = x + Mlp(c.ffw_mult * c.width, c.ffw_activation, ex, name="ffw")(h)
     x = layer_norm(ex, name="final_norm")(x).astype(x.dtype)
-    return x.reshape(b, n, f * s, c.width)
+    return x.reshape(b, n, x.shape[1], c.width)
