@@ -18,13 +18,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shlex
 from typing import Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from flamingo_jax import sweeps
+from launch.commands import TRAIN_MODULE, shell
 
 
 def load_sweep(spec: str) -> list[dict]:
@@ -44,9 +44,9 @@ def commands(runs: Sequence[sweeps.Run], config_arg: str, base_overrides: dict) 
   the run's workdir, then the run's overrides."""
   out = []
   for run in runs:
-    argv = ["python", "-m", "flamingo_jax.train", f"--config={config_arg}", f"--workdir={run.workdir}"]
+    argv = ["python", "-m", TRAIN_MODULE, f"--config={config_arg}", f"--workdir={run.workdir}"]
     argv += [sweeps.command_flag(k, v) for k, v in {**base_overrides, **run.overrides}.items()]
-    out.append(shlex.join(argv))
+    out.append(shell(argv))
   return out
 
 
