@@ -134,14 +134,14 @@ def build_setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
   frozen_boxed, trainable_boxed = P.split(boxed, task.trainable_if)
   to_shardings = lambda boxed: sharding.shardings(boxed, mesh)  # noqa: E731
   replicated = jax.sharding.NamedSharding(mesh, jax.P())
+  opt_state_boxed = jax.eval_shape(optimizer.init, trainable_boxed)  # Boxes carry the partitioning.
   state_shardings = TrainState(
       step=replicated, trainable=to_shardings(trainable_boxed),
-      opt_state=to_shardings(jax.eval_shape(optimizer.init, trainable_boxed)), rng=replicated)
-  abstract_trainable = nn.meta.unbox(trainable_boxed)
+      opt_state=to_shardings(opt_state_boxed), rng=replicated)
   abstract_state = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), trainable=abstract_trainable,
-                 opt_state=jax.eval_shape(optimizer.init, abstract_trainable),
+      TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), trainable=nn.meta.unbox(trainable_boxed),
+                 opt_state=nn.meta.unbox(opt_state_boxed),
                  rng=jax.ShapeDtypeStruct((2,), jnp.uint32)),
       state_shardings)
   frozen_shardings = to_shardings(frozen_boxed)
