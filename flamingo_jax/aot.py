@@ -140,15 +140,17 @@ def topology_devices(topology: Topology) -> list[jax.Device]:
 
 def abstract_batches(config: ml_collections.ConfigDict, model_config,
                      batch_sharding: jax.sharding.Sharding) -> dict[str, dict[str, Any]]:
-  """{dataset: {key: ShapeDtypeStruct}}: one global batch of every dataset in `config.data` (the
-  mixture's keys, shapes and dtypes: tokens / labels / phi [B, T] int32, loss_mask [B, T] float32,
+  """{dataset: {key: ShapeDtypeStruct}}: one global batch of every dataset the trainer reads
+  (`train.selected_datasets`: `data.exclude` honoured; with `data.accumulation=round_robin` the step
+  of all datasets together is compiled, an upper bound of each single-dataset step) in the
+  mixture's keys, shapes and dtypes (tokens / labels / phi [B, T] int32, loss_mask [B, T] float32,
   images [B, N, F, H, W, 3] uint8, image_mask [B, N] bool), on `batch_sharding`."""
   size = model_config.vision.image_size
   mesh = batch_sharding.mesh
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   out = {}
-  for name, spec in config.data.datasets.items():
-    b, t, n, f = spec.batch_size, spec.seq_len, spec.max_images, spec.num_frames
+  for name, spec in train.selected_datasets(config.data).items():
+    b, t, n, f = spec["batch_size"], spec["seq_len"], spec["max_images"], spec["num_frames"]
     if b % shards:
       raise ValueError(f"data.datasets.{name}.batch_size={b} cannot be split over mesh.data x "
                        f"mesh.fsdp = {shards} devices: change the batch size or the mesh.")
@@ -191,7 +193,8 @@ def fit_report(config: ml_collections.ConfigDict, topology: Topology) -> dict[st
   devices = topology_devices(topology)
   setup = train.build_setup(config, devices=devices)
   batches = abstract_batches(config, setup.model_config, setup.batch_sharding)
-  loss_weights = {name: spec.loss_weight for name, spec in config.data.datasets.items()}
+  loss_weights = {name: spec["loss_weight"]
+                  for name, spec in train.selected_datasets(config.data).items()}
   chip = topology.chip
   report: dict[str, Any] = {
       "preset": config.get("preset", ""), "topology": topology.name, "chips": topology.chips,

@@ -100,3 +100,13 @@ def test_a_batch_the_mesh_cannot_split_is_rejected_naming_the_fields():
   setup = train.build_setup(config)  # 8 CPU devices: data=8.
   with pytest.raises(ValueError, match=r"data.datasets.video.batch_size=6 .* mesh.data x mesh.fsdp"):
     aot.abstract_batches(config, setup.model_config, setup.batch_sharding)
+
+
+def test_the_fit_check_compiles_only_the_datasets_the_trainer_reads():
+  from flamingo_jax import train
+  config = _tiny(**{"data.exclude": "video"})
+  setup = train.build_setup(config)
+  batches = aot.abstract_batches(config, setup.model_config, setup.batch_sharding)
+  assert set(batches) == set(config.data.datasets) - {"video"}
+  assert batches["pairs"]["tokens"].shape == (config.data.datasets.pairs.batch_size,
+                                              config.data.datasets.pairs.seq_len)
