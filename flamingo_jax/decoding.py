@@ -161,6 +161,15 @@ def _filter_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
   return logits
 
 
+def _record(token, i, done, lengths, stop_token, phi, stop_tokens, image_id):
+  """Books the tokens picked at step i into each row's state -> (done, lengths, stop_token, phi): a
+  row's first stop token sets its length (i) and stop token; an `<image>` token moves phi on."""
+  is_stop = jnp.isin(token, stop_tokens)
+  newly = is_stop & ~done
+  return (done | is_stop, jnp.where(newly, i, lengths), jnp.where(newly, token, stop_token),
+          phi + (token == image_id))
+
+
 def _fill_after_stop(new_tokens, lengths, stop_token):
   """Positions from lengths[b] on hold the stop token that ended row b (rows that never stopped have
   lengths = max_new_tokens and are unchanged)."""
@@ -183,13 +192,9 @@ def _generate_rows(model, params, visual, tokens, prompt_mask, sampling: Samplin
       token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
       token = jax.random.categorical(key, _filter_logits(logits, sampling)).astype(jnp.int32)
-    is_stop = jnp.isin(token, stop_tokens)
-    newly = is_stop & ~done
-    lengths = jnp.where(newly, i, lengths)
-    stop_token = jnp.where(newly, token, stop_token)
+    done, lengths, stop_token, phi = _record(token, i, done, lengths, stop_token, phi, stop_tokens,
+                                             image_id)
     out = out.at[:, i].set(token)
-    done = done | is_stop
-    phi = phi + (token == image_id)
     step_logits, cache = _step(model, params, cache, context_cache, visual, token[:, None],
                                position[:, None], phi[:, None], t + i, key_mask)
     return (i + 1, cache, step_logits[:, 0], out, done, lengths, stop_token, position + 1, phi, rng)
@@ -235,13 +240,9 @@ def _beam_search(model, params, visual, tokens, prompt_mask, sampling: SamplingC
     seqs = jnp.take_along_axis(seqs, parent[..., None], axis=1)
     done, lengths, stop_token = by_parent(done), by_parent(lengths), by_parent(stop_token)
     position, phi = by_parent(position), by_parent(phi)
-    is_stop = jnp.isin(token, stop_tokens)
-    newly = is_stop & ~done
-    lengths = jnp.where(newly, i, lengths)
-    stop_token = jnp.where(newly, token, stop_token)
+    done, lengths, stop_token, phi = _record(token, i, done, lengths, stop_token, phi, stop_tokens,
+                                             image_id)
     seqs = seqs.at[:, :, i].set(token)
-    done = done | is_stop
-    phi = phi + (token == image_id)
     rows = (jnp.arange(b)[:, None] * w + parent).reshape(-1)
     cache = jax.tree.map(lambda x: jnp.take(x, rows, axis=batch_axis), cache)
     step_logits, cache = _step(model, params, cache, context_cache, visual, token.reshape(-1, 1),
