@@ -86,13 +86,13 @@ def order_permutations(num_shots: int, count: int, seed: int) -> list[tuple[int,
 
 def build_prompt(tokenizer: Tokenizer, template: str, query: EvalExample,
                  shots: Sequence[tuple[EvalExample, str]], image_size: int,
-                 text_only: bool = False, query_suffix: str = "",
+                 text_only: bool = False,
                  load: Callable[[EvalExample, int], np.ndarray] = load_image) -> Prompt:
   """Token ids and images of one prompt: BOS, the shots (example, answer) in the given order (text
-  only, without their images, when `text_only`), then the query (+ `query_suffix`). `load(example,
-  image_size)` decodes an image (`eval_data.load_image`; a memoised one when prompts share images)."""
+  only, without their images, when `text_only`), then the query. `load(example, image_size)`
+  decodes an image (`eval_data.load_image`; a memoised one when prompts share images)."""
   text = "".join(render_shot(template, ex, answer, with_image=not text_only) for ex, answer in shots)
-  text += render_query(template, query) + query_suffix
+  text += render_query(template, query)
   images = ([] if text_only else [load(ex, image_size) for ex, _ in shots])
   images.append(load(query, image_size))
   ids = (tokenizer.bos_id, *tokenizer.encode_prompt(text))
