@@ -38,7 +38,7 @@ from flamingo_jax import eval_metrics
 from flamingo_jax import fewshot
 from flamingo_jax import rices
 from flamingo_jax.config import FlamingoConfig
-from flamingo_jax.eval_data import EvalExample, load_task_split
+from flamingo_jax.eval_data import EvalExample, load_image, load_task_split
 from flamingo_jax.generate import load_trained
 
 KINDS = ("captioning", "vqa", "classification", "mapping")
@@ -133,11 +133,11 @@ class TaskRunner:
       return self.shown_names[renaming[example.label]]
     return shot_answer(example)
 
-  def _prompt(self, q: int, shot_indices, text_only: bool) -> fewshot.Prompt:
+  def _prompt(self, q: int, shot_indices, text_only: bool, load=load_image) -> fewshot.Prompt:
     renaming = self._renaming(q)
     shots = [(self.support[i], self._answer(self.support[i], renaming)) for i in shot_indices]
     return fewshot.build_prompt(self.tokenizer, self.task.prompt, self.queries[q], shots,
-                                self.model_config.vision.image_size, text_only)
+                                self.model_config.vision.image_size, text_only, load=load)
 
   def _batches(self, prompts):
     """Fixed-size batches (the last one padded by repeating its last prompt; one compilation)."""
@@ -183,8 +183,15 @@ class TaskRunner:
     orders = fewshot.order_permutations(shot_indices.shape[1], num_orders, self.settings.seed)
     candidates = [self._candidates(self._renaming(q)) for q in range(len(self.queries))]
     total = np.zeros((len(self.queries), len(self.class_names)))
+    decoded: dict[int, np.ndarray] = {}  # id(example) -> image: every order shows the same images.
+
+    def load(example, size):
+      if id(example) not in decoded:
+        decoded[id(example)] = load_image(example, size)
+      return decoded[id(example)]
+
     for order in orders:
-      prompts = [self._prompt(q, shot_indices[q][list(order)], text_only)
+      prompts = [self._prompt(q, shot_indices[q][list(order)], text_only, load)
                  for q in range(len(self.queries))]
       row = 0
       for real, (tokens, mask, images) in self._batches(prompts):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -86,13 +86,15 @@ def order_permutations(num_shots: int, count: int, seed: int) -> list[tuple[int,
 
 def build_prompt(tokenizer: Tokenizer, template: str, query: EvalExample,
                  shots: Sequence[tuple[EvalExample, str]], image_size: int,
-                 text_only: bool = False, query_suffix: str = "") -> Prompt:
+                 text_only: bool = False,
+                 load: Callable[[EvalExample, int], np.ndarray] = load_image) -> Prompt:
   """Token ids and images of one prompt: BOS, the shots (example, answer) in the given order (text
-  only, without their images, when `text_only`), then the query (+ `query_suffix`)."""
+  only, without their images, when `text_only`), then the query. `load(example, image_size)`
+  decodes an image (`eval_data.load_image`; a memoised one when prompts share images)."""
   text = "".join(render_shot(template, ex, answer, with_image=not text_only) for ex, answer in shots)
-  text += render_query(template, query) + query_suffix
-  images = ([] if text_only else [load_image(ex, image_size) for ex, _ in shots])
-  images.append(load_image(query, image_size))
+  text += render_query(template, query)
+  images = ([] if text_only else [load(ex, image_size) for ex, _ in shots])
+  images.append(load(query, image_size))
   ids = (tokenizer.bos_id, *tokenizer.encode_prompt(text))
   if ids.count(tokenizer.image_id) != len(images):
     raise ValueError(f"The prompt holds {ids.count(tokenizer.image_id)} <image> tokens for "

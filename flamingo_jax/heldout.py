@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -49,12 +50,19 @@ def heldout_losses(config: ml_collections.ConfigDict, workdir: str,
   params = P.merge(jax.device_get(frozen), jax.device_get(state.trainable))
   apply = _forward(setup.task.model)
   mixture = trainer.build_mixture(config, setup.model_config, split="eval")
-  totals: dict[str, list[float]] = {}
+
+  def loss(batch):
+    logits = apply({"params": params}, batch["tokens"], batch["images"], batch["phi"])
+    return float(next_token_loss(logits, batch["labels"], batch["loss_mask"]))
+
+  return {name: float(value) for name, value in mean_losses(mixture, num_batches, loss).items()}
+
+
+def mean_losses(mixture, num_batches: int, losses: Callable[[dict], Any]) -> dict[str, np.ndarray]:
+  """{dataset: mean over `num_batches` batches of `mixture` (an iterator of {dataset: numpy batch})
+  of `losses(batch)`} (a float, or a tuple of floats averaged element-wise); batches as jnp arrays."""
+  totals: dict[str, list] = {}
   for _ in range(num_batches):
     for name, batch in next(mixture).items():
-      logits = apply({"params": params}, jnp.asarray(batch["tokens"]), jnp.asarray(batch["images"]),
-                     jnp.asarray(batch["phi"]))
-      totals.setdefault(name, []).append(
-          float(next_token_loss(logits, jnp.asarray(batch["labels"]),
-                                jnp.asarray(batch["loss_mask"]))))
-  return {name: float(np.mean(values)) for name, values in totals.items()}
+      totals.setdefault(name, []).append(losses({k: jnp.asarray(v) for k, v in batch.items()}))
+  return {name: np.mean(values, axis=0) for name, values in totals.items()}

@@ -20,9 +20,7 @@ import os
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -33,12 +31,12 @@ from flamingo_jax import train as trainer
 from flamingo_jax.checkpointing import load_params
 from flamingo_jax.evaluate import evaluate, results_table
 from flamingo_jax.generate import load_trained
+from flamingo_jax.heldout import mean_losses
 from flamingo_jax.losses import next_token_loss
 from flamingo_jax.metrics import read_metrics
 from flamingo_jax.model import Flamingo
 from flamingo_jax.plot import plot_training
 from flamingo_jax.tasks import make_task
-
 
 
 def stage_config(config: ml_collections.ConfigDict, task: str, workdir: str):
@@ -68,16 +66,15 @@ def heldout_losses(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   mixture = trainer.build_mixture(flamingo_config, model_config, split="eval")
   flamingo = jax.jit(Flamingo(model_config).apply)
   text_lm = jax.jit(lm_task.model.apply)
-  totals: dict[str, list[float]] = {}
-  for _ in range(config.quickstart.heldout_batches):
-    for name, batch in next(mixture).items():
-      batch = {k: jnp.asarray(v) for k, v in batch.items()}
-      ours = flamingo({"params": params}, batch["tokens"], batch["images"], batch["phi"])
-      text_only = text_lm({"params": lm_params}, batch["tokens"])
-      totals.setdefault(name, []).append(
-          (float(next_token_loss(ours, batch["labels"], batch["loss_mask"])),
-           float(next_token_loss(text_only, batch["labels"], batch["loss_mask"]))))
-  return {name: tuple(np.mean(v, axis=0)) for name, v in totals.items()}
+
+  def losses(batch):
+    ours = flamingo({"params": params}, batch["tokens"], batch["images"], batch["phi"])
+    text_only = text_lm({"params": lm_params}, batch["tokens"])
+    return (float(next_token_loss(ours, batch["labels"], batch["loss_mask"])),
+            float(next_token_loss(text_only, batch["labels"], batch["loss_mask"])))
+
+  return {name: tuple(means) for name, means in
+          mean_losses(mixture, config.quickstart.heldout_batches, losses).items()}
 
 
 def main(argv):
