@@ -18,16 +18,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flamingo_jax import params as P
 from flamingo_jax import train as trainer
-from flamingo_jax.checkpointing import Checkpointer
+from flamingo_jax.config import FlamingoConfig
+from flamingo_jax.generate import load_trained
 from flamingo_jax.losses import next_token_loss
+from flamingo_jax.model import Flamingo
 
 
 @functools.lru_cache(maxsize=None)
-def _forward(model):
-  """jit(model.apply), compiled once per model config (sweep runs often share one)."""
-  return jax.jit(model.apply)
+def _forward(model_config: FlamingoConfig):
+  """jit(Flamingo.apply), compiled once per model config (sweep runs often share one)."""
+  return jax.jit(Flamingo(model_config).apply)
 
 
 def heldout_losses(config: ml_collections.ConfigDict, workdir: str,
@@ -39,17 +40,9 @@ def heldout_losses(config: ml_collections.ConfigDict, workdir: str,
   config = copy.deepcopy(config)
   config.data.exclude = ""
   config.data.accumulation = "all"
-  setup = trainer.build_setup(config)
-  checkpointer = Checkpointer(workdir, keep=1)
-  latest = checkpointer.latest_step()
-  if latest is None:
-    raise ValueError(f"No checkpoint in {workdir}/checkpoints to evaluate; train the run first.")
-  state, _ = checkpointer.restore(latest, setup.abstract_state)
-  checkpointer.close()
-  frozen, _ = trainer.initial_params(config, setup, with_trainable=False)
-  params = P.merge(jax.device_get(frozen), jax.device_get(state.trainable))
-  apply = _forward(setup.task.model)
-  mixture = trainer.build_mixture(config, setup.model_config, split="eval")
+  model_config, params = load_trained(config, workdir)
+  apply = _forward(model_config)
+  mixture = trainer.build_mixture(config, model_config, split="eval")
 
   def loss(batch):
     logits = apply({"params": params}, batch["tokens"], batch["images"], batch["phi"])
