@@ -537,11 +537,10 @@ def idefics_sources(config: FlamingoConfig) -> dict[tuple[str, ...], Source]:
 @dataclasses.dataclass(frozen=True)
 class Expected:
   """One checkpoint tensor the import needs: our path, its layer in a scanned stack (None when not
-  stacked), our per-layer shape and the checkpoint shape that lays out to it."""
+  stacked) and the checkpoint shape that lays out to our (per-layer) shape."""
 
   path: tuple[str, ...]
   layer: int | None
-  ours: tuple[int, ...]
   shape: tuple[int, ...]
 
 
@@ -556,7 +555,7 @@ def expected_tensors(sources: Mapping[tuple[str, ...], Source],
     ours = abstract[path].shape[1:] if length else abstract[path].shape
     for i in (range(length) if length else (None,)):
       layer = None if i is None else source.layer_start + source.layer_stride * i
-      out[source.name.format(i=layer)] = Expected(path, i, ours, hf_shape(source, ours))
+      out[source.name.format(i=layer)] = Expected(path, i, hf_shape(source, ours))
   return out
 
 
