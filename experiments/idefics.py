@@ -20,8 +20,6 @@ import ml_collections
 from experiments import flamingo
 from flamingo_jax import import_weights
 
-PRESETS = ("idefics_9b", "idefics_80b")
-
 _VISION = dict(embed_dim=1280, image_size=224, patch_size=14, num_hidden_layers=32,
                num_attention_heads=16, intermediate_size=5120, hidden_act="gelu")
 _PERCEIVER = dict(use_resampler=True, resampler_n_latents=64, resampler_depth=6,
@@ -33,6 +31,7 @@ _LM = {
     "idefics_80b": (dict(hidden_size=8192, num_hidden_layers=80, num_attention_heads=64,
                          intermediate_size=22016, rms_norm_eps=1e-5), "flamingo_80b"),
 }
+PRESETS = tuple(_LM)
 # IDEFICS' tokenizer adds these two tokens after LLaMA's 32000 (its additional_vocab_size rows).
 _ADDED_TOKENS = {"<fake_token_around_image>": 32000, "<image>": 32001}
 

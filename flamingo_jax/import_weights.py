@@ -154,12 +154,20 @@ def read_tensor(info: TensorInfo) -> np.ndarray:
   return data.reshape(info.shape)
 
 
-def read_hf_config(checkpoint_dir: str) -> dict[str, Any]:
-  path = os.path.join(checkpoint_dir, "config.json")
+def _read_json(checkpoint_dir: str, name: str) -> dict[str, Any] | None:
+  """`checkpoint_dir/name` parsed, or None when there is no such file."""
+  path = os.path.join(checkpoint_dir, name)
   if not os.path.exists(path):
-    raise ValueError(f"{checkpoint_dir} has no config.json; import a `save_pretrained` directory.")
+    return None
   with open(path) as f:
     return json.load(f)
+
+
+def read_hf_config(checkpoint_dir: str) -> dict[str, Any]:
+  hf = _read_json(checkpoint_dir, "config.json")
+  if hf is None:
+    raise ValueError(f"{checkpoint_dir} has no config.json; import a `save_pretrained` directory.")
+  return hf
 
 
 # Tokenizer files that list a checkpoint's added tokens (all optional; they must agree).
@@ -172,11 +180,9 @@ def checkpoint_token_ids(checkpoint_dir: str) -> dict[str, int]:
   there are none. Two files giving one token different ids is an error naming both."""
   found: dict[str, tuple[int, str]] = {}
   for name in TOKENIZER_FILES:
-    path = os.path.join(checkpoint_dir, name)
-    if not os.path.exists(path):
+    data = _read_json(checkpoint_dir, name)
+    if data is None:
       continue
-    with open(path) as f:
-      data = json.load(f)
     if name == "added_tokens.json":
       pairs = data.items()
     elif name == "tokenizer_config.json":
@@ -537,11 +543,10 @@ def idefics_sources(config: FlamingoConfig) -> dict[tuple[str, ...], Source]:
 @dataclasses.dataclass(frozen=True)
 class Expected:
   """One checkpoint tensor the import needs: our path, its layer in a scanned stack (None when not
-  stacked), our per-layer shape and the checkpoint shape that lays out to it."""
+  stacked) and the checkpoint shape that lays out to our (per-layer) shape."""
 
   path: tuple[str, ...]
   layer: int | None
-  ours: tuple[int, ...]
   shape: tuple[int, ...]
 
 
@@ -556,7 +561,7 @@ def expected_tensors(sources: Mapping[tuple[str, ...], Source],
     ours = abstract[path].shape[1:] if length else abstract[path].shape
     for i in (range(length) if length else (None,)):
       layer = None if i is None else source.layer_start + source.layer_stride * i
-      out[source.name.format(i=layer)] = Expected(path, i, ours, hf_shape(source, ours))
+      out[source.name.format(i=layer)] = Expected(path, i, hf_shape(source, ours))
   return out
 
 
@@ -719,14 +724,6 @@ def import_vision(family: str, checkpoint_dir: str, config: VisionConfig | None 
   """(VisionConfig, params: nested dict of numpy arrays) of `plan_vision`, converted at once."""
   p = plan_vision(family, checkpoint_dir, config, dtype)
   return p.config, p.params()
-
-
-def _read_json(checkpoint_dir: str, name: str) -> dict[str, Any] | None:
-  path = os.path.join(checkpoint_dir, name)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
 
 
 def plan_idefics(checkpoint_dir: str, config: FlamingoConfig | None = None,
