@@ -290,9 +290,9 @@ def validate(config: FlamingoConfig, prefix: str = "model") -> None:
     _fail(f"{p}.alpha_init_std", x.alpha_init_std, "must be >= 0.")
 
   p = prefix
-  total = lm.vocab_size + config.num_extra_tokens
   if not isinstance(config.num_extra_tokens, int) or config.num_extra_tokens < 0:
     _fail(f"{p}.num_extra_tokens", config.num_extra_tokens, "must be a non-negative integer.")
+  total = lm.vocab_size + config.num_extra_tokens
   for name, default in (("image_token", lm.vocab_size), ("eoc_token", lm.vocab_size + 1)):
     value = getattr(config, name)
     token_id = default if value < 0 else value
