@@ -1,34 +1,24 @@
-r"""Few-shot evaluation configs: `get_config("<preset>[,<task>...]")` for flamingo_jax.evaluate.
+r"""Few-shot evaluation configs: `get_config("<preset>[,tasks=<a>+<b>...]")` for
+`python -m flamingo_jax.evaluation.evaluate --config experiments/evaluation.py:<arg> --checkpoint RUN`.
 
   paper  the paper's seven benchmarks (FLAMINGO.md, "Few-shot evaluation protocol"): COCO, Flickr30k
          (CIDEr), VQAv2, OK-VQA, TextVQA, VizWiz (VQA accuracy), HatefulMemes (ROC-AUC); shots
          0/4/8/16/32, support 2048, 5000 COCO / 1024 other queries, beam search with 3 beams.
-         Data under DATA_ROOT (tfds data_dir, and manual_dir/<dataset> with the official files).
+         Data under DATA_ROOT (tfds data_dir, and manual/<dataset> with the official files).
   demo   the quickstart's tiny model on the bundled demo corpus (data_pipelines/demo.py): captioning
          (CIDEr) and `colours`, an in-context task (the shots rename the colours; chance 25%).
 
-`paper,coco,vqav2` keeps the named tasks only. The model and its frozen towers come from
-`config.flamingo` (an experiments/flamingo.py config: override `--config.flamingo.model.*`,
-`--config.flamingo.init.*`); the trained weights from `--checkpoint`.
-
-Task fields:
-  kind             "captioning" | "vqa" | "classification" | "mapping" (the in-context renaming task)
-  source           "tfds" (a tfds builder: `tfds_name`, `data_dir`, `manual_dir`) | "demo" (`data_dir`)
-  support_split    split the shots come from; query_split: the evaluated split
-  support_size     support examples (paper: 2048); num_queries: evaluated queries (0: the whole split)
-  prompt           one example; "{answer}" marks the answer, "{question}" the question / meme text
-  selection        "random" (seeded) | "rices" (most similar by frozen vision features, last)
-  num_permutations scoring tasks: shot orders averaged (prompt ensembling; paper: 6)
-  class_names      classification / mapping: candidate names ("" = the tfds builder's label names)
-  mapping_words    mapping: the words the shots call the classes, shuffled per query (() = the
-                   class names themselves, permuted)
+`tasks=coco+vqav2` keeps the named tasks only. The model (its frozen towers included) is the one the
+trained run recorded; every field is documented in flamingo_jax/config/evaluation.py.
 """
 
 import os
 
 import ml_collections
 
-from experiments import flamingo
+from experiments.flamingo import DEMO_CORPUS
+from flamingo_jax.config import EvaluationConfig
+from flamingo_jax.config.args import parse_arg
 
 DATA_ROOT = "/data/flamingo_eval"  # tfds data_dir; official files under DATA_ROOT/manual/<dataset>.
 CAPTION_PROMPT = "<image>Output: {answer}<EOC>"  # FLAMINGO.md
@@ -78,25 +68,19 @@ def _demo_tasks(root):
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-  preset, *task_names = arg.split(",")
+  args = parse_arg(arg, tasks=())
+  preset = args["preset"]
   if preset not in ("paper", "demo"):
     raise ValueError(f"Unknown evaluation preset {preset!r}; use 'paper' or 'demo'.")
-  config = ml_collections.ConfigDict()
-  # The model: an experiments/flamingo.py config (its model, init.* towers and data.tokenizer).
-  config.flamingo = flamingo.get_config("tiny,demo" if preset == "demo" else "flamingo_9b")
-  config.seed = 0  # Shot draws (random selection, 0-shot text examples, orders, renamings).
-  config.shots = (0, 4) if preset == "demo" else (0, 4, 8, 16, 32)
-  config.num_text_only_shots = 2  # 0 shots: this many text-only examples (paper: 2).
-  config.batch_size = 8  # Queries per generate / score call.
-  config.pad_to_multiple = 32  # Prompt lengths rounded up to this (fewer compilations).
-  # Open-ended tasks (flamingo_jax.decoding.SamplingConfig): beam search with 3 beams (paper).
-  config.sampling = ml_collections.ConfigDict(dict(
-      strategy="beam", max_new_tokens=8 if preset == "demo" else 20, num_beams=3,
-      length_penalty=0.0, temperature=1.0, top_k=0, top_p=1.0))
-  tasks = _demo_tasks(flamingo.DEMO_CORPUS) if preset == "demo" else PAPER_TASKS
-  unknown = set(task_names) - set(tasks)
+  tasks = _demo_tasks(DEMO_CORPUS) if preset == "demo" else PAPER_TASKS
+  unknown = set(args["tasks"]) - set(tasks)
   if unknown:
     raise ValueError(f"Unknown tasks {sorted(unknown)} for preset {preset!r}; choose from "
                      f"{sorted(tasks)}.")
-  config.tasks = {name: spec for name, spec in tasks.items() if not task_names or name in task_names}
+  config = EvaluationConfig().as_config_dict()
+  if preset == "demo":
+    config.shots = (0, 4)
+    config.sampling.max_new_tokens = 8
+  config.tasks = {name: spec for name, spec in tasks.items()
+                  if not args["tasks"] or name in args["tasks"]}
   return config

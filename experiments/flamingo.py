@@ -1,4 +1,4 @@
-r"""Flamingo presets: `get_config("<preset>[,demo]")` with preset one of PRESETS.
+r"""Flamingo presets: `get_config("<preset>[,data=demo]")` with preset one of PRESETS.
 
   tiny         a few million parameters; runs in seconds on one CPU core (tests, quickstart).
   bench        the model benchmark's shape (benchmarks/model.py).
@@ -6,21 +6,23 @@ r"""Flamingo presets: `get_config("<preset>[,demo]")` with preset one of PRESETS
   flamingo_9b  | vocabulary, vision tower, cross-attention heads) the values are chosen so that each
   flamingo_80b | component's parameter count lands within 5% of the paper's table; see README.md.
 
-`,demo` trains on the bundled demo corpus (`python -m data_pipelines.demo --out workdirs/demo_corpus`;
+`data=demo` trains on the bundled demo corpus (`python -m data_pipelines.demo --out workdirs/demo_corpus`;
 the quickstart builds it) instead of the synthetic stream; it fits the `tiny` model (32 px, 512 tokens).
 
-Every model field is documented once, in flamingo_jax/config.py. Override from the command line:
-  python -m flamingo_jax.summary --config experiments/flamingo.py:tiny --config.model.lm.num_layers=6
+Every field is documented once, in flamingo_jax/config/ (model.py, run.py). Override from the
+command line:
+  python -m flamingo_jax.tools.summary --config experiments/flamingo.py:tiny --config.model.lm.num_layers=6
 """
 
 import os
 
 import ml_collections
 
-from flamingo_jax.config import FlamingoConfig
+from flamingo_jax.config import Config, DatasetConfig
+from flamingo_jax.config.args import parse_arg
 
 PRESETS = ("tiny", "bench", "flamingo_3b", "flamingo_9b", "flamingo_80b")
-DEMO_CORPUS = "workdirs/demo_corpus"  # Where `,demo` configs read the bundled corpus.
+DEMO_CORPUS = "workdirs/demo_corpus"  # Where `data=demo` configs read the bundled corpus.
 
 # Vision tower for the paper presets: the paper's NFNet-F6 (435M, 288 px) has no public weights; a
 # SigLIP-layout ViT of the same width and size (1536 wide, 15 layers, 16-px patches at 288 px: 427M)
@@ -87,83 +89,40 @@ def _datasets(preset: str) -> dict:
       video=dict(batch_size=64, seq_len=32, max_images=1, num_frames=8, loss_weight=0.03))
 
 
-def _demo_data(root: str) -> dict:
-  """The demo corpus's streams (experiments/data.py) with their held-out twins."""
-  from experiments.data import demo_data_config
-  train, held_out = demo_data_config(root, "train"), demo_data_config(root, "eval")
-  return dict(
-      source="arrayrecord", tokenizer=os.path.join(root, "tokenizer.model"), seed=train.seed,
-      num_workers=train.num_workers, accumulation=train.accumulation,
-      datasets={name: {**spec.to_dict(), "eval_path": held_out.datasets[name].path}
-                for name, spec in train.datasets.items()})
+def demo_data(root: str) -> dict:
+  """The bundled demo corpus (`python -m data_pipelines.demo --out ROOT`) for the `tiny` model: the
+  three kinds with the paper's loss weights and p_next, small batches, no flips (mirrored digits and
+  "moving left" clips would contradict their captions); `eval_path`: the held-out shards."""
+  def dataset(kind, batch_size, seq_len, max_images, num_frames, loss_weight, p_next=0.0):
+    return dict(kind=kind, path=os.path.join(root, "train", kind),
+                eval_path=os.path.join(root, "eval", kind), batch_size=batch_size, seq_len=seq_len,
+                max_images=max_images, num_frames=num_frames, loss_weight=loss_weight,
+                p_next=p_next, random_flip=False)
+  return dict(source="arrayrecord", tokenizer=os.path.join(root, "tokenizer.model"), datasets=dict(
+      interleaved=dataset("interleaved", 8, 64, 3, 1, 1.0, p_next=0.5),
+      pairs=dataset("pairs", 8, 32, 1, 1, 0.2),
+      video=dataset("video", 4, 32, 1, 4, 0.03)))
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-  arg, *options = arg.split(",")
-  config = ml_collections.ConfigDict()
-  config.preset = arg
-  config.task = "flamingo"  # "contrastive" / "lm" / "flamingo": the paper's three stages (tasks.py).
-  config.seed = 0  # Initialisation of every random-init parameter (frozen towers included).
-  config.model = FlamingoConfig().as_config_dict()
+  """`<preset>[,data=demo]`: the preset's model, data and training settings (the rest: defaults)."""
+  args = parse_arg(arg, data="synthetic")
+  preset = args["preset"]
+  paper = preset.startswith("flamingo_")
+  config = Config().as_config_dict()
+  config.preset = preset
   config.model.update_from_flattened_dict(
-      {f"{part}.{k}": v for part, fields in _model(arg).items() for k, v in fields.items()})
-  paper = arg.startswith("flamingo_")
-  if paper:  # The paper: activations, gradients and frozen weights in bf16 (trainable in f32).
+      {f"{part}.{k}": v for part, fields in _model(preset).items() for k, v in fields.items()})
+  if args["data"] not in ("demo", "synthetic"):
+    raise ValueError(f"Config argument data={args['data']!r}: use synthetic or demo.")
+  data = demo_data(DEMO_CORPUS) if args["data"] == "demo" else dict(datasets=_datasets(preset))
+  # Every dataset field present, so `--config.data.datasets.<name>.<field>=` overrides any of them.
+  data["datasets"] = {name: DatasetConfig(**spec).to_dict()
+                      for name, spec in data["datasets"].items()}
+  config.data.update(data)
+  if paper:  # The paper (FLAMINGO.md): bf16 activations, gradients and frozen weights.
     config.model.execution.update(dict(dtype="bfloat16", remat_policy="full"))
-
-  # Device mesh: sizes of the (data, fsdp, tensor) axes; one may be -1 to take the remaining devices.
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-
-  config.data = ml_collections.ConfigDict(dict(
-      # "synthetic" (data_pipelines/synthetic.py) or "arrayrecord" (data_pipelines/mixture.py, which
-      # documents the dataset fields; each dataset also names its held-out shards in `eval_path`).
-      source="synthetic",
-      tokenizer="",  # arrayrecord: the sentencepiece model (its size must be model.lm.vocab_size).
-      seed=0,  # Shuffling and augmentation seed of the input streams.
-      num_workers=0,  # arrayrecord: grain worker processes per dataset (0: in-process).
-      accumulation="all",  # "all": a batch of every dataset per update (paper); "round_robin".
-      datasets=_datasets(arg),
-  ))
-  if "demo" in options:
-    config.data = ml_collections.ConfigDict(_demo_data(DEMO_CORPUS))
-  # Datasets left out of training, comma-separated (the paper's ablation: "interleaved" = no M3W).
-  config.data.exclude = ""
-
-  config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-4 if paper else 1e-3,  # Peak learning rate (paper: 1e-4).
-      warmup_steps=5000 if paper else 10,  # Linear warm-up from 0 (paper: 5k steps).
-      schedule="constant",  # After warm-up: "constant" (paper) or "cosine".
-      decay_steps=500_000 if paper else 1000,  # Cosine only: step where decay ends.
-      end_learning_rate=0.0,  # Cosine only: final learning rate.
-      weight_decay=0.1,  # AdamW decoupled weight decay; the resampler gets none (paper).
-      clip_norm=1.0,  # Global gradient-norm clip.
-      b1=0.9, b2=0.999, eps=1e-8,  # Adam moments.
-      max_consecutive_skips=1_000_000,  # Non-finite updates skipped in a row before one is applied.
-  ))
-
-  config.train = ml_collections.ConfigDict(dict(
-      num_steps=500_000 if paper else 300,  # Updates to run (a resumed run continues to this step).
-      micro_batches=1,  # Each dataset's batch is split into this many slices (bounds activations).
-      z_loss=0.0,  # Weight of logsumexp(logits)^2 (IDEFICS: 1e-3).
-      frozen_dtype="bfloat16" if paper else "float32",  # Storage dtype of the frozen towers.
-      log_every=50 if paper else 25,  # Steps between metric records.
-      checkpoint_every=1000 if paper else 100,  # Steps between checkpoints.
-      keep_checkpoints=3,  # Most recent checkpoints kept.
-      keep_every=0,  # Also keep every k-th step's checkpoint forever (0: none).
-      # task=flamingo: False trains the LM's pretrained weights too, with their optimiser state (the
-      # paper's unfrozen-LM ablation); True (paper) trains only resampler, gated blocks, new rows.
-      freeze_lm=True,
-  ))
-
-  # Pretrained frozen towers (orbax checkpoints of the `vision` / `lm` subtrees), "" for random;
-  # flamingo_checkpoint: a whole model, trainable parts included (`import_weights idefics`).
-  config.init = ml_collections.ConfigDict(dict(vision_checkpoint="", lm_checkpoint="",
-                                               flamingo_checkpoint=""))
-
-  # flamingo_jax.quickstart: steps of each stage and the held-out evaluation.
-  config.quickstart = ml_collections.ConfigDict(dict(
-      contrastive_steps=150, lm_steps=300, flamingo_steps=600,
-      contrastive_dataset="pairs",  # The image-text dataset the vision tower pretrains on.
-      heldout_batches=4,  # Held-out batches of every dataset in the final comparison.
-  ))
+    config.optimizer.update(dict(learning_rate=1e-4, warmup_steps=5000, decay_steps=500_000))
+    config.train.update(dict(num_steps=500_000, frozen_dtype="bfloat16", log_every=50,
+                             checkpoint_every=1000))
   return config

@@ -5,20 +5,21 @@ r"""IDEFICS (v1) presets: `get_config("<preset>")` with preset one of PRESETS.
 
 The model fields come from IdeficsConfig-style fields (transformers' IdeficsConfig defaults are the 9B
 LM; the ViT-H/14 tower is 1280 wide, 32 layers, 16 heads, MLP 5120, 14-px patches at 224 px) through the
-importer's own mapping (`import_weights.idefics_config`), so a preset and an imported checkpoint agree
-on every field. Real checkpoints: import them (`python -m flamingo_jax.import_weights idefics`) and use
+importer's own mapping (`weights.hf.hf_config.idefics_config`), so a preset and an imported checkpoint agree
+on every field. Real checkpoints: import them (`python -m flamingo_jax.weights.hf.importer idefics`) and use
 the fields the command prints; they read qk_layer_norms / alpha settings from config.json, which
 these presets leave at IdeficsConfig's defaults (off / zeros; qk norms are a few thousand parameters).
 Everything but the model (optimizer, training, data, mesh) is experiments/flamingo.py's paper setting
 for the LM of the same size.
 
-  python -m flamingo_jax.summary --config experiments/idefics.py:idefics_9b
+  python -m flamingo_jax.tools.summary --config experiments/idefics.py:idefics_9b
 """
 
 import ml_collections
 
 from experiments import flamingo
-from flamingo_jax import import_weights
+from flamingo_jax.config.args import parse_arg
+from flamingo_jax.weights.hf.hf_config import idefics_config
 
 _VISION = dict(embed_dim=1280, image_size=224, patch_size=14, num_hidden_layers=32,
                num_attention_heads=16, intermediate_size=5120, hidden_act="gelu")
@@ -46,9 +47,10 @@ def hf_fields(preset: str) -> dict:
 
 
 def get_config(arg: str = "idefics_9b") -> ml_collections.ConfigDict:
-  model = import_weights.idefics_config(hf_fields(arg), _ADDED_TOKENS)
-  config = flamingo.get_config(_LM[arg][1])
-  config.preset = arg
+  preset = parse_arg(arg)["preset"]
+  model = idefics_config(hf_fields(preset), _ADDED_TOKENS)
+  config = flamingo.get_config(_LM[preset][1])
+  config.preset = preset
   execution = config.model.execution.to_dict()
   config.model = model.as_config_dict()
   config.model.execution.update(execution)

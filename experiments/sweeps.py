@@ -1,6 +1,6 @@
 """Sweeps over experiments/flamingo.py configs: `get_sweep(name)` -> list of flat overrides.
 
-  python -m launch.sweep --config experiments/flamingo.py:tiny,demo \
+  python -m launch.sweep --config experiments/flamingo.py:tiny,data=demo \
       --sweep experiments/sweeps.py:ablations --dry-run      # or --run
 
   ablations    the paper's ablation switches (FLAMINGO.md, Ablations), one change per run against the
@@ -11,10 +11,10 @@
   lr_x_every   learning rate x gated-block interval (a product).
   seeds        three seeds, model initialisation and data order together (a zip).
 
-Combinators (`sweep`, `product`, `zip_`, `chain`) and run naming: flamingo_jax/sweeps.py.
+Combinators (`sweep`, `product`, `zip_`, `chain`) and run naming: flamingo_jax/config/sweeps.py.
 """
 
-from flamingo_jax.sweeps import chain, product, sweep, zip_
+from flamingo_jax.config.sweeps import chain, product, sweep, zip_
 
 SWEEPS = ("ablations", "lr_x_every", "seeds")
 

@@ -1,9 +1,6 @@
-"""Every model knob, documented once, and the checks that reject impossible combinations.
+"""The model section (`config.model`): every model knob, documented once, and its checks.
 
-The experiment files in `experiments/` build an `ml_collections.ConfigDict` from these dataclasses'
-defaults (`as_config_dict`) and override what a preset changes; `FlamingoConfig.from_dict` turns the
-(possibly command-line overridden) ConfigDict back into frozen dataclasses and validates it, so a bad
-value fails here, naming its field, before anything is traced or compiled.
+`FlamingoConfig` is hashable: jitted functions take it as a static argument.
 """
 
 from __future__ import annotations
@@ -11,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-import ml_collections
+from flamingo_jax.config.schema import Section, fail, join, one_of, positive
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "relu", "squared_relu", "silu")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -26,7 +23,7 @@ MEDIA_ATTENTION = ("previous", "all_previous")
 
 
 @dataclasses.dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(Section):
   """Frozen ViT in the CLIP layout; `class_token=False, pre_norm=False, post_norm=True` is SigLIP."""
 
   image_size: int = 224  # H = W of the input images, pixels.
@@ -46,9 +43,20 @@ class VisionConfig:
   pixel_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
   pixel_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
+  def check(self, prefix: str) -> None:
+    positive(prefix, self, "image_size", "patch_size", "width", "num_layers", "num_heads", "mlp_dim")
+    one_of(prefix, self, "activation", ACTIVATIONS)
+    if self.image_size % self.patch_size:
+      fail(join(prefix, "patch_size"), self.patch_size,
+           f"must divide {join(prefix, 'image_size')}={self.image_size}.")
+    if self.width % self.num_heads:
+      fail(join(prefix, "num_heads"), self.num_heads, f"must divide {join(prefix, 'width')}={self.width}.")
+    if min(self.pixel_std) <= 0:
+      fail(join(prefix, "pixel_std"), self.pixel_std, "must be three per-channel values > 0.")
+
 
 @dataclasses.dataclass(frozen=True)
-class RopeScalingConfig:
+class RopeScalingConfig(Section):
   """Rescaled rotary frequencies for contexts longer than pretraining (a checkpoint's `rope_scaling`).
 
   With base frequencies f_i = theta^(-2i / head_dim): "none" keeps them; "linear" divides all by
@@ -63,9 +71,19 @@ class RopeScalingConfig:
   high_freq_factor: float = 4.0  # llama3 only; must exceed low_freq_factor.
   original_max_positions: int = 8192  # llama3 only: the context length of pretraining.
 
+  def check(self, prefix: str) -> None:
+    one_of(prefix, self, "kind", ROPE_SCALINGS)
+    if self.kind != "none" and not self.factor > 0:
+      fail(join(prefix, "factor"), self.factor, "must be > 0.")
+    if self.kind == "llama3":
+      positive(prefix, self, "original_max_positions")
+      if not 0 < self.low_freq_factor < self.high_freq_factor:
+        fail(join(prefix, "high_freq_factor"), self.high_freq_factor,
+             f"must exceed {join(prefix, 'low_freq_factor')}={self.low_freq_factor} > 0.")
+
 
 @dataclasses.dataclass(frozen=True)
-class LMConfig:
+class LMConfig(Section):
   """Frozen LLaMA-family decoder: RMSNorm, rotary positions, SwiGLU, grouped-query attention."""
 
   vocab_size: int = 32000  # V of the pretrained LM; <image> and <EOC> get ids V and V+1.
@@ -83,9 +101,20 @@ class LMConfig:
   def head_dim(self) -> int:
     return self.width // self.num_heads
 
+  def check(self, prefix: str) -> None:
+    positive(prefix, self, "vocab_size", "width", "num_layers", "num_heads", "num_kv_heads", "mlp_dim")
+    if self.width % self.num_heads:
+      fail(join(prefix, "num_heads"), self.num_heads, f"must divide {join(prefix, 'width')}={self.width}.")
+    if self.num_heads % self.num_kv_heads:
+      fail(join(prefix, "num_kv_heads"), self.num_kv_heads,
+           f"must divide {join(prefix, 'num_heads')}={self.num_heads}.")
+    if self.head_dim % 2:
+      fail(join(prefix, "num_heads"), self.num_heads,
+           f"gives an odd head_dim={self.head_dim}; rotary embeddings need an even one.")
+
 
 @dataclasses.dataclass(frozen=True)
-class ResamplerConfig:
+class ResamplerConfig(Section):
   """Perceiver Resampler: R learned latents attend to concat(frame features, latents)."""
 
   width: int = 1024  # Latent width; the vision features are projected to it when D_vis differs.
@@ -104,9 +133,15 @@ class ResamplerConfig:
   # one residual FFW, keeping one visual token per patch and frame (R = F * S; see resampler.py).
   kind: str = "perceiver"  # One of RESAMPLER_KINDS.
 
+  def check(self, prefix: str) -> None:
+    positive(prefix, self, "width", "num_layers", "num_heads", "head_dim", "num_latents", "ffw_mult",
+             "num_time_embeddings")
+    one_of(prefix, self, "ffw_activation", ACTIVATIONS)
+    one_of(prefix, self, "kind", RESAMPLER_KINDS)
+
 
 @dataclasses.dataclass(frozen=True)
-class XAttnConfig:
+class XAttnConfig(Section):
   """Tanh-gated cross-attention + dense blocks inserted before LM blocks."""
 
   every: int = 1  # A block before LM layer i whenever i % every == offset.
@@ -136,9 +171,23 @@ class XAttnConfig:
   # 1..phi(l) (the paper's ablation; masking.cross_attention_mask).
   media_attention: str = "previous"  # One of MEDIA_ATTENTION.
 
+  def check(self, prefix: str) -> None:
+    positive(prefix, self, "every", "num_heads", "head_dim", "ffw_mult", "norm_eps")
+    for name, choices in (("ffw_activation", ACTIVATIONS), ("gate_shape", GATE_SHAPES),
+                          ("gate", XATTN_GATES), ("media_attention", MEDIA_ATTENTION),
+                          ("norm", XATTN_NORMS), ("alpha_init", ALPHA_INITS)):
+      one_of(prefix, self, name, choices)
+    if not 0 <= self.offset < self.every:
+      fail(join(prefix, "offset"), self.offset,
+           f"must satisfy 0 <= offset < {join(prefix, 'every')}={self.every}.")
+    if self.ffw_dim < 0:
+      fail(join(prefix, "ffw_dim"), self.ffw_dim, "must be 0 (ffw_mult * LM width) or a positive width.")
+    if self.alpha_init_std < 0:
+      fail(join(prefix, "alpha_init_std"), self.alpha_init_std, "must be >= 0.")
+
 
 @dataclasses.dataclass(frozen=True)
-class ExecutionConfig:
+class ExecutionConfig(Section):
   """How the model runs, independent of its shape."""
 
   scan_layers: bool = True  # Stack repeated layers under nn.scan (fast compile) or unroll them.
@@ -150,9 +199,14 @@ class ExecutionConfig:
   # False keeps scan_layers when decoding (faster compiles for deep models).
   decode_unrolled: bool = True
 
+  def check(self, prefix: str) -> None:
+    one_of(prefix, self, "remat_policy", REMAT_POLICIES)
+    one_of(prefix, self, "dtype", DTYPES)
+    one_of(prefix, self, "param_dtype", DTYPES)
+
 
 @dataclasses.dataclass(frozen=True)
-class FlamingoConfig:
+class FlamingoConfig(Section):
   vision: VisionConfig = VisionConfig()
   lm: LMConfig = LMConfig()
   resampler: ResamplerConfig = ResamplerConfig()
@@ -175,138 +229,33 @@ class FlamingoConfig:
     return self.lm.vocab_size + 1 if self.eoc_token < 0 else self.eoc_token
 
   @property
-  def num_new_tokens(self) -> int:
-    return self.num_extra_tokens
-
-  @property
   def total_vocab_size(self) -> int:
-    return self.lm.vocab_size + self.num_new_tokens
+    return self.lm.vocab_size + self.num_extra_tokens
 
   @classmethod
-  def from_dict(cls, d: Mapping[str, Any], prefix: str = "model") -> "FlamingoConfig":
-    """Builds and validates the config; unknown or missing fields are errors naming the field."""
-    config = _build(cls, d, prefix)
-    validate(config, prefix)
-    return config
+  def from_dict(cls, data: Mapping[str, Any], prefix: str = "model") -> FlamingoConfig:
+    """The model section built from `data` and checked (errors name `model.<field>`)."""
+    return super().from_dict(data, prefix)
 
-  def as_config_dict(self) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dataclasses.asdict(self))
-
-
-def _build(cls, d: Mapping[str, Any], prefix: str):
-  fields = {f.name: f for f in dataclasses.fields(cls)}
-  d = dict(d)
-  unknown = sorted(set(d) - set(fields))
-  if unknown:
-    raise ValueError(f"Unknown config field(s) {', '.join(f'{prefix}.{u}' for u in unknown)}; "
-                     f"known fields are: {', '.join(sorted(fields))}.")
-  kwargs = {}
-  for name, f in fields.items():
-    if name not in d:
-      continue
-    value = d[name]
-    default = cls.__dataclass_fields__[name].default
-    if dataclasses.is_dataclass(default):
-      kwargs[name] = _build(type(default), value, f"{prefix}.{name}")
-    else:
-      kwargs[name] = tuple(value) if isinstance(value, (list, tuple)) else value
-  return cls(**kwargs)
-
-
-def _fail(field: str, value: Any, why: str):
-  raise ValueError(f"Invalid config: {field}={value!r}: {why}")
-
-
-def _positive(prefix: str, obj, *names: str):
-  for name in names:
-    value = getattr(obj, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-      _fail(f"{prefix}.{name}", value, "must be a positive integer.")
-
-
-def _one_of(prefix: str, obj, name: str, choices):
-  value = getattr(obj, name)
-  if value not in choices:
-    _fail(f"{prefix}.{name}", value, f"must be one of {', '.join(choices)}.")
-
-
-def validate(config: FlamingoConfig, prefix: str = "model") -> None:
-  """Raises ValueError naming the first impossible field; returns None when the config can be built."""
-  v, lm, r, x, e = config.vision, config.lm, config.resampler, config.xattn, config.execution
-  p = f"{prefix}.vision"
-  _positive(p, v, "image_size", "patch_size", "width", "num_layers", "num_heads", "mlp_dim")
-  _one_of(p, v, "activation", ACTIVATIONS)
-  if v.image_size % v.patch_size:
-    _fail(f"{p}.patch_size", v.patch_size, f"must divide {p}.image_size={v.image_size}.")
-  if v.width % v.num_heads:
-    _fail(f"{p}.num_heads", v.num_heads, f"must divide {p}.width={v.width}.")
-  for name in ("pixel_mean", "pixel_std"):
-    value = getattr(v, name)
-    if len(value) != 3 or (name == "pixel_std" and min(value) <= 0):
-      _fail(f"{p}.{name}", value, "must be three per-channel values (std > 0).")
-
-  p = f"{prefix}.lm"
-  _positive(p, lm, "vocab_size", "width", "num_layers", "num_heads", "num_kv_heads", "mlp_dim")
-  if lm.width % lm.num_heads:
-    _fail(f"{p}.num_heads", lm.num_heads, f"must divide {p}.width={lm.width}.")
-  if lm.num_heads % lm.num_kv_heads:
-    _fail(f"{p}.num_kv_heads", lm.num_kv_heads, f"must divide {p}.num_heads={lm.num_heads}.")
-  if lm.head_dim % 2:
-    _fail(f"{p}.num_heads", lm.num_heads, f"gives an odd head_dim={lm.head_dim}; rotary embeddings "
-          "need an even one.")
-  rs = lm.rope_scaling
-  _one_of(f"{p}.rope_scaling", rs, "kind", ROPE_SCALINGS)
-  if rs.kind != "none" and not rs.factor > 0:
-    _fail(f"{p}.rope_scaling.factor", rs.factor, "must be positive.")
-  if rs.kind == "llama3":
-    _positive(f"{p}.rope_scaling", rs, "original_max_positions")
-    if not 0 < rs.low_freq_factor < rs.high_freq_factor:
-      _fail(f"{p}.rope_scaling.high_freq_factor", rs.high_freq_factor,
-            f"must exceed {p}.rope_scaling.low_freq_factor={rs.low_freq_factor} > 0.")
-
-  p = f"{prefix}.resampler"
-  _positive(p, r, "width", "num_layers", "num_heads", "head_dim", "num_latents", "ffw_mult",
-            "num_time_embeddings")
-  _one_of(p, r, "ffw_activation", ACTIVATIONS)
-  _one_of(p, r, "kind", RESAMPLER_KINDS)
-
-  p = f"{prefix}.xattn"
-  _positive(p, x, "every", "num_heads", "head_dim", "ffw_mult")
-  _one_of(p, x, "ffw_activation", ACTIVATIONS)
-  _one_of(p, x, "gate_shape", GATE_SHAPES)
-  _one_of(p, x, "gate", XATTN_GATES)
-  _one_of(p, x, "media_attention", MEDIA_ATTENTION)
-  if not 0 <= x.offset < x.every:
-    _fail(f"{p}.offset", x.offset, f"must satisfy 0 <= offset < {p}.every={x.every}.")
-  if x.offset >= lm.num_layers:
-    _fail(f"{p}.offset", x.offset, f"must be below {prefix}.lm.num_layers={lm.num_layers}.")
-  _one_of(p, x, "norm", XATTN_NORMS)
-  _one_of(p, x, "alpha_init", ALPHA_INITS)
-  if not x.norm_eps > 0:
-    _fail(f"{p}.norm_eps", x.norm_eps, "must be positive.")
-  if not isinstance(x.ffw_dim, int) or x.ffw_dim < 0:
-    _fail(f"{p}.ffw_dim", x.ffw_dim, "must be 0 (ffw_mult * LM width) or a positive width.")
-  if not x.alpha_init_std >= 0:
-    _fail(f"{p}.alpha_init_std", x.alpha_init_std, "must be >= 0.")
-
-  p = prefix
-  if not isinstance(config.num_extra_tokens, int) or config.num_extra_tokens < 0:
-    _fail(f"{p}.num_extra_tokens", config.num_extra_tokens, "must be a non-negative integer.")
-  total = lm.vocab_size + config.num_extra_tokens
-  for name, default in (("image_token", lm.vocab_size), ("eoc_token", lm.vocab_size + 1)):
-    value = getattr(config, name)
-    token_id = default if value < 0 else value
-    if not token_id < total or value < -1:
-      _fail(f"{p}.{name}", value, f"id {token_id} is outside the vocabulary of {total} ids "
-            f"({prefix}.lm.vocab_size + {prefix}.num_extra_tokens); use -1 or an id below {total}.")
-  if config.image_token_id == config.eoc_token_id:
-    _fail(f"{p}.eoc_token", config.eoc_token, f"must differ from {p}.image_token's id "
-          f"{config.image_token_id}.")
-
-  p = f"{prefix}.execution"
-  _one_of(p, e, "remat_policy", REMAT_POLICIES)
-  _one_of(p, e, "dtype", DTYPES)
-  _one_of(p, e, "param_dtype", DTYPES)
+  def check(self, prefix: str) -> None:
+    lm, x = self.lm, self.xattn
+    if x.offset >= lm.num_layers:
+      fail(join(prefix, "xattn.offset"), x.offset,
+           f"must be below {join(prefix, 'lm.num_layers')}={lm.num_layers}.")
+    if self.num_extra_tokens < 0:
+      fail(join(prefix, "num_extra_tokens"), self.num_extra_tokens, "must be >= 0.")
+    total = self.total_vocab_size
+    for name, default in (("image_token", lm.vocab_size), ("eoc_token", lm.vocab_size + 1)):
+      value = getattr(self, name)
+      token_id = default if value < 0 else value
+      if not token_id < total or value < -1:
+        fail(join(prefix, name), value,
+             f"id {token_id} is outside the vocabulary of {total} ids "
+             f"({join(prefix, 'lm.vocab_size')} + {join(prefix, 'num_extra_tokens')}); use -1 or an "
+             f"id below {total}.")
+    if self.image_token_id == self.eoc_token_id:
+      fail(join(prefix, "eoc_token"), self.eoc_token,
+           f"must differ from {join(prefix, 'image_token')}'s id {self.image_token_id}.")
 
 
 def check_frames(config: ResamplerConfig, num_frames: int, prefix: str = "model.resampler") -> None:

@@ -14,16 +14,13 @@ override dict to a base config, names the run from its overrides and gives it it
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 import os
 import re
 from typing import Any, Mapping, Sequence
 
-import ml_collections
-
-from flamingo_jax.config import FlamingoConfig
+from flamingo_jax.config.run import Config
 
 Overrides = dict[str, Any]
 
@@ -73,29 +70,13 @@ def run_name(overrides: Mapping[str, Any]) -> str:
   return re.sub(r"[^A-Za-z0-9_.=,\-]", "_", ",".join(parts))
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
-                    run: str = "") -> ml_collections.ConfigDict:
-  """A copy of `config` with the flat overrides set; an unknown key or a mistyped value is an error
-  naming the key (and the run), and the model part is validated (FlamingoConfig.from_dict)."""
-  config = copy.deepcopy(config)
-  where = f" (sweep run {run!r})" if run else ""
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-      if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-        raise ValueError(f"Sweep key {key!r}{where}: the config has no section "
-                         f"{'.'.join(parents)!r}.")
-      node = node[part]
-    if leaf not in node:
-      raise ValueError(f"Sweep key {key!r}{where} is not a config field; fields of "
-                       f"{'.'.join(parents) or 'the config'}: {', '.join(sorted(node.keys()))}.")
-    try:
-      node[leaf] = value
-    except TypeError as e:
-      raise ValueError(f"Sweep key {key!r}{where}: {e}") from e
-  FlamingoConfig.from_dict(config.model)
-  return config
+def apply_overrides(config: Config, overrides: Mapping[str, Any], run: str = "") -> Config:
+  """`config` with the flat overrides set, the whole config checked again; an unknown key or an
+  impossible value is an error naming the key and the run."""
+  try:
+    return config.replace(overrides)
+  except ValueError as e:
+    raise ValueError(f"Sweep run {run!r}: {e}" if run else str(e)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,12 +84,12 @@ class Run:
   name: str  # run_name(overrides), unique within the sweep.
   overrides: Overrides  # Flat {dotted key: value}.
   workdir: str  # <sweep workdir>/<name>.
-  config: ml_collections.ConfigDict  # The base config with the overrides applied (validated).
+  config: Config  # The base config with the overrides applied, checked.
 
 
-def expand(base: ml_collections.ConfigDict, overrides_list: Sequence[Overrides],
-           workdir: str) -> list[Run]:
-  """The runs of a sweep, in order; two runs with the same overrides (the same name) are an error."""
+def expand(base: Config, overrides_list: Sequence[Overrides], workdir: str) -> list[Run]:
+  """The runs of a sweep, in order, each config checked before any run starts; two runs with the
+  same overrides (the same name) are an error."""
   runs, seen = [], set()
   for overrides in overrides_list:
     name = run_name(overrides)
