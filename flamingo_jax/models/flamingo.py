@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from flamingo_jax.config import FlamingoConfig
-from flamingo_jax.layers import DecodeSlots
-from flamingo_jax.lm import DecoderLM
-from flamingo_jax.resampler import MlpProjection, PerceiverResampler
-from flamingo_jax.vision import VisionTransformer
+from flamingo_jax.models.layers import DecodeSlots
+from flamingo_jax.models.lm import DecoderLM
+from flamingo_jax.models.resampler import MlpProjection, PerceiverResampler
+from flamingo_jax.models.vision import VisionTransformer
 
 
 class Flamingo(nn.Module):
@@ -30,7 +30,7 @@ class Flamingo(nn.Module):
     self.vision = VisionTransformer(c.vision, c.execution)
     resampler = PerceiverResampler if c.resampler.kind == "perceiver" else MlpProjection
     self.resampler = resampler(c.resampler, c.execution)
-    self.lm = DecoderLM(c.lm, c.execution, xattn=c.xattn, num_extra_tokens=c.num_new_tokens)
+    self.lm = DecoderLM(c.lm, c.execution, xattn=c.xattn, num_extra_tokens=c.num_extra_tokens)
 
   def encode_images(self, images: jax.Array) -> jax.Array:
     """uint8 images [B, N, F, H, W, 3] -> visual tokens [B, N, R, D_res] (R = F * S for the MLP

@@ -20,9 +20,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flamingo_jax import masking
 from flamingo_jax.config import ExecutionConfig, XAttnConfig
-from flamingo_jax.layers import Attention, Mlp, layer_norm, rms_norm
+from flamingo_jax.models import masking
+from flamingo_jax.models.layers import Attention, Mlp, layer_norm, rms_norm
 
 
 def _alpha_init(config: XAttnConfig) -> nn.initializers.Initializer:

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 from flamingo_jax.config import ExecutionConfig, RopeScalingConfig
 
 
-
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
   return {
       "gelu": lambda x: jax.nn.gelu(x, approximate=False),

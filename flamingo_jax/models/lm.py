@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from flamingo_jax.config import ExecutionConfig, LMConfig, XAttnConfig
-from flamingo_jax.gated_xattn import GatedCrossAttentionDense
-from flamingo_jax.layers import Attention, DecodeSlots, Mlp, constrain, dense, repeat, rms_norm
+from flamingo_jax.models.gated_xattn import GatedCrossAttentionDense
+from flamingo_jax.models.layers import (Attention, DecodeSlots, Mlp, constrain, dense, repeat,
+                                        rms_norm)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,8 +12,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flamingo_jax.config import ExecutionConfig, ResamplerConfig, check_frames
-from flamingo_jax.layers import Attention, Mlp, constrain, dense, layer_norm, repeat
+from flamingo_jax.config import ExecutionConfig, ResamplerConfig
+from flamingo_jax.config.model import check_frames
+from flamingo_jax.models.layers import (Attention, Mlp, constrain, dense, layer_norm, repeat)
 
 
 def time_embeddings(table: jax.Array, num_frames: int) -> jax.Array:

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from flamingo_jax.config import ExecutionConfig, VisionConfig
-from flamingo_jax.layers import Attention, Mlp, constrain, dense, layer_norm, repeat
+from flamingo_jax.models.layers import (Attention, Mlp, constrain, dense, layer_norm, repeat)
 
 
 class VisionBlock(nn.Module):

@@ -1,4 +1,4 @@
-"""Checkpoints (orbax) and preemption.
+"""Parameter trees on disk (orbax): standalone trees (towers, exports, imports) and a run's checkpoints.
 
 A training checkpoint holds what cannot be recomputed: the train state (step, trainable params,
 optimiser state, RNG) and the data iterator's position (JSON). Frozen weights are *referenced*, not
@@ -11,16 +11,13 @@ the previous one.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
-import signal
 from typing import Any, Iterable
 
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.experimental import v1 as ocp_v1
-from jax.experimental import multihost_utils
 
 
 class Checkpointer:
@@ -47,6 +44,15 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return restored["state"], restored["data"]
+
+  def restore_trainable(self, step: int, abstract_trainable: Any) -> Any:
+    """Only the trainable tree of the train state at `step`, onto the shardings of
+    `abstract_trainable` (no optimiser state is read, so no optimiser needs to be built)."""
+    item = {"trainable": abstract_trainable}
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)))
+    return restored["state"]["trainable"]
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -103,26 +109,24 @@ def load_params(path: str, abstract_params: Any) -> Any:
                      "model config (shapes and layer plan).") from e
 
 
-class PreemptionGuard:
-  """Turns SIGTERM (TPU preemption, `kill`) into a request to save and stop at the next step.
+RUN_RECORD = "run.json"  # In a run's workdir: its whole resolved config and its towers.
 
-  Every process calls `should_stop(step)` at the same steps; all of them agree, so a multi-host job
-  stops everywhere after the same step.
-  """
 
-  def __init__(self):
-    self._requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+def write_run_record(workdir: str, record: dict) -> None:
+  """Writes `<workdir>/run.json` (JSON: {"config": ..., "towers": ...}) through a temporary file
+  and a rename, so a reader never sees half a record."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, RUN_RECORD)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(record, f, indent=1)
+  os.replace(tmp, path)
 
-  def _handle(self, signum, frame):
-    del signum, frame
-    self._requested = True
 
-  def should_stop(self) -> bool:
-    flag = np.array(self._requested)
-    if jax.process_count() > 1:
-      flag = multihost_utils.process_allgather(flag).any()
-    return bool(flag)
-
-  def restore_handler(self) -> None:
-    signal.signal(signal.SIGTERM, self._previous)
+def read_run_record(workdir: str) -> dict | None:
+  """`<workdir>/run.json` parsed, or None when the workdir has no record."""
+  path = os.path.join(workdir, RUN_RECORD)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)

@@ -1,4 +1,4 @@
-"""Parameter-tree utilities: the frozen / trainable split and LM layer layouts.
+"""Parameter trees: the frozen / trainable split, merging the parts back, counting, fingerprints.
 
 Split rule (the one place it is defined): a parameter is trainable when its path contains `resampler`,
 `xattn`, `extra_embed` or `extra_head`; everything else (vision tower, LM blocks, LM embedding, head and
@@ -8,15 +8,13 @@ norms) is frozen. `split` returns two trees of the same nesting, each holding on
 
 from __future__ import annotations
 
+import hashlib
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
-
-from flamingo_jax.config import FlamingoConfig
-from flamingo_jax.lm import Segment, layer_plan
 
 Params = dict[str, Any]
 TRAINABLE_KEYS = frozenset({"resampler", "xattn", "extra_embed", "extra_head"})
@@ -24,6 +22,16 @@ TRAINABLE_KEYS = frozenset({"resampler", "xattn", "extra_embed", "extra_head"})
 
 def is_trainable(path: Sequence[str]) -> bool:
   return any(key in TRAINABLE_KEYS for key in path)
+
+
+def trains_lm(path: Sequence[str]) -> bool:
+  """The unfrozen-LM rule (`train.freeze_lm=False`): the Flamingo rule plus every LM parameter."""
+  return is_trainable(path) or path[0] == "lm"
+
+
+def trainable_rule(freeze_lm: bool) -> Callable[[Sequence[str]], bool]:
+  """The split rule of a Flamingo model: `is_trainable`, or `trains_lm` when the LM is not frozen."""
+  return is_trainable if freeze_lm else trains_lm
 
 
 def split(params: Params, trainable_if=is_trainable) -> tuple[Params, Params]:
@@ -43,70 +51,33 @@ def merge(frozen: Params, trainable: Params) -> Params:
   return traverse_util.unflatten_dict({**flat_frozen, **flat_trainable})
 
 
-def lm_layers(lm: Params, plan: Sequence[Segment]) -> tuple[list[Params], list[Params]]:
-  """Scanned LM params laid out by `plan` -> (per-layer LM blocks [L], per-gated-block trees [K])."""
-  blocks, xattns = [], []
-  for k, segment in enumerate(plan):
-    for u in range(segment.num_units):
-      unit = jax.tree.map(lambda a: a[u], lm[f"segment_{k}"])
-      if segment.has_xattn:
-        xattns.append(unit["xattn"])
-      blocks.extend(unit[f"block_{j}"] for j in range(segment.blocks_per_unit))
-  return blocks, xattns
-
-
-def with_lm_layers(lm: Params, blocks: Sequence[Params], xattns: Sequence[Params] | None,
-                   plan: Sequence[Segment]) -> Params:
-  """Scanned LM params whose layers are `blocks` and `xattns` laid out by `plan` (the rest of `lm`,
-  embeddings, norms and heads, is kept). With `lm_layers` this moves a text-only LM's weights into
-  any gated-block placement, and back. `xattns=None` builds the frozen part only (no gated blocks)."""
-  want_blocks = sum(s.num_units * s.blocks_per_unit for s in plan)
-  want_xattns = sum(s.num_units for s in plan if s.has_xattn) if xattns is not None else 0
-  if (len(blocks), len(xattns or ())) != (want_blocks, want_xattns):
-    raise ValueError(f"The layer plan needs {want_blocks} LM blocks and {want_xattns} gated blocks "
-                     f"but got {len(blocks)} and {len(xattns)}; check model.lm.num_layers and "
-                     "model.xattn.every / offset against the checkpoint.")
-  out = {name: v for name, v in lm.items() if not name.startswith("segment_")}
-  next_block, next_xattn = iter(blocks), iter(xattns or ())
-  for k, segment in enumerate(plan):
-    units = []
-    for _ in range(segment.num_units):
-      unit = {f"block_{j}": next(next_block) for j in range(segment.blocks_per_unit)}
-      if segment.has_xattn and xattns is not None:
-        unit["xattn"] = next(next_xattn)
-      units.append(unit)
-    out[f"segment_{k}"] = jax.tree.map(lambda *a: jnp.stack(a), *units)
-  return out
-
-
-def stacks(config: FlamingoConfig) -> list[tuple[tuple[str, ...], int]]:
-  """(path, length) of every `layers.repeat` stack in the Flamingo parameter tree."""
-  out = [(("vision", "blocks"), config.vision.num_layers),
-         (("resampler", "blocks"), config.resampler.num_layers)]
-  plan = layer_plan(config.lm.num_layers, config.xattn)
-  out += [(("lm", f"segment_{k}"), s.num_units) for k, s in enumerate(plan)]
-  return out
-
-
-def relayout(params: Params, stack_list: Sequence[tuple[tuple[str, ...], int]],
-             scanned: bool) -> Params:
-  """Converts params between the scanned layout (each stack under its name with a leading [length]
-  axis) and the unrolled one (`name_0` ... `name_{length-1}`); `scanned` is the one wanted.
-  `stack_list` is `stacks(config)` for a Flamingo tree, [(("segment_0",), L)] for a text-only LM."""
-  params = jax.tree.map(lambda a: a, params)  # A copy whose dicts we may rebuild.
-  for (*parents, name), length in stack_list:
-    parent = params
-    for key in parents:
-      parent = parent.get(key, {})  # A partial tree (e.g. the frozen part) may lack a stack.
-    if scanned and f"{name}_0" in parent:
-      parent[name] = jax.tree.map(lambda *a: jnp.stack(a),
-                                  *[parent.pop(f"{name}_{i}") for i in range(length)])
-    elif not scanned and name in parent:
-      stacked = parent.pop(name)
-      parent.update({f"{name}_{i}": jax.tree.map(lambda a: a[i], stacked) for i in range(length)})
-  return params
-
-
 def count(tree: Any) -> int:
   """Number of scalars in a tree of arrays or ShapeDtypeStructs."""
   return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+# Values of each leaf a fingerprint reads: evenly spaced over the flattened leaf, so any retraining
+# or a different checkpoint changes the hash (every trained weight moves) at a cost independent of
+# the model's size.
+FINGERPRINT_SAMPLES = 4096
+
+
+def fingerprint(params: Params) -> str:
+  """A short hash of a tree of (possibly sharded, multi-process) arrays: every leaf's path, shape and
+  dtype, and FINGERPRINT_SAMPLES of its values at fixed positions, gathered on the devices. Equal
+  trees give equal fingerprints on any mesh; the whole tree never moves to the host."""
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  digest = hashlib.blake2b(digest_size=8)
+  if not leaves:
+    return digest.hexdigest()
+  positions = [np.linspace(0, x.size - 1, min(x.size, FINGERPRINT_SAMPLES)).astype(np.int64)
+               for _, x in leaves]
+  sharding = getattr(leaves[0][1], "sharding", None)  # numpy leaves have none.
+  replicated = (jax.sharding.NamedSharding(sharding.mesh, jax.P())
+                if isinstance(sharding, jax.sharding.NamedSharding) else None)
+  samples = jax.jit(lambda xs: [x.reshape(-1)[p] for x, p in zip(xs, positions)],
+                    out_shardings=replicated)([x for _, x in leaves])
+  for (path, x), sample in zip(leaves, samples):
+    digest.update(f"{jax.tree_util.keystr(path)}{x.shape}{x.dtype}".encode())
+    digest.update(np.asarray(sample.addressable_data(0)).tobytes())
+  return digest.hexdigest()
