@@ -27,24 +27,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from data_pipelines.eval_sets import EvalExample, load_image
 from data_pipelines.tokenizer import IMAGE, Tokenizer
-from flamingo_jax.eval_data import EvalExample, load_image
-
-ANSWER = "{answer}"
-
+from flamingo_jax.config.evaluation import ANSWER
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
   """One query's prompt: token ids and its images in `<image>` order ([H, W, 3] uint8 each)."""
   ids: tuple[int, ...]
   images: tuple[np.ndarray, ...]
-
-
-def check_template(template: str, field: str) -> None:
-  """A prompt template must hold exactly one "{answer}" and one "<image>"; errors name the field."""
-  if template.count(ANSWER) != 1 or template.count(IMAGE) != 1:
-    raise ValueError(f"{field}={template!r} must contain exactly one {ANSWER} and one {IMAGE}, "
-                     "e.g. '<image>Output: {answer}<EOC>'.")
 
 
 def render_shot(template: str, example: EvalExample, answer: str, with_image: bool = True) -> str:

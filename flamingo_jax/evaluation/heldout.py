@@ -1,28 +1,27 @@
 """Held-out loss of a trained Flamingo run: the latest checkpoint in a workdir on the eval shards.
 
-  losses = heldout_losses(config, workdir, num_batches=4)   # {dataset: mean next-token loss}
+  losses = heldout_losses(workdir, num_batches=4)   # {dataset: mean next-token loss}
 
-Every dataset of `config.data` is scored, including those `data.exclude` left out of training (the
+The run is rebuilt from its own record (`weights.pretrained.load_trained`). Every dataset of its
+`config.data` is scored, including those `data.exclude` left out of training (the
 no-interleaved-data ablation is judged on interleaved text too). Evaluation streams are unshuffled,
 so every run of a sweep is scored on the same tokens.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from flamingo_jax import train as trainer
+from data_pipelines import mixture as mixture_lib
 from flamingo_jax.config import FlamingoConfig
-from flamingo_jax.generate import load_trained
-from flamingo_jax.losses import next_token_loss
-from flamingo_jax.model import Flamingo
+from flamingo_jax.models.flamingo import Flamingo
+from flamingo_jax.training.losses import next_token_loss
+from flamingo_jax.weights.pretrained import load_trained
 
 
 @functools.lru_cache(maxsize=None)
@@ -31,18 +30,13 @@ def _forward(model_config: FlamingoConfig):
   return jax.jit(Flamingo(model_config).apply)
 
 
-def heldout_losses(config: ml_collections.ConfigDict, workdir: str,
-                   num_batches: int) -> dict[str, float]:
+def heldout_losses(workdir: str, num_batches: int) -> dict[str, float]:
   """{dataset: mean over `num_batches` held-out batches of the next-token loss} of the flamingo-task
-  run in `workdir` (its latest checkpoint), with the frozen towers `config` loads."""
-  if config.task != "flamingo":
-    raise ValueError(f"heldout_losses scores task=flamingo runs; config.task={config.task!r}.")
-  config = copy.deepcopy(config)
-  config.data.exclude = ""
-  config.data.accumulation = "all"
-  model_config, params = load_trained(config, workdir)
-  apply = _forward(model_config)
-  mixture = trainer.build_mixture(config, model_config, split="eval")
+  run in `workdir` (its latest checkpoint)."""
+  config, params = load_trained(workdir)
+  apply = _forward(config.model)
+  every_dataset = config.replace({"data.exclude": "", "data.accumulation": "all"})
+  mixture = mixture_lib.from_config(every_dataset, split="eval")
 
   def loss(batch):
     logits = apply({"params": params}, batch["tokens"], batch["images"], batch["phi"])

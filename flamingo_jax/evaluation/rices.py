@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data_pipelines.eval_sets import EvalExample, load_image
 from flamingo_jax.config import FlamingoConfig
-from flamingo_jax.eval_data import EvalExample, load_image
-from flamingo_jax.vision import VisionTransformer
+from flamingo_jax.models.vision import VisionTransformer
+from flamingo_jax.weights import tree as ptree
 
 
 def most_similar(query_features: np.ndarray, support_features: np.ndarray, k: int) -> np.ndarray:
@@ -38,8 +39,7 @@ def most_similar(query_features: np.ndarray, support_features: np.ndarray, k: in
 def model_fingerprint(config: FlamingoConfig, vision_params) -> str:
   """A short hash of the vision config and weights: the cache key of the features they produce."""
   digest = hashlib.blake2b(repr(config.vision).encode(), digest_size=8)
-  for leaf in jax.tree.leaves(vision_params):
-    digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+  digest.update(ptree.fingerprint(vision_params).encode())
   return digest.hexdigest()
 
 

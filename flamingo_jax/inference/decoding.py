@@ -36,43 +36,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flamingo_jax import masking
-from flamingo_jax import params as P
-from flamingo_jax.config import FlamingoConfig
-from flamingo_jax.layers import DecodeSlots
-from flamingo_jax.model import Flamingo
+from flamingo_jax.config import FlamingoConfig, SamplingConfig
+from flamingo_jax.models import masking
+from flamingo_jax.models.flamingo import Flamingo
+from flamingo_jax.models.layers import DecodeSlots
+from flamingo_jax.weights import layout
+from flamingo_jax.weights import tree as ptree
 
-STRATEGIES = ("greedy", "beam", "sample")
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-  strategy: str = "greedy"  # One of STRATEGIES.
-  max_new_tokens: int = 20
-  num_beams: int = 3  # beam only (the paper: 3).
-  length_penalty: float = 0.0  # beam only: score = logprob / length**length_penalty.
-  temperature: float = 1.0  # sample only.
-  top_k: int = 0  # sample only; 0 = off.
-  top_p: float = 1.0  # sample only; 1.0 = off.
-
-  def __post_init__(self):
-    def fail(name, why):
-      raise ValueError(f"Invalid SamplingConfig.{name}={getattr(self, name)!r}: {why}")
-    if self.strategy not in STRATEGIES:
-      fail("strategy", f"must be one of {', '.join(STRATEGIES)}.")
-    if self.max_new_tokens < 1:
-      fail("max_new_tokens", "must be at least 1.")
-    if self.num_beams < 1:
-      fail("num_beams", "must be at least 1.")
-    if not self.temperature > 0:
-      fail("temperature", "must be positive (use strategy='greedy' for argmax).")
-    if self.top_k < 0:
-      fail("top_k", "must be >= 0 (0 = off).")
-    if not 0 < self.top_p <= 1:
-      fail("top_p", "must be in (0, 1] (1 = off).")
-
-
-def _decoding_model(config: FlamingoConfig, params) -> tuple[FlamingoConfig, P.Params]:
+def _decoding_model(config: FlamingoConfig, params) -> tuple[FlamingoConfig, ptree.Params]:
   """The model decoding runs, and its params: no remat (no backward pass) and, with
   `execution.decode_unrolled`, unrolled layer stacks (params relaid out inside the jit)."""
   unroll = config.execution.scan_layers and config.execution.decode_unrolled
@@ -80,7 +51,7 @@ def _decoding_model(config: FlamingoConfig, params) -> tuple[FlamingoConfig, P.P
                                   scan_layers=config.execution.scan_layers and not unroll)
   decoding_config = dataclasses.replace(config, execution=execution)
   if unroll:
-    params = P.relayout(params, P.stacks(config), scanned=False)
+    params = layout.relayout(params, layout.stacks(config), scanned=False)
   return decoding_config, params
 
 

@@ -1,14 +1,14 @@
 r"""CLI: text from a trained Flamingo for a prompt with images.
 
-  python -m flamingo_jax.generate --config experiments/flamingo.py:tiny,demo \
-      --checkpoint workdirs/quickstart/flamingo --image a.jpg --prompt "<image>Output:"
+  python -m flamingo_jax.inference.generate --checkpoint workdirs/quickstart/flamingo \
+      --image a.jpg --prompt "<image>This one is" [--sampling.strategy=beam --sampling.num_beams=3]
 
---checkpoint is the workdir of a Flamingo-stage training run (its latest checkpoint: the trainable
-tree); the frozen towers come from the same --config as in training (`init.*` exports, or the seed),
-exactly as `flamingo_jax.train` builds them. Each `<image>` in the prompt takes the next --image
-(decoded and centre-cropped as the evaluation pipeline does). The tokenizer defaults to the config's
-`data.tokenizer`. Decoding settings: --strategy greedy|beam|sample and the SamplingConfig fields;
-generation stops at `<EOC>` or the tokenizer's EOS.
+--checkpoint is the workdir of a Flamingo-stage training run: the model, its frozen towers (checked
+against the fingerprints the run recorded) and its tokenizer come from the run's own record
+(`weights.pretrained.load_trained`), the trainable weights from its latest checkpoint. Each
+`<image>` in the prompt takes the next --image (decoded and centre-cropped as the evaluation
+pipeline does). Decoding settings: `--sampling.<field>=` (flamingo_jax/config/evaluation.py,
+SamplingConfig); generation stops at `<EOC>` or the tokenizer's EOS.
 """
 
 from __future__ import annotations
@@ -16,34 +16,16 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
-import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from data_pipelines import images as image_ops
 from data_pipelines.tokenizer import Tokenizer
-from flamingo_jax import decoding
-from flamingo_jax import params as P
-from flamingo_jax import train as trainer
-from flamingo_jax.checkpointing import Checkpointer
-from flamingo_jax.config import FlamingoConfig
-
-
-def load_trained(config: ml_collections.ConfigDict, workdir: str) -> tuple[FlamingoConfig, P.Params]:
-  """(model config, full param tree on the host): the frozen towers as training builds them, merged
-  with the trainable tree of the latest checkpoint in `<workdir>/checkpoints`."""
-  setup = trainer.build_setup(config)
-  checkpointer = Checkpointer(workdir, keep=1)
-  step = checkpointer.latest_step()
-  if step is None:
-    checkpointer.close()
-    raise ValueError(f"No checkpoint under {workdir}/checkpoints: pass --checkpoint <the workdir of "
-                     "a Flamingo-stage training run>.")
-  frozen, _ = trainer.initial_params(config, setup, with_trainable=False)
-  state, _ = checkpointer.restore(step, setup.abstract_state)
-  checkpointer.close()
-  return setup.model_config, P.merge(jax.device_get(frozen), jax.device_get(state.trainable))
+from flamingo_jax.config import FlamingoConfig, SamplingConfig
+from flamingo_jax.inference import decoding
+from flamingo_jax.weights import tree as ptree
+from flamingo_jax.weights.pretrained import load_trained
 
 
 def prepare_prompt(model_config: FlamingoConfig, tokenizer: Tokenizer, prompt: str,
@@ -66,8 +48,8 @@ def prepare_prompt(model_config: FlamingoConfig, tokenizer: Tokenizer, prompt: s
   return np.asarray([tokens], np.int32), images[None]
 
 
-def generate_text(model_config: FlamingoConfig, params: P.Params, tokenizer: Tokenizer, prompt: str,
-                  image_paths: Sequence[str], sampling: decoding.SamplingConfig,
+def generate_text(model_config: FlamingoConfig, params: ptree.Params, tokenizer: Tokenizer, prompt: str,
+                  image_paths: Sequence[str], sampling: SamplingConfig,
                   seed: int = 0) -> str:
   """The continuation of `prompt`, up to (not including) `<EOC>` or EOS."""
   tokens, images = prepare_prompt(model_config, tokenizer, prompt, image_paths)
@@ -81,28 +63,23 @@ def main(argv):
   del argv
   f = flags.FLAGS
   logging.set_verbosity(logging.WARNING)
-  sampling = decoding.SamplingConfig(
-      strategy=f.strategy, max_new_tokens=f.max_new_tokens, num_beams=f.num_beams,
-      length_penalty=f.length_penalty, temperature=f.temperature, top_k=f.top_k, top_p=f.top_p)
-  model_config, params = load_trained(f.config, f.checkpoint)
-  tokenizer = Tokenizer(f.tokenizer or f.config.data.tokenizer)
-  print(generate_text(model_config, params, tokenizer, f.prompt, f.image or [], sampling, f.seed))
+  sampling = SamplingConfig.from_cli(f.sampling, "sampling")
+  try:
+    config, params = load_trained(f.checkpoint)
+    tokenizer = Tokenizer.of_run(config, f.tokenizer)
+    text = generate_text(config.model, params, tokenizer, f.prompt, f.image or [], sampling, f.seed)
+  except ValueError as e:  # A run, a tower, a tokenizer or a prompt that does not fit.
+    raise SystemExit(f"error: {e}") from None
+  print(text)
 
 
 if __name__ == "__main__":
-  defaults = decoding.SamplingConfig()
-  config_flags.DEFINE_config_file("config", None, "experiments/<file>.py:<preset> used in training.")
+  config_flags.DEFINE_config_dict("sampling", SamplingConfig().as_config_dict(),
+                                  "Decoding settings: --sampling.strategy=beam, ...")
   flags.DEFINE_string("checkpoint", None, "Workdir of the Flamingo-stage training run.")
   flags.DEFINE_multi_string("image", None, "Image file for each <image> in the prompt, in order.")
-  flags.DEFINE_string("prompt", None, 'Prompt text, e.g. "<image>Output:".')
-  flags.DEFINE_string("tokenizer", "", "Sentencepiece model (default: the config's data.tokenizer).")
-  flags.DEFINE_enum("strategy", defaults.strategy, list(decoding.STRATEGIES), "Decoding strategy.")
-  flags.DEFINE_integer("max_new_tokens", defaults.max_new_tokens, "Most tokens to generate.")
-  flags.DEFINE_integer("num_beams", defaults.num_beams, "Beam search: beams per prompt.")
-  flags.DEFINE_float("length_penalty", defaults.length_penalty, "Beam search: logprob / len**this.")
-  flags.DEFINE_float("temperature", defaults.temperature, "Sampling: logits / temperature.")
-  flags.DEFINE_integer("top_k", defaults.top_k, "Sampling: keep the k most likely tokens (0: all).")
-  flags.DEFINE_float("top_p", defaults.top_p, "Sampling: keep the smallest set of mass >= p (1: all).")
+  flags.DEFINE_string("prompt", None, 'Prompt text, e.g. "<image>This one is".')
+  flags.DEFINE_string("tokenizer", "", "Sentencepiece model (default: the run's data.tokenizer).")
   flags.DEFINE_integer("seed", 0, "Sampling: random seed.")
-  flags.mark_flags_as_required(["config", "checkpoint", "prompt"])
+  flags.mark_flags_as_required(["checkpoint", "prompt"])
   app.run(main)

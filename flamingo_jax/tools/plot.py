@@ -1,7 +1,7 @@
 r"""Plots a run's logs: tanh(alpha) of every gated block over training (the paper's gate plot) and
 the loss curves, as one PNG.
 
-  python -m flamingo_jax.plot --workdir /tmp/run [--out /tmp/run/training.png]
+  python -m flamingo_jax.tools.plot --workdir /tmp/run [--out /tmp/run/training.png]
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from flamingo_jax.metrics import read_metrics
-
+from flamingo_jax.training.metrics import read_metrics
 
 
 def plot_training(workdir: str, out: str) -> str:

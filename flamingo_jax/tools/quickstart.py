@@ -1,6 +1,7 @@
 r"""The quickstart: the paper's three stages end to end, then held-out results.
 
-  python -m flamingo_jax.quickstart --config experiments/flamingo.py:tiny --workdir workdirs/quickstart
+  python -m flamingo_jax.tools.quickstart --config experiments/flamingo.py:tiny,data=demo \
+      --workdir workdirs/quickstart
 
 1. contrastive: pretrain the vision tower on the image-text pairs      -> <workdir>/vision
 2. lm:          pretrain the text-only LM on the corpus text            -> <workdir>/lm
@@ -9,67 +10,74 @@ Then, on held-out batches of every dataset: the Flamingo loss next to the frozen
 on the same tokens, tanh(alpha) of every gated block, and <workdir>/flamingo/training.png; and the
 few-shot evaluation of the trained model on the held-out digits (experiments/evaluation.py:demo):
 captioning CIDEr and the in-context colour-renaming task at 0 and 4 shots -> <workdir>/fewshot/.
-Each stage is `flamingo_jax.train` with `config.task` set; a stage whose export exists is skipped, so
-the command resumes where it stopped.
+Each stage is `flamingo_jax.training.train` with `config.task` set; a stage whose export exists is
+skipped, so the command resumes where it stopped.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 
 import flax.linen as nn
 import jax
-import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from data_pipelines import demo
+from data_pipelines import mixture as mixture_lib
 from data_pipelines.tokenizer import Tokenizer
 from experiments import evaluation
-from flamingo_jax import train as trainer
-from flamingo_jax.checkpointing import load_params
-from flamingo_jax.evaluate import evaluate, results_table
-from flamingo_jax.generate import load_trained
-from flamingo_jax.heldout import mean_losses
-from flamingo_jax.losses import next_token_loss
-from flamingo_jax.metrics import read_metrics
-from flamingo_jax.model import Flamingo
-from flamingo_jax.plot import plot_training
-from flamingo_jax.tasks import make_task
+from flamingo_jax.config import Config, EvaluationConfig
+from flamingo_jax.evaluation.evaluate import evaluate, results_table
+from flamingo_jax.evaluation.heldout import mean_losses
+from flamingo_jax.models.flamingo import Flamingo
+from flamingo_jax.tools.plot import plot_training
+from flamingo_jax.training import train as trainer
+from flamingo_jax.training.losses import next_token_loss
+from flamingo_jax.training.metrics import read_metrics
+from flamingo_jax.training.tasks import lm_task
+from flamingo_jax.weights.pretrained import load_trained
+from flamingo_jax.weights.store import load_params
+
+STAGES = (("contrastive", "vision"), ("lm", "lm"), ("flamingo", None))  # (task, its export).
 
 
-def stage_config(config: ml_collections.ConfigDict, task: str, workdir: str):
+def stage_dir(workdir: str, task: str) -> str:
+  return os.path.join(workdir, "vision" if task == "contrastive" else task)
+
+
+def stage_config(config: Config, task: str, workdir: str) -> Config:
   """The base config specialised to one stage (its task, steps and datasets)."""
-  stage = copy.deepcopy(config)
-  stage.task = task
-  stage.train.num_steps = config.quickstart[f"{task}_steps"]
+  overrides = {"task": task, "train.num_steps": getattr(config.quickstart, f"{task}_steps")}
   if task == "contrastive":  # Image-text pairs only, one loss.
-    pairs = {name: spec for name, spec in config.data.datasets.items()
-             if name == config.quickstart.contrastive_dataset}
-    stage.data.datasets = {name: {**spec.to_dict(), "loss_weight": 1.0} for name, spec in pairs.items()}
+    name = config.quickstart.contrastive_dataset
+    if name not in config.data.datasets:
+      raise ValueError(f"Invalid config: quickstart.contrastive_dataset={name!r}: must name one of "
+                       f"data.datasets ({', '.join(config.data.datasets)}).")
+    overrides["data.datasets"] = {name: {**config.data.datasets[name].to_dict(), "loss_weight": 1.0}}
+    overrides["data.exclude"] = ""
   if task == "flamingo":
-    stage.init.vision_checkpoint = os.path.join(workdir, "vision", "export", "vision")
-    stage.init.lm_checkpoint = os.path.join(workdir, "lm", "export", "lm")
-  return stage
+    overrides["init.vision_checkpoint"] = os.path.join(stage_dir(workdir, "contrastive"), "export",
+                                                       "vision")
+    overrides["init.lm_checkpoint"] = os.path.join(stage_dir(workdir, "lm"), "export", "lm")
+  return config.replace(overrides)
 
 
-def heldout_losses(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple[float, float]]:
+def heldout_losses(config: Config, workdir: str) -> dict[str, tuple[float, float]]:
   """{dataset: (Flamingo loss, text-only LM loss)} on held-out batches, the same tokens for both."""
-  flamingo_config = stage_config(config, "flamingo", workdir)
-  model_config, params = load_trained(flamingo_config, os.path.join(workdir, "flamingo"))
-  lm_task = make_task("lm", model_config)
+  flamingo_config, params = load_trained(stage_dir(workdir, "flamingo"))
+  text_lm = lm_task(flamingo_config.model)
   lm_abstract = jax.eval_shape(lambda: nn.meta.unbox(
-      lm_task.model.init(jax.random.key(0), *lm_task.init_inputs)["params"]))
+      text_lm.model.init(jax.random.key(0), *text_lm.init_inputs)["params"]))
   lm_params = load_params(flamingo_config.init.lm_checkpoint, lm_abstract)
 
-  mixture = trainer.build_mixture(flamingo_config, model_config, split="eval")
-  flamingo = jax.jit(Flamingo(model_config).apply)
-  text_lm = jax.jit(lm_task.model.apply)
+  mixture = mixture_lib.from_config(flamingo_config, split="eval")
+  flamingo = jax.jit(Flamingo(flamingo_config.model).apply)
+  text_only_lm = jax.jit(text_lm.model.apply)
 
   def losses(batch):
     ours = flamingo({"params": params}, batch["tokens"], batch["images"], batch["phi"])
-    text_only = text_lm({"params": lm_params}, batch["tokens"])
+    text_only = text_only_lm({"params": lm_params}, batch["tokens"])
     return (float(next_token_loss(ours, batch["labels"], batch["loss_mask"])),
             float(next_token_loss(text_only, batch["labels"], batch["loss_mask"])))
 
@@ -77,46 +85,54 @@ def heldout_losses(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
           mean_losses(mixture, config.quickstart.heldout_batches, losses).items()}
 
 
+def run_stages(config: Config, workdir: str) -> None:
+  """The three stages in turn; a stage whose export exists is skipped (the command resumes)."""
+  stages = [stage_config(config, task, workdir) for task, _ in STAGES]  # All checked first.
+  for (task, export), stage in zip(STAGES, stages):
+    directory = stage_dir(workdir, task)
+    if export and os.path.exists(os.path.join(directory, "export", export)):
+      print(f"== {task}: done earlier ({directory})")
+      continue
+    print(f"== stage {task} -> {directory}", flush=True)
+    trainer.train(stage, directory)
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  config, workdir = Config.from_cli(flags.FLAGS.config), flags.FLAGS.workdir
   if config.data.source == "arrayrecord" and not os.path.exists(config.data.tokenizer):
     root = os.path.dirname(config.data.tokenizer)
     print(f"== building the demo corpus in {root}", flush=True)
     demo.build(root)
-  for task, export in (("contrastive", "vision"), ("lm", "lm"), ("flamingo", None)):
-    stage_dir = os.path.join(workdir, "vision" if task == "contrastive" else task)
-    if export and os.path.exists(os.path.join(stage_dir, "export", export)):
-      print(f"== {task}: done earlier ({stage_dir})")
-      continue
-    print(f"== stage {task} -> {stage_dir}", flush=True)
-    trainer.train(stage_config(config, task, workdir), stage_dir)
+  try:
+    run_stages(config, workdir)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
 
   print("\n== held-out results (mean next-token loss on the same tokens)")
   print(f"{'dataset':<14}{'Flamingo':>10}{'text-only LM':>14}")
   for name, (ours, text_only) in heldout_losses(config, workdir).items():
     print(f"{name:<14}{ours:>10.3f}{text_only:>14.3f}")
-  last = read_metrics(os.path.join(workdir, "flamingo"))[-1]
+  flamingo_dir = stage_dir(workdir, "flamingo")
+  last = read_metrics(flamingo_dir)[-1]
   for gate in ("attn", "ffw"):
     values = ", ".join(f"{v:+.3f}" for v in last.get(f"gates/{gate}", []))
     print(f"tanh(alpha) {gate} gates by block: [{values}]")
-  print(f"plot: {plot_training(os.path.join(workdir, 'flamingo'), os.path.join(workdir, 'flamingo', 'training.png'))}")
+  print(f"plot: {plot_training(flamingo_dir, os.path.join(flamingo_dir, 'training.png'))}")
   fewshot_demo(config, workdir)
 
 
-def fewshot_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def fewshot_demo(config: Config, workdir: str) -> dict:
   """Few-shot evaluation of the trained model on the demo corpus's held-out digits (the `demo`
   preset of experiments/evaluation.py); prints the table and writes <workdir>/fewshot/results.*."""
-  settings = evaluation.get_config("demo")
-  settings.flamingo = stage_config(config, "flamingo", workdir)
   corpus = os.path.dirname(config.data.tokenizer)
-  for task in settings.tasks.values():
-    task.data_dir = corpus
-  print("\n== few-shot evaluation on held-out digits (flamingo_jax.evaluate, "
+  settings = EvaluationConfig.from_dict(evaluation.get_config("demo"))
+  settings = settings.replace({f"tasks.{name}.data_dir": corpus for name in settings.tasks})
+  print("\n== few-shot evaluation on held-out digits (flamingo_jax.evaluation.evaluate, "
         "experiments/evaluation.py:demo)", flush=True)
-  model_config, params = load_trained(settings.flamingo, os.path.join(workdir, "flamingo"))
-  results = evaluate(settings, model_config, params, Tokenizer(config.data.tokenizer),
+  run_config, params = load_trained(stage_dir(workdir, "flamingo"))
+  results = evaluate(settings, run_config.model, params, Tokenizer.of_run(run_config),
                      os.path.join(workdir, "fewshot"))
   print(results_table(results))
   return results

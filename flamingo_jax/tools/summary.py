@@ -1,6 +1,6 @@
 r"""Parameter table of a config, from abstract shapes only (nothing is allocated).
 
-  python -m flamingo_jax.summary --config experiments/flamingo.py:flamingo_80b [--json]
+  python -m flamingo_jax.tools.summary --config experiments/flamingo.py:flamingo_80b [--json]
 """
 
 from __future__ import annotations
@@ -11,25 +11,23 @@ import flax.linen as nn
 from absl import app, flags
 from ml_collections import config_flags
 
-from flamingo_jax import params as P
-from flamingo_jax.config import FlamingoConfig
-from flamingo_jax.model import abstract_params
-
+from flamingo_jax.config import Config, FlamingoConfig
+from flamingo_jax.models.flamingo import abstract_params
+from flamingo_jax.weights import tree as ptree
 
 
 def component_counts(config: FlamingoConfig) -> dict[str, dict[str, int]]:
   """{component: {"frozen": n, "trainable": n}} plus "total", from `jax.eval_shape`."""
-  frozen, trainable = P.split(nn.meta.unbox(abstract_params(config)))
+  frozen, trainable = ptree.split(nn.meta.unbox(abstract_params(config)))
   lm_frozen = frozen["lm"]
   lm_trainable = trainable["lm"]
-  xattn = {k: v for k, v in lm_trainable.items() if k.startswith("segment_")}
-  new_rows = {k: v for k, v in lm_trainable.items() if not k.startswith("segment_")}
+  new_rows, xattn = ptree.split(lm_trainable, lambda path: "xattn" in path)
   table = {
-      "vision": {"frozen": P.count(frozen["vision"]), "trainable": 0},
-      "resampler": {"frozen": 0, "trainable": P.count(trainable["resampler"])},
-      "lm": {"frozen": P.count(lm_frozen), "trainable": 0},
-      "xattn": {"frozen": 0, "trainable": P.count(xattn)},
-      "new_token_rows": {"frozen": 0, "trainable": P.count(new_rows)},
+      "vision": {"frozen": ptree.count(frozen["vision"]), "trainable": 0},
+      "resampler": {"frozen": 0, "trainable": ptree.count(trainable["resampler"])},
+      "lm": {"frozen": ptree.count(lm_frozen), "trainable": 0},
+      "xattn": {"frozen": 0, "trainable": ptree.count(xattn)},
+      "new_token_rows": {"frozen": 0, "trainable": ptree.count(new_rows)},
   }
   table["total"] = {kind: sum(row[kind] for row in table.values()) for kind in ("frozen", "trainable")}
   return table
@@ -45,7 +43,7 @@ def format_table(counts: dict[str, dict[str, int]]) -> str:
 
 def main(argv):
   del argv
-  config = FlamingoConfig.from_dict(flags.FLAGS.config.model)
+  config = Config.from_cli(flags.FLAGS.config).model
   counts = component_counts(config)
   if flags.FLAGS.json:
     print(json.dumps(counts))

@@ -1,8 +1,8 @@
 """Ahead-of-time fit check: compile the real train step for a TPU slice on a CPU-only machine.
 
 `libtpu` gives JAX compile-only devices for a TPU topology (`jax.experimental.topologies`); the
-trainer's own setup (mesh, shardings, abstract state: `train.build_setup`) and jitted update
-(`train.jit_train_step`) are lowered on them with abstract inputs (ShapeDtypeStructs: nothing is
+trainer's own setup (mesh, shardings, abstract state: `setup.build_setup`) and jitted update
+(`setup.jit_train_step`) are lowered on them with abstract inputs (ShapeDtypeStructs: nothing is
 allocated) and compiled by the TPU compiler. The compiled program says how much HBM a chip needs and
 how many FLOPs / bytes it runs; `fit_report` turns that into the per-chip table the CLI prints
 (`launch/aot_check.py`).
@@ -24,10 +24,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from flamingo_jax import flops, sharding, train
-from flamingo_jax.metrics import PEAK_FLOPS
+from flamingo_jax import sharding
+from flamingo_jax.config import Config
+from flamingo_jax.training import flops
+from flamingo_jax.training.metrics import PEAK_FLOPS
+from flamingo_jax.training.setup import build_setup, jit_train_step
 
 GIB = 2 ** 30
 LIBTPU_MISSING = ("Compiling for a TPU topology on this machine needs libtpu: "
@@ -138,19 +140,18 @@ def topology_devices(topology: Topology) -> list[jax.Device]:
                                            **kwargs).devices)
 
 
-def abstract_batches(config: ml_collections.ConfigDict, model_config,
-                     batch_sharding: jax.sharding.Sharding) -> dict[str, dict[str, Any]]:
+def abstract_batches(config: Config, batch_sharding: jax.sharding.Sharding) -> dict[str, dict[str, Any]]:
   """{dataset: {key: ShapeDtypeStruct}}: one global batch of every dataset the trainer reads
-  (`train.selected_datasets`: `data.exclude` honoured; with `data.accumulation=round_robin` the step
+  (`config.data.selected()`: `data.exclude` honoured; with `data.accumulation=round_robin` the step
   of all datasets together is compiled, an upper bound of each single-dataset step) in the
   mixture's keys, shapes and dtypes (tokens / labels / phi [B, T] int32, loss_mask [B, T] float32,
   images [B, N, F, H, W, 3] uint8, image_mask [B, N] bool), on `batch_sharding`."""
-  size = model_config.vision.image_size
+  size = config.model.vision.image_size
   mesh = batch_sharding.mesh
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   out = {}
-  for name, spec in train.selected_datasets(config.data).items():
-    b, t, n, f = spec["batch_size"], spec["seq_len"], spec["max_images"], spec["num_frames"]
+  for name, spec in config.data.selected().items():
+    b, t, n, f = spec.batch_size, spec.seq_len, spec.max_images, spec.num_frames
     if b % shards:
       raise ValueError(f"data.datasets.{name}.batch_size={b} cannot be split over mesh.data x "
                        f"mesh.fsdp = {shards} devices: change the batch size or the mesh.")
@@ -186,18 +187,17 @@ def _parse_oom(message: str) -> tuple[str, float, float] | None:
   return None
 
 
-def fit_report(config: ml_collections.ConfigDict, topology: Topology) -> dict[str, Any]:
+def fit_report(config: Config, topology: Topology) -> dict[str, Any]:
   """Compiles the train step of `config` for `topology` and returns the per-chip report: memory in
   GiB (frozen / trainable parameters, optimiser state, batch, temporaries, total vs HBM), fits,
   overflow, model FLOPs per step, estimated step time (and how it was estimated), MFU, compile s."""
   devices = topology_devices(topology)
-  setup = train.build_setup(config, devices=devices)
-  batches = abstract_batches(config, setup.model_config, setup.batch_sharding)
-  loss_weights = {name: spec["loss_weight"]
-                  for name, spec in train.selected_datasets(config.data).items()}
+  setup = build_setup(config, devices=devices)
+  batches = abstract_batches(config, setup.batch_sharding)
+  loss_weights = {name: spec.loss_weight for name, spec in config.data.selected().items()}
   chip = topology.chip
   report: dict[str, Any] = {
-      "preset": config.get("preset", ""), "topology": topology.name, "chips": topology.chips,
+      "preset": config.preset, "topology": topology.name, "chips": topology.chips,
       "device_kind": devices[0].device_kind,
       "mesh": dict(zip(setup.mesh.axis_names, map(int, setup.mesh.devices.shape))),
       "remat_policy": setup.model_config.execution.remat_policy,
@@ -217,7 +217,7 @@ def fit_report(config: ml_collections.ConfigDict, topology: Topology) -> dict[st
 
   start, start_cpu = time.perf_counter(), time.process_time()
   with sharding.active(setup.mesh):
-    lowered = train.jit_train_step(config, setup, loss_weights).lower(
+    lowered = jit_train_step(config, setup, loss_weights).lower(
         setup.abstract_state, setup.abstract_frozen, batches)
     try:
       compiled = lowered.compile()

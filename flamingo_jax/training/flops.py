@@ -101,7 +101,7 @@ def inventory(config: FlamingoConfig, batch: int, seq_len: int, num_images: int,
             MatMul(f"lm.{i}.mlp_down", 1, tokens, lm.mlp_dim, lm.width, grad)]
     out += _attention(f"lm.{i}.attn", batch, lm.num_heads, seq_len, seq_len, hd, 2 * grad)
   out.append(MatMul("lm.head", 1, tokens, lm.width, lm.vocab_size, 1))
-  out.append(MatMul("lm.extra_head", 1, tokens, lm.width, config.num_new_tokens, 2))
+  out.append(MatMul("lm.extra_head", 1, tokens, lm.width, config.num_extra_tokens, 2))
   return out
 
 

@@ -54,7 +54,7 @@ def peak_flops_per_device() -> tuple[float, str]:
     if device.device_kind.startswith(kind):
       return peak, f"data sheet ({kind})"
   raise ValueError(f"No peak FLOP/s known for device kind {device.device_kind!r}; add it to "
-                   "flamingo_jax.metrics.PEAK_FLOPS.")
+                   "flamingo_jax.training.metrics.PEAK_FLOPS.")
 
 
 class MetricWriter:

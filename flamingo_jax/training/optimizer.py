@@ -11,25 +11,21 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import ml_collections
 import optax
 
-from flamingo_jax.params import Params
+from flamingo_jax.config import OptimizerConfig
+from flamingo_jax.weights.tree import Params
 
-SCHEDULES = ("constant", "cosine")
 
-
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
   """Linear warm-up from 0 to `learning_rate` over `warmup_steps`, then constant or cosine decay to
   `end_learning_rate` at `decay_steps`."""
   if config.schedule == "constant":
     if config.warmup_steps == 0:  # optax's warm-up schedules give 0 at step 0 even without warm-up.
       return optax.constant_schedule(config.learning_rate)
     return optax.warmup_constant_schedule(0.0, config.learning_rate, config.warmup_steps)
-  if config.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
-                                              config.decay_steps, config.end_learning_rate)
-  raise ValueError(f"optimizer.schedule={config.schedule!r}: choose one of {', '.join(SCHEDULES)}.")
+  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
+                                            config.decay_steps, config.end_learning_rate)
 
 
 def decay_mask(trainable: Params) -> Any:
@@ -38,7 +34,7 @@ def decay_mask(trainable: Params) -> Any:
       lambda path, _: "resampler" not in jax.tree_util.keystr(path), trainable)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
   return optax.apply_if_finite(
       optax.chain(
           optax.clip_by_global_norm(config.clip_norm),

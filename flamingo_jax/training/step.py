@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flamingo_jax import params as P
-from flamingo_jax.optimizer import skipped_updates
-from flamingo_jax.tasks import Task
+from flamingo_jax.training.optimizer import skipped_updates
+from flamingo_jax.training.tasks import Task
+from flamingo_jax.weights import tree as ptree
 
 Batch = Mapping[str, jax.Array]
 
@@ -26,7 +26,7 @@ Batch = Mapping[str, jax.Array]
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # int32 []
-  trainable: P.Params  # float32 trainable tree (resampler, gated blocks, new-token rows).
+  trainable: ptree.Params  # float32 trainable tree (resampler, gated blocks, new-token rows).
   opt_state: optax.OptState  # Optimiser state of the trainable tree only.
   rng: jax.Array  # uint32 [2] raw key data, advanced every step.
 
@@ -50,7 +50,7 @@ def make_train_step(task: Task, optimizer: optax.GradientTransformation,
   """
 
   def micro_loss(trainable, frozen, micro, total_weight):
-    values, weights = task.losses(task.model, P.merge(frozen, trainable), micro)
+    values, weights = task.losses(task.model, ptree.merge(frozen, trainable), micro)
     return jnp.sum(values * weights.astype(jnp.float32)) / total_weight
 
   grad_fn = jax.value_and_grad(micro_loss)
@@ -66,7 +66,7 @@ def make_train_step(task: Task, optimizer: optax.GradientTransformation,
     (loss, grads), _ = jax.lax.scan(body, zeros, micro)
     return loss, grads
 
-  def train_step(state: TrainState, frozen: P.Params, batches: Mapping[str, Batch]):
+  def train_step(state: TrainState, frozen: ptree.Params, batches: Mapping[str, Batch]):
     grads = jax.tree.map(jnp.zeros_like, state.trainable)
     metrics = {}
     total = jnp.zeros((), jnp.float32)
@@ -83,28 +83,9 @@ def make_train_step(task: Task, optimizer: optax.GradientTransformation,
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": schedule(state.step),
         "skipped_updates": skipped_updates(opt_state),
-        **gate_values(trainable),
+        **task.metrics(trainable),
     })
     rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
     return TrainState(state.step + 1, trainable, opt_state, rng), metrics
 
   return train_step
-
-
-def gate_values(trainable: P.Params) -> dict[str, jax.Array]:
-  """{"gates/attn": [K], "gates/ffw": [K]}: mean tanh(alpha) of every gated block, in layer order."""
-  segments = sorted((k for k in trainable.get("lm", {}) if k.startswith("segment_")),
-                    key=lambda k: [int(p) for p in k.split("_")[1:]])
-  out = {}
-  for gate in ("attn", "ffw"):
-    values = []
-    for k in segments:
-      if f"{gate}_gate" in trainable["lm"][k].get("xattn", {}):  # None with xattn.gate="none".
-        alpha = trainable["lm"][k]["xattn"][f"{gate}_gate"]
-        # Scanned: [units] or [units, D]; unrolled: [] or [D]. Average channel gates.
-        scanned = "_" not in k[len("segment_"):]
-        alpha = alpha.reshape(alpha.shape[0], -1) if scanned else alpha.reshape(1, -1)
-        values.append(jnp.tanh(alpha.astype(jnp.float32)).mean(axis=1))
-    if values:
-      out[f"gates/{gate}"] = jnp.concatenate(values)
-  return out

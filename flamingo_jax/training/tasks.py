@@ -20,56 +20,32 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from flamingo_jax import flops
-from flamingo_jax import params as P
 from flamingo_jax.config import FlamingoConfig
-from flamingo_jax.layers import dense
-from flamingo_jax.lm import DecoderLM
-from flamingo_jax.losses import token_losses
-from flamingo_jax.model import Flamingo, example_inputs
-from flamingo_jax.vision import VisionTransformer
-
-TASKS = ("flamingo", "lm", "contrastive")
-
-
-class ContrastiveTowers(nn.Module):
-  """CLIP-style towers: the Flamingo vision tower (same parameter path `vision`, so its weights load
-  as Flamingo's frozen tower) and a text tower of the LM's shape, each mean-pooled and projected to
-  `embed_dim`, with a learned temperature."""
-
-  config: FlamingoConfig
-  embed_dim: int = 128
-
-  @nn.compact
-  def __call__(self, tokens: jax.Array, images: jax.Array, text_mask: jax.Array):
-    """tokens [B, T], images [B, 1, F, H, W, 3] uint8, text_mask [B, T] -> (image [B, E], text
-    [B, E]) unit vectors and the logit scale."""
-    c = self.config
-    features = VisionTransformer(c.vision, c.execution, name="vision")(images[:, :1])
-    image = dense(self.embed_dim, ("embed", None), c.execution, name="image_proj")(
-        features.mean(axis=(1, 2, 3)))
-    hidden = DecoderLM(c.lm, c.execution, num_extra_tokens=c.num_new_tokens, name="text")(
-        tokens, return_hidden=True)
-    weights = text_mask.astype(hidden.dtype)[..., None]
-    pooled = (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
-    text = dense(self.embed_dim, ("embed", None), c.execution, name="text_proj")(pooled)
-    log_scale = self.param("log_scale", nn.initializers.constant(np.log(1 / 0.07)), ())
-    normalise = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True).clip(1e-6)  # noqa: E731
-    return normalise(image.astype(jnp.float32)), normalise(text.astype(jnp.float32)), \
-        jnp.exp(jnp.minimum(log_scale, np.log(100.0)))
-
+from flamingo_jax.models.contrastive import ContrastiveTowers
+from flamingo_jax.models.flamingo import Flamingo, example_inputs
+from flamingo_jax.models.lm import DecoderLM
+from flamingo_jax.training import flops
+from flamingo_jax.training.losses import token_losses
+from flamingo_jax.weights import layout
+from flamingo_jax.weights import tree as ptree
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  name: str
+  """One stage: its model, which parameters train, its loss, its FLOPs and what it exports."""
+
   model: nn.Module
   init_inputs: tuple  # Zero inputs of the right shapes for `model.init`.
-  trainable_if: Callable  # path -> bool.
+  trainable_if: Callable[[tuple[str, ...]], bool]  # Parameter path -> trained?
   losses: Callable  # (model, params, batch) -> (values, weights), each [B, ...].
   total_weight: Callable  # batch -> the sum of the weights over the whole dataset batch.
-  export: str | None  # The subtree written to <workdir>/export/<name> at the end, if any.
+  # Flamingo's forward matmuls (flops.inventory) -> those this task's model runs, each tagged with
+  # the backward products its trainable tree needs.
+  trained_matmuls: Callable[[list[flops.MatMul]], list[flops.MatMul]]
+  # trainable tree -> extra per-step metrics (flamingo: tanh(alpha) of every gate).
+  metrics: Callable[[ptree.Params], dict[str, jax.Array]] = lambda trainable: {}
+  export: str | None = None  # The tower written to <workdir>/export/<export> at the end, if any.
+  exported: Callable[[ptree.Params], ptree.Params] | None = None  # trainable tree -> that tower.
 
   def step_flops(self, config: FlamingoConfig, batches, process_count: int) -> int:
     """Model FLOPs (matmuls) of one update over the global batches."""
@@ -82,18 +58,13 @@ class Task:
     for batch in batches.values():
       b, t = batch["tokens"].shape
       n, f = batch["images"].shape[1:3]
-      matmuls = flops.inventory(config, b * process_count, t, n, f)
-      if self.name == "lm":  # Every LM weight trains: forward, input and weight gradients.
-        matmuls = [dataclasses.replace(m, backward=2) for m in matmuls if m.name.startswith("lm.")]
-      elif self.name == "flamingo" and self.trainable_if(("lm", "head")):  # Unfrozen LM.
-        matmuls = [dataclasses.replace(m, backward=2) if m.name.startswith("lm.") else m
-                   for m in matmuls]
-      elif self.name == "contrastive":
-        matmuls = [dataclasses.replace(m, backward=2) for m in matmuls
-                   if m.name.startswith("vision.") or (m.name.startswith("lm.")
-                                                       and "head" not in m.name)]
-      out += matmuls
+      out += self.trained_matmuls(flops.inventory(config, b * process_count, t, n, f))
     return out
+
+
+def _fully_trained(matmuls: list[flops.MatMul], keep: Callable[[str], bool]) -> list[flops.MatMul]:
+  """The matmuls whose name passes `keep`, each with its input and weight gradients (backward=2)."""
+  return [dataclasses.replace(m, backward=2) for m in matmuls if keep(m.name)]
 
 
 def _loss_tokens(batch) -> jax.Array:
@@ -121,26 +92,64 @@ def _contrastive_losses(model, params, batch):
   return per_example, jnp.ones_like(per_example)
 
 
-def _trains_lm(path) -> bool:
-  """The unfrozen-LM rule: the Flamingo rule plus every LM parameter."""
-  return P.is_trainable(path) or path[0] == "lm"
+def gate_values(trainable: ptree.Params, config: FlamingoConfig) -> dict[str, jax.Array]:
+  """{"gates/attn": [K], "gates/ffw": [K]}: mean tanh(alpha) of every gated block, in layer order
+  (none with `xattn.gate="none"`)."""
+  out = {}
+  for gate in ("attn", "ffw"):
+    values = []
+    for (segment, name), stacked in layout.xattn_paths(config):
+      block = trainable["lm"][segment][name]
+      if f"{gate}_gate" in block:
+        alpha = block[f"{gate}_gate"]  # Stacked: [units] or [units, D]; else [] or [D].
+        alpha = alpha.reshape(alpha.shape[0], -1) if stacked else alpha.reshape(1, -1)
+        values.append(jnp.tanh(alpha.astype(jnp.float32)).mean(axis=1))
+    if values:
+      out[f"gates/{gate}"] = jnp.concatenate(values)
+  return out
+
+
+def flamingo_task(config: FlamingoConfig, z_loss: float = 0.0, freeze_lm: bool = True) -> Task:
+  """Resampler, gated blocks and new-token rows against the frozen towers; `freeze_lm=False` (the
+  paper's ablation) trains the LM's weights too."""
+  if freeze_lm:
+    trained = lambda matmuls: matmuls  # noqa: E731 - flops.inventory tags the frozen-LM case.
+  else:
+    trained = lambda matmuls: [  # noqa: E731
+        dataclasses.replace(m, backward=2) if m.name.startswith("lm.") else m for m in matmuls]
+  return Task(Flamingo(config), example_inputs(config), ptree.trainable_rule(freeze_lm),
+              lambda m, p, b: _flamingo_losses(m, p, b, z_loss), _loss_tokens, trained,
+              metrics=lambda trainable: gate_values(trainable, config))
+
+
+def lm_task(config: FlamingoConfig, z_loss: float = 0.0) -> Task:
+  """The text-only LM, every weight trained; exports the whole tree as `lm`."""
+  model = DecoderLM(config.lm, config.execution, num_extra_tokens=config.num_extra_tokens)
+  return Task(model, example_inputs(config)[:1], lambda path: True,
+              lambda m, p, b: _lm_losses(m, p, b, z_loss), _loss_tokens,
+              lambda matmuls: _fully_trained(matmuls, lambda name: name.startswith("lm.")),
+              export="lm", exported=lambda trainable: trainable)
+
+
+def contrastive_task(config: FlamingoConfig) -> Task:
+  """CLIP-style towers, every weight trained; exports the vision tower as `vision`."""
+  tokens, images, _ = example_inputs(config)
+  text_tower = lambda name: name.startswith("lm.") and "head" not in name  # noqa: E731
+  return Task(ContrastiveTowers(config), (tokens, images, jnp.ones(tokens.shape)),
+              lambda path: True, _contrastive_losses,
+              lambda batch: jnp.asarray(batch["tokens"].shape[0], jnp.float32),
+              lambda matmuls: _fully_trained(
+                  matmuls, lambda name: name.startswith("vision.") or text_tower(name)),
+              export="vision", exported=lambda trainable: trainable["vision"])
 
 
 def make_task(name: str, config: FlamingoConfig, z_loss: float = 0.0,
               freeze_lm: bool = True) -> Task:
-  """`freeze_lm` (flamingo only; `train.freeze_lm`): False puts the LM's weights in the trainable
-  tree."""
+  """The task `config.task` names; `freeze_lm` (`train.freeze_lm`) applies to `flamingo` only."""
   if name == "flamingo":
-    return Task(name, Flamingo(config), example_inputs(config),
-                P.is_trainable if freeze_lm else _trains_lm,
-                lambda m, p, b: _flamingo_losses(m, p, b, z_loss), _loss_tokens, None)
+    return flamingo_task(config, z_loss, freeze_lm)
   if name == "lm":
-    model = DecoderLM(config.lm, config.execution, num_extra_tokens=config.num_new_tokens)
-    return Task(name, model, example_inputs(config)[:1], lambda path: True,
-                lambda m, p, b: _lm_losses(m, p, b, z_loss), _loss_tokens, "lm")
+    return lm_task(config, z_loss)
   if name == "contrastive":
-    tokens, images, _ = example_inputs(config)
-    return Task(name, ContrastiveTowers(config), (tokens, images, jnp.ones(tokens.shape)),
-                lambda path: True, _contrastive_losses,
-                lambda batch: jnp.asarray(batch["tokens"].shape[0], jnp.float32), "vision")
-  raise ValueError(f"task={name!r}: choose one of {', '.join(TASKS)}.")
+    return contrastive_task(config)
+  raise ValueError(f"task={name!r}: choose one of flamingo, lm, contrastive (config.task).")

@@ -1,0 +1,197 @@
+"""One few-shot task on one model: shots (random, balanced per class, or RICES), prompts, then
+`decoding.generate` (captioning, VQA) or `decoding.score` (classification, mapping) and the metric.
+
+`mapping` is the in-context task: per query the classes get shuffled names (`mapping_words`, or the
+class names permuted), the shots show them (one shot per class at least), and the answer is the name
+of the query's class, so only the shots tell it (chance = 1 / #classes).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Callable
+
+import jax
+import numpy as np
+
+from data_pipelines.eval_sets import EvalExample, load_image, load_task_split
+from data_pipelines.tokenizer import Tokenizer
+from flamingo_jax.config import EvalTaskConfig, EvaluationConfig, FlamingoConfig
+from flamingo_jax.evaluation import fewshot, metrics, rices
+from flamingo_jax.inference import decoding
+
+METRIC_NAMES = {"cider": "CIDEr", "vqa_accuracy": "VQA acc.", "roc_auc": "ROC-AUC", "top1": "top-1"}
+
+
+def shot_answer(example: EvalExample) -> str:
+  """The answer a support example shows in a prompt: its most frequent answer (first on ties), i.e.
+  VQA's majority answer, a caption set's first caption, a class's name."""
+  counts = collections.Counter(example.answers)
+  return max(example.answers, key=lambda a: (counts[a], -example.answers.index(a)))
+
+
+def _balanced_shots(labels: np.ndarray, num_queries: int, num_shots: int, num_classes: int,
+                    seed: int) -> np.ndarray:
+  """[Q, k] support indices with every class shown (k >= #classes), the rest random, random order."""
+  if num_shots < num_classes:
+    raise ValueError(f"A mapping task needs at least one shot per class ({num_classes}); got "
+                     f"{num_shots} (config.shots).")
+  out = []
+  for q in range(num_queries):
+    rng = np.random.default_rng([seed, q])
+    picked = [int(rng.choice(np.flatnonzero(labels == c))) for c in range(num_classes)]
+    rest = np.setdiff1d(np.arange(len(labels)), picked)
+    picked += [int(i) for i in rng.choice(rest, num_shots - num_classes, replace=False)]
+    out.append(rng.permutation(picked))
+  return np.asarray(out).reshape(num_queries, num_shots)
+
+
+class TaskRunner:
+  """Runs one task at every shot count on one model (config, params) and tokenizer."""
+
+  def __init__(self, name: str, task: EvalTaskConfig, settings: EvaluationConfig,
+               model_config: FlamingoConfig, params, tokenizer: Tokenizer, cache_dir: str,
+               log: Callable[[str], None] = print):
+    self.name, self.task, self.settings = name, task, settings
+    self.model_config, self.params, self.tokenizer, self.log = model_config, params, tokenizer, log
+    self.support, class_names = load_task_split(task, task.support_split, task.support_size)
+    self.queries, _ = load_task_split(task, task.query_split, task.num_queries)
+    self.class_names = tuple(class_names)
+    # Two classes (HatefulMemes): ROC-AUC of the second ("yes"); more: top-1.
+    self.metric = {"captioning": "cider", "vqa": "vqa_accuracy", "mapping": "top1"}.get(
+        task.kind, "roc_auc" if len(self.class_names) == 2 else "top1")
+    # What the prompts call the classes: mapping tasks may use other words (task.mapping_words).
+    self.shown_names = tuple(task.mapping_words) if task.kind == "mapping" and task.mapping_words \
+        else self.class_names
+    if len(self.shown_names) != len(self.class_names):  # Class names a tfds builder gave just now.
+      raise ValueError(f"tasks.{name}.mapping_words needs one word per class ({len(self.class_names)}).")
+    if task.kind in ("classification", "mapping") and len(self.class_names) < 2:
+      raise ValueError(f"tasks.{name}: a {task.kind} task needs class names (tasks.{name}.class_names).")
+    if task.selection == "rices":
+      fingerprint = rices.model_fingerprint(model_config, params["vision"])
+      features = lambda examples: lambda: rices.vision_features(  # noqa: E731
+          model_config, params["vision"], examples)
+      self.support_features = rices.cached_features(
+          cache_dir, name, f"{task.support_split}[:{len(self.support)}]", fingerprint,
+          features(self.support))
+      self.query_features = rices.cached_features(
+          cache_dir, name, f"{task.query_split}[:{len(self.queries)}]", fingerprint,
+          features(self.queries))
+
+  # ------------------------------------------------------------------------------------------ shots
+  def shots(self, num_shots: int) -> tuple[np.ndarray, bool]:
+    """([Q, k'] support indices per query, text_only): 0 shots -> the text-only examples."""
+    q, s, seed = len(self.queries), len(self.support), self.settings.seed
+    if num_shots == 0:
+      return fewshot.random_shots(q, s, self.settings.num_text_only_shots, seed), True
+    if self.task.kind == "mapping":
+      labels = np.asarray([ex.label for ex in self.support])
+      return _balanced_shots(labels, q, num_shots, len(self.class_names), seed + num_shots), False
+    if self.task.selection == "rices":
+      return rices.most_similar(self.query_features, self.support_features, num_shots), False
+    return fewshot.random_shots(q, s, num_shots, seed + num_shots), False
+
+  def _renaming(self, query_index: int) -> np.ndarray:
+    """Class c is called shown_names[renaming[c]] in this query's prompt (mapping tasks: a seeded
+    permutation per query; otherwise the identity)."""
+    if self.task.kind != "mapping":
+      return np.arange(len(self.class_names))
+    return np.random.default_rng([self.settings.seed, 7, query_index]).permutation(len(self.class_names))
+
+  def _answer(self, example: EvalExample, renaming: np.ndarray) -> str:
+    if self.task.kind in ("classification", "mapping"):
+      return self.shown_names[renaming[example.label]]
+    return shot_answer(example)
+
+  def _prompt(self, q: int, shot_indices, text_only: bool, load=load_image) -> fewshot.Prompt:
+    renaming = self._renaming(q)
+    shots = [(self.support[i], self._answer(self.support[i], renaming)) for i in shot_indices]
+    return fewshot.build_prompt(self.tokenizer, self.task.prompt, self.queries[q], shots,
+                                self.model_config.vision.image_size, text_only, load=load)
+
+  def _batches(self, prompts):
+    """Fixed-size batches (the last one padded by repeating its last prompt; one compilation)."""
+    size = self.settings.batch_size
+    num_images = max(len(p.images) for p in prompts)
+    for start in range(0, len(prompts), size):
+      chunk = list(prompts[start:start + size])
+      real = len(chunk)
+      chunk += [chunk[-1]] * (size - real)
+      yield real, fewshot.pad_batch(chunk, self.tokenizer.pad_id, self.model_config.vision.image_size,
+                                    self.settings.pad_to_multiple, num_images)
+
+  # ------------------------------------------------------------------------------ generation tasks
+  def _generate(self, shot_indices, text_only: bool) -> list[str]:
+    sampling = self.settings.sampling
+    stops = (self.model_config.eoc_token_id, self.tokenizer.eos_id)
+    prompts = [self._prompt(q, shot_indices[q], text_only) for q in range(len(self.queries))]
+    texts = []
+    for real, (tokens, mask, images) in self._batches(prompts):
+      new, lengths = jax.device_get(decoding.generate(self.model_config, self.params, tokens, mask,
+                                                      images, sampling, stops))
+      texts += [self.tokenizer.decode(new[b, :lengths[b]]).strip() for b in range(real)]
+    return texts
+
+  # --------------------------------------------------------------------------------- scoring tasks
+  def _candidates(self, renaming: np.ndarray):
+    """[C, K] right-padded ids of every class's answer (its name and the template's text after
+    "{answer}", e.g. "yes<EOC>"), in class order, and the mask."""
+    suffix = self.task.prompt.split(fewshot.ANSWER)[1]
+    ids = [self.tokenizer.encode_prompt(self.shown_names[renaming[c]] + suffix)
+           for c in range(len(self.class_names))]
+    k = max(map(len, ids))
+    out = np.full((len(ids), k), self.tokenizer.pad_id, np.int32)
+    mask = np.zeros((len(ids), k), bool)
+    for c, row in enumerate(ids):
+      out[c, :len(row)], mask[c, :len(row)] = row, True
+    return out, mask
+
+  def _score(self, shot_indices, text_only: bool) -> np.ndarray:
+    """[Q, C] log-likelihood of each query's class c (under its name in that query's prompt),
+    averaged over the shot orders of prompt ensembling."""
+    num_orders = 1 if text_only else self.task.num_permutations
+    orders = fewshot.order_permutations(shot_indices.shape[1], num_orders, self.settings.seed)
+    candidates = [self._candidates(self._renaming(q)) for q in range(len(self.queries))]
+    total = np.zeros((len(self.queries), len(self.class_names)))
+    decoded: dict[int, np.ndarray] = {}  # id(example) -> image: every order shows the same images.
+
+    def load(example, size):
+      if id(example) not in decoded:
+        decoded[id(example)] = load_image(example, size)
+      return decoded[id(example)]
+
+    for order in orders:
+      prompts = [self._prompt(q, shot_indices[q][list(order)], text_only, load)
+                 for q in range(len(self.queries))]
+      row = 0
+      for real, (tokens, mask, images) in self._batches(prompts):
+        picked = [candidates[min(row + b, len(candidates) - 1)] for b in range(len(tokens))]
+        scores = decoding.score(self.model_config, self.params, tokens, mask, images,
+                                np.stack([c for c, _ in picked]), np.stack([m for _, m in picked]))
+        total[row:row + real] += np.asarray(scores)[:real]
+        row += real
+    return total / len(orders)
+
+  # ------------------------------------------------------------------------------------------- run
+  def run(self, num_shots: int) -> float:
+    """The task's metric at `num_shots` shots, in the paper's units (CIDEr x100, percentages)."""
+    shot_indices, text_only = self.shots(num_shots)
+    if self.task.kind in ("captioning", "vqa"):
+      predictions = self._generate(shot_indices, text_only)
+      for q in range(min(2, len(predictions))):
+        self.log(f"  {self.name} {num_shots}-shot: {predictions[q]!r} (reference "
+                 f"{self.queries[q].answers[0]!r})")
+      if self.metric == "cider":
+        refs = {q: [metrics.tokenize_caption(a) for a in ex.answers]
+                for q, ex in enumerate(self.queries)}
+        cands = {q: metrics.tokenize_caption(p) for q, p in enumerate(predictions)}
+        return 100 * metrics.cider_d(refs, cands)[0]
+      return 100 * float(np.mean([metrics.vqa_accuracy(p, ex.answers)
+                                  for p, ex in zip(predictions, self.queries)]))
+    scores = self._score(shot_indices, text_only)
+    # Candidates are in class order (named by the query's renaming): the right one is its class.
+    labels = [ex.label for ex in self.queries]
+    if self.metric == "roc_auc":
+      positive = scores[:, 1] - np.logaddexp(scores[:, 0], scores[:, 1])  # log p(class 1 | 2 classes)
+      return 100 * metrics.roc_auc(labels, positive)
+    return 100 * metrics.top1(scores, labels)
