@@ -3,20 +3,22 @@ r"""Converters to the record schema (records.py), with progress bars. Each retur
   python -m data_pipelines.convert jsonl   --out DIR --image_root IMAGES docs-*.jsonl
   python -m data_pipelines.convert parquet --out DIR [--image_root IMAGES] docs-*.parquet
   python -m data_pipelines.convert wds     --out DIR shards-*.tar
-  python -m data_pipelines.convert tfds    --out DIR --name coco_captions --split train [--data_dir D]
+  python -m data_pipelines.convert tfds    --out DIR --name coco_captions --split train \
+      [--data_dir D]
   python -m data_pipelines.convert folder  --out DIR FOLDER
 
 Sources
 * jsonl / parquet, one interleaved document per row, in either layout:
-  - OBELICS: `texts` and `images`, aligned lists in reading order where each position holds a text or
-    an image (the other entry null); an image is bytes (parquet) or a file name under --image_root.
+  - OBELICS: `texts` and `images`, aligned lists in reading order where each position holds a text
+    or an image (the other entry null); an image is bytes (parquet) or a file name under
+    --image_root.
   - MMC4: `text_list` (sentences) and `image_info` ([{"image_name" or "image_base64",
     "matched_text_index"}]); each image goes before its matched sentence (as OpenFlamingo does).
 * wds: WebDataset tars (OpenFlamingo's format), samples grouped by key: `KEY.jpg|png|jpeg|webp` with
   `KEY.txt` -> an image-text pair; `KEY.json` holding an MMC4 document with `image_base64` ->
   an interleaved document.
-* tfds: any prepared TFDS dataset with an image and captions, read through `tfds.data_source` (nothing
-  is downloaded; build it first with `tfds build`). `coco_captions`: one pair per caption
+* tfds: any prepared TFDS dataset with an image and captions, read through `tfds.data_source`
+  (nothing is downloaded; build it first with `tfds build`). `coco_captions`: one pair per caption
   (--caption_key captions/text); datasets with one string caption: --caption_key caption.
 * folder: `NAME.jpg|png|...` next to `NAME.txt` -> a pair; an animated `NAME.gif|webp|png` next to
   `NAME.txt` -> a video, sampled at 1 fps from its frame durations; a sub-folder holding frames
@@ -24,15 +26,14 @@ Sources
   (MP4 and other video files are not decoded: no video decoder is in the stack; extract frames at
   1 fps, e.g. `ffmpeg -i v.mp4 -vf fps=1 dir/%05d.jpg`, and convert the folder.)
 
-A missing image file or an undecodable base64 string is counted ("missing_image") and left out; a row
-with no text and no image left is counted ("empty_document") and not written. Image bytes are stored
-as they come (the pipeline checks them, counted, at training time); decoded arrays (TFDS) are stored
-as JPEG (quality 95).
+A missing image file or an undecodable base64 string is counted ("missing_image") and left out; a
+row with no text and no image left is counted ("empty_document") and not written. Image bytes are
+stored as they come (the pipeline checks them, counted, at training time); decoded arrays (TFDS) are
+stored as JPEG (quality 95).
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import collections
@@ -43,6 +44,7 @@ import os
 import tarfile
 
 import numpy as np
+from absl import app, flags
 from PIL import Image
 from tqdm import tqdm
 
@@ -109,8 +111,8 @@ def document_parts(row: dict, image_root: str | None, counts: collections.Counte
     for i in sorted(before):  # Matched to a sentence index past the end: keep them, at the end.
       parts += [("image", data) for data in before[i]]
     return parts
-  raise records.SchemaError(f"Row has neither OBELICS keys (texts, images) nor MMC4 keys (text_list, "
-                            f"image_info); its keys are {sorted(row)}.")
+  raise records.SchemaError(f"Row has neither OBELICS keys (texts, images) nor MMC4 keys "
+                            f"(text_list, image_info); its keys are {sorted(row)}.")
 
 
 def sample_1fps(data: bytes) -> tuple[list[bytes], list[float]]:
@@ -279,40 +281,58 @@ def from_folder(folder: str, out_dir: str, max_shard_bytes: int = 256 << 20) -> 
   return dict(counts)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  sub = parser.add_subparsers(dest="source", required=True)
-  for name in ("jsonl", "parquet", "wds", "folder", "tfds"):
-    p = sub.add_parser(name)
-    p.add_argument("--out", required=True, help="Directory for the shards.")
-    p.add_argument("--max_shard_mb", type=int, default=256)
-    if name in ("jsonl", "parquet"):
-      p.add_argument("--image_root", default=None, help="Folder that image file names refer to.")
-    if name == "tfds":
-      p.add_argument("--name", required=True)
-      p.add_argument("--split", default="train")
-      p.add_argument("--data_dir", default=None)
-      p.add_argument("--image_key", default="image")
-      p.add_argument("--caption_key", default="captions/text")
-    elif name == "folder":
-      p.add_argument("folder")
-    else:
-      p.add_argument("inputs", nargs="+")
-  args = parser.parse_args()
-  shard_bytes = args.max_shard_mb << 20
-  if args.source == "jsonl":
-    counts = from_jsonl(args.inputs, args.out, args.image_root, shard_bytes)
-  elif args.source == "parquet":
-    counts = from_parquet(args.inputs, args.out, args.image_root, shard_bytes)
-  elif args.source == "wds":
-    counts = from_webdataset(args.inputs, args.out, shard_bytes)
-  elif args.source == "tfds":
-    counts = from_tfds(args.name, args.split, args.out, args.data_dir, args.image_key,
-                       args.caption_key, shard_bytes)
+# The non-flag arguments after each source: (fewest, most, what they are).
+INPUTS = {"jsonl": (1, None, "one or more .jsonl files"),
+          "parquet": (1, None, "one or more .parquet files"),
+          "wds": (1, None, "one or more .tar files"),
+          "folder": (1, 1, "one FOLDER"),
+          "tfds": (0, 0, "no inputs (--name names the dataset)")}
+# Flags that apply to some sources only (absl flags are global, not per source).
+ONLY_FOR = {"image_root": ("jsonl", "parquet"), "name": ("tfds",), "split": ("tfds",),
+            "data_dir": ("tfds",), "image_key": ("tfds",), "caption_key": ("tfds",)}
+
+
+def source_and_inputs(args: list[str]) -> tuple[str, list[str]]:
+  """(source, inputs) of the non-flag arguments; an `app.UsageError` unless they and the flags given
+  fit the source."""
+  if not args or args[0] not in INPUTS:
+    raise app.UsageError(f"give the source first: one of {', '.join(INPUTS)}; got "
+                         f"{args[0] if args else 'none'}.")
+  source, inputs = args[0], args[1:]
+  for name, sources in ONLY_FOR.items():
+    if flags.FLAGS[name].present and source not in sources:
+      raise app.UsageError(f"--{name} applies to {' and '.join(sources)} only, not {source}.")
+  fewest, most, what = INPUTS[source]
+  if len(inputs) < fewest or (most is not None and len(inputs) > most):
+    raise app.UsageError(f"{source} takes {what}; got {len(inputs)}.")
+  if source == "tfds" and flags.FLAGS.name is None:
+    raise app.UsageError("tfds needs --name, e.g. --name coco_captions.")
+  return source, inputs
+
+
+def main(argv: list[str]) -> None:
+  source, inputs = source_and_inputs(argv[1:])
+  f = flags.FLAGS
+  shard_bytes = f.max_shard_mb << 20
+  if source in ("jsonl", "parquet"):
+    read = from_jsonl if source == "jsonl" else from_parquet
+    counts = read(inputs, f.out, f.image_root, shard_bytes)
+  elif source == "wds":
+    counts = from_webdataset(inputs, f.out, shard_bytes)
+  elif source == "tfds":
+    counts = from_tfds(f.name, f.split, f.out, f.data_dir, f.image_key, f.caption_key, shard_bytes)
   else:
-    counts = from_folder(args.folder, args.out, shard_bytes)
+    counts = from_folder(inputs[0], f.out, shard_bytes)
   print(json.dumps(counts, sort_keys=True))
 
 
 if __name__ == "__main__":
-  main()
+  flags.DEFINE_string("out", None, "Directory for the shards.", required=True)
+  flags.DEFINE_integer("max_shard_mb", 256, "Shard size limit in MB.")
+  flags.DEFINE_string("image_root", None, "jsonl / parquet: folder that image file names refer to.")
+  flags.DEFINE_string("name", None, "tfds: the dataset, e.g. coco_captions.")
+  flags.DEFINE_string("split", "train", "tfds: the split.")
+  flags.DEFINE_string("data_dir", None, "tfds: where the prepared dataset is (default: TFDS's).")
+  flags.DEFINE_string("image_key", "image", "tfds: the image feature.")
+  flags.DEFINE_string("caption_key", "captions/text", "tfds: the caption feature path.")
+  app.run(main)

@@ -1,11 +1,11 @@
-r"""The bundled demo corpus: all three kinds, built in seconds from scikit-learn's handwritten digits.
+r"""The bundled demo corpus: all three kinds, built in seconds from sklearn's handwritten digits.
 
   python -m data_pipelines.demo --out DIR
 
 Every image is one of scikit-learn's 8x8 digit scans (real handwriting, shipped with the package),
-upscaled to 24 px, painted in one of four colours and placed at a random spot on a noisy 40 px canvas.
-Captions name the colour and the digit ("a red seven"), which only the image tells, so a model that
-looks at the images beats a text-only LM on the held-out loss.
+upscaled to 24 px, painted in one of four colours and placed at a random spot on a noisy 40 px
+canvas. Captions name the colour and the digit ("a red seven"), which only the image tells, so a
+model that looks at the images beats a text-only LM on the held-out loss.
 
 * pairs: `<image>` + "a red seven".
 * interleaved: pages of 2-4 digits, each image followed by a sentence about it ("This one is a red
@@ -13,25 +13,28 @@ looks at the images beats a text-only LM on the held-out loss.
 * video: 6 frames (1 fps) of a digit moving left, right, up or down: "a red seven moving left".
 
 Train and held-out ("eval") splits use disjoint digit scans (the first 1500 / the other 297).
-Layout under DIR: tokenizer.model (512 pieces, trained on the corpus text plus the standard library's
-docstrings so that 512 pieces exist), {train,eval}/{interleaved,pairs,video}/*.array_record.
+Layout under DIR: tokenizer.model (512 pieces, trained on the corpus text plus the standard
+library's docstrings so that 512 pieces exist),
+{train,eval}/{interleaved,pairs,video}/*.array_record.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import pydoc
+import re
 import time
 
 import numpy as np
+from absl import app, flags
 from sklearn.datasets import load_digits
 from tqdm import tqdm
 
 from data_pipelines import images as image_ops
 from data_pipelines import records, tokenizer
 
-COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 240), "yellow": (235, 220, 40)}
+COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 240),
+           "yellow": (235, 220, 40)}
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MOVES = {"left": (0, -3), "right": (0, 3), "up": (-3, 0), "down": (3, 0)}
 CANVAS, GLYPH, FRAMES = 40, 24, 6
@@ -39,6 +42,7 @@ SIZES = {"train": {"pairs": 3000, "interleaved": 800, "video": 400},
          "eval": {"pairs": 300, "interleaved": 100, "video": 60}}
 INTROS = ("Here are some digits I drew.", "A page from my notebook.", "Look at these numbers.")
 OUTROS = ("That is all for today.", "Thanks for reading.")
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
 TOKENIZER_DOC_MODULES = ("json", "argparse", "collections", "itertools", "functools", "pathlib",
                          "string", "random", "datetime", "textwrap")
 
@@ -125,20 +129,23 @@ def build(out_dir: str, seed: int = 0) -> dict:
             corpus_text.append(" ".join(texts))
       info[split][kind] = kind_dir
   docs = [pydoc.render_doc(name, renderer=pydoc.plaintext) for name in TOKENIZER_DOC_MODULES]
-  lines = [line.strip() for doc in docs for line in doc.splitlines() if line.strip()]
+  # Default values render with their memory address ("<object object at 0x7f..>"): dropped, so
+  # every build of the corpus trains the same tokenizer.
+  lines = [_ADDRESS.sub("", line.strip()) for doc in docs for line in doc.splitlines() if line.strip()]
   tokenizer.train(corpus_text + lines, info["tokenizer"], vocab_size=512)
   return info
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  parser.add_argument("--out", required=True, help="Directory to write the corpus into.")
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args()
-  start = time.perf_counter()
-  info = build(args.out, args.seed)
-  print(f"demo corpus in {args.out} ({time.perf_counter() - start:.1f} s): tokenizer {info['tokenizer']}")
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  f, start = flags.FLAGS, time.perf_counter()
+  info = build(f.out, f.seed)
+  seconds = time.perf_counter() - start
+  print(f"demo corpus in {f.out} ({seconds:.1f} s): tokenizer {info['tokenizer']}")
 
 
 if __name__ == "__main__":
-  main()
+  flags.DEFINE_string("out", None, "Directory to write the corpus into.", required=True)
+  flags.DEFINE_integer("seed", 0, "Random seed of the corpus.")
+  app.run(main)

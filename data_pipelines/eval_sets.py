@@ -85,7 +85,7 @@ def load_tfds(name: str, split: str, limit: int, data_dir: str | None = None,
   fields = FIELDS.get(base, _classification_fields if class_names else None)
   if fields is None:
     raise ValueError(f"tfds builder {name!r} has no field mapping; add one to "
-                     "flamingo_jax.eval_data.FIELDS or use a task source that has (task.tfds_name).")
+                     "data_pipelines.eval_sets.FIELDS or use a task source that has (task.tfds_name).")
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
   dataset = tfds.load(name, split=split, data_dir=data_dir,
                       download_and_prepare_kwargs={"download_config": download_config})
@@ -102,6 +102,7 @@ def load_demo(root: str, split: str, limit: int, class_names: Sequence[str] = ()
   """The demo corpus's image-caption pairs of `split` ("train" / "eval"); answers = (caption,);
   label = the index of the first of `class_names` among the caption's words (e.g. its colour)."""
   from array_record.python import array_record_module
+
   from data_pipelines import records
   examples = []
   for path in records.shard_paths(os.path.join(root, split, "pairs")):
@@ -182,7 +183,7 @@ def _eval_files_builder():
     # Nothing is downloaded, so no URL checksums; looking for their file would import
     # importlib_resources, which tfds does not install.
     url_infos = None
-    MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__ + " See flamingo_jax/eval_data.py for each layout."
+    MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__ + " See data_pipelines/eval_sets.py for each layout."
     BUILDER_CONFIGS = [
         config("vqav2", "v2_OpenEnded_mscoco_{train,val}2014_questions.json, "
                "v2_mscoco_{train,val}2014_annotations.json, {train,val}2014/ images"),

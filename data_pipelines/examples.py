@@ -4,7 +4,7 @@ Every example is a dict (T = seq_len, N = max_images, F = num_frames, H = W = im
 
   tokens [T] int32, labels [T] int32 (the next token), loss_mask [T] float32,
   images [N, F, H, W, 3] uint8 (zeros in padded slots), image_mask [N] bool,
-  phi [T] int32 (`flamingo_jax.masking.media_index`), counts [len(COUNTERS)] int64.
+  phi [T] int32 (`flamingo_jax.models.masking.media_index`), counts [len(COUNTERS)] int64.
 
 A skipped record becomes `{"counts": ...}` alone; `streams.SkipInvalid` drops it and carries its
 counts into the next example, so counters survive worker processes and checkpoints.
@@ -46,7 +46,7 @@ import numpy as np
 from data_pipelines import images as image_ops
 from data_pipelines import records
 from data_pipelines.tokenizer import Tokenizer
-from flamingo_jax import masking
+from flamingo_jax.models import masking
 
 COUNTERS = ("records", "skipped", "empty_image", "corrupt_image", "enormous_image", "non_utf8_text",
             "no_images", "no_text", "images_over_cap", "text_truncated", "too_few_frames",

@@ -1,7 +1,7 @@
 """Image decoding and augmentation: encoded bytes -> [H, W, 3] uint8 at the config resolution.
 
 Images leave the pipeline as uint8; the model normalises them on the device with
-`model.vision.pixel_mean / pixel_std` (flamingo_jax/vision.py), so no float images cross the host.
+`model.vision.pixel_mean / pixel_std` (flamingo_jax/models/vision.py), so no float images cross the host.
 
 Geometry: the largest centred (eval) or randomly placed (training) square crop, resized to
 size x size with bilinear filtering (`PIL.Image.resize(box=...)`, one pass; JPEGs are decoded at the

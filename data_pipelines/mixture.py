@@ -1,30 +1,24 @@
 """The training input: one batch per dataset per step (the paper's accumulation over datasets), or one
 dataset per step in turn (the round-robin ablation), with loss weights, counters and exact resume.
 
-  mixture = build_mixture(data_config, image_size=32, tokenizer=Tokenizer(path))
+  mixture = from_config(config, split)   # what the trainer and the held-out evaluation read
   batches = next(mixture)   # {dataset name: {"tokens": [B, T] int32, ...}} (keys: examples.py)
   state = mixture.get_state()   # JSON-serialisable; mixture.set_state(state) resumes exactly.
 
-`data_config` (experiments/data.py builds one): seed, num_workers (grain worker processes per dataset;
-0 = in-process), accumulation ("all" | "round_robin"), and datasets: name -> {kind, path, batch_size
-(global, per step), seq_len, max_images, num_frames, loss_weight, p_next (interleaved only)}.
-Optional per dataset: max_pixels (larger images are skipped; default images.DEFAULT_MAX_PIXELS),
-random_flip (default True: training flips images with p = 0.5).
+`config.data` (flamingo_jax/config/run.py: DataConfig, DatasetConfig) says which datasets, where
+their shards are and how they make an update; `data.source="synthetic"` streams
+data_pipelines/synthetic.py instead of shards.
 """
 
 from __future__ import annotations
 
-import ml_collections
+import jax
 import numpy as np
 
-from data_pipelines import images as image_ops
 from data_pipelines import streams
 from data_pipelines.examples import COUNTERS, ExampleSpec
 from data_pipelines.tokenizer import Tokenizer
-
-ACCUMULATION = ("all", "round_robin")
-_FIELDS = {"kind", "path", "batch_size", "seq_len", "max_images", "num_frames", "loss_weight",
-           "p_next", "max_pixels", "random_flip"}
+from flamingo_jax.config import Config, DataConfig
 
 
 class Mixture:
@@ -82,30 +76,41 @@ class Mixture:
         it.close()
 
 
-def build_mixture(data_config: ml_collections.ConfigDict, *, image_size: int, tokenizer: Tokenizer,
+def build_mixture(data: DataConfig, *, image_size: int, tokenizer: Tokenizer,
                   process_index: int = 0, process_count: int = 1, split: str = "train") -> Mixture:
-  """Builds every dataset's stream for this process (see the module docstring for the config)."""
-  if data_config.accumulation not in ACCUMULATION:
-    raise ValueError(f"data.accumulation={data_config.accumulation!r}; choose one of {ACCUMULATION}.")
+  """This process's streams of the ArrayRecord datasets `data.selected()` reads: `path` for
+  split="train" (shuffled, augmented), `eval_path` for "eval" (in order, no augmentation)."""
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count}).")
   built, weights = {}, {}
-  for name, cfg in data_config.datasets.items():
-    unknown = set(cfg.keys()) - _FIELDS
-    if unknown:
-      raise ValueError(f"data.datasets.{name} has unknown fields {sorted(unknown)}; known: "
-                       f"{sorted(_FIELDS)}.")
-    if cfg.batch_size % process_count:
-      raise ValueError(f"data.datasets.{name}.batch_size={cfg.batch_size} is not divisible by the "
+  for name, spec in data.selected().items():
+    if spec.batch_size % process_count:
+      raise ValueError(f"data.datasets.{name}.batch_size={spec.batch_size} is not divisible by the "
                        f"{process_count} processes; make it a multiple of {process_count}.")
-    spec = ExampleSpec(kind=cfg.kind, seq_len=cfg.seq_len, max_images=cfg.max_images,
-                       num_frames=cfg.num_frames, image_size=image_size,
-                       p_next=cfg.get("p_next", 0.0), train=split == "train",
-                       max_pixels=cfg.get("max_pixels", image_ops.DEFAULT_MAX_PIXELS),
-                       random_flip=cfg.get("random_flip", True))
+    path = spec.path if split == "train" else spec.eval_path
+    if not path:
+      raise ValueError(f"data.datasets.{name}.eval_path is empty: set the held-out shards.")
+    example = ExampleSpec(kind=spec.kind, seq_len=spec.seq_len, max_images=spec.max_images,
+                          num_frames=spec.num_frames, image_size=image_size, p_next=spec.p_next,
+                          train=split == "train", max_pixels=spec.max_pixels,
+                          random_flip=spec.random_flip)
     built[name] = streams.build_stream(
-        name, spec, cfg.path, batch_size=cfg.batch_size // process_count, tokenizer=tokenizer,
-        seed=data_config.seed, process_index=process_index, process_count=process_count,
-        num_workers=data_config.num_workers)
-    weights[name] = float(cfg.loss_weight)
-  return Mixture(built, weights, data_config.accumulation)
+        name, example, path, batch_size=spec.batch_size // process_count, tokenizer=tokenizer,
+        seed=data.seed, process_index=process_index, process_count=process_count,
+        num_workers=data.num_workers)
+    weights[name] = spec.loss_weight
+  return Mixture(built, weights, data.accumulation)
+
+
+def from_config(config: Config, split: str = "train"):
+  """The input stream of this process (its share of every dataset's global batch) for a run's
+  config; the datasets named in `data.exclude` are left out."""
+  model, data = config.model, config.data
+  common = dict(process_index=jax.process_index(), process_count=jax.process_count(), split=split)
+  if data.source == "synthetic":
+    from data_pipelines.synthetic import SyntheticMixture
+    return SyntheticMixture(data, image_size=model.vision.image_size,
+                            image_token_id=model.image_token_id, eoc_token_id=model.eoc_token_id,
+                            **common)
+  tokenizer = Tokenizer(data.tokenizer, model.image_token_id, model.eoc_token_id)
+  return build_mixture(data, image_size=model.vision.image_size, tokenizer=tokenizer, **common)

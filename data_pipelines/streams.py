@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import zlib
 
-from absl import flags
 import grain
 import numpy as np
+from absl import flags
 
 from data_pipelines import records
 from data_pipelines.examples import COUNTERS, ExampleSpec, ToExample
 from data_pipelines.tokenizer import Tokenizer
-
 
 MAX_CONSECUTIVE_SKIPS = 1000  # More in a row means the data is broken: an error, not a silent hang.
 

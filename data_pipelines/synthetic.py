@@ -15,7 +15,8 @@ from typing import Mapping
 
 import numpy as np
 
-from flamingo_jax import masking
+from flamingo_jax.config import DataConfig
+from flamingo_jax.models import masking
 
 COLOURS = np.array([[0.9, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.2, 0.9], [0.9, 0.9, 0.1]], np.float32)
 FIRST_COLOUR_WORD = 10  # Vocabulary id of the first colour word; the others follow.
@@ -53,25 +54,22 @@ class SyntheticMixture:
   """Iterator of {dataset: batch}; batch keys tokens, labels, loss_mask [B, T], images
   [B, N, F, H, W, 3] uint8, image_mask [B, N], phi [B, T] (B = global batch / process_count)."""
 
-  def __init__(self, datasets: Mapping[str, Mapping], *, image_size: int, image_token_id: int,
-               eoc_token_id: int, seed: int = 0, split: str = "train", process_index: int = 0,
-               process_count: int = 1, accumulation: str = "all"):
-    for name, spec in datasets.items():
-      if spec["batch_size"] % process_count:
-        raise ValueError(f"data.datasets.{name}.batch_size={spec['batch_size']} is not divisible by "
+  def __init__(self, data: DataConfig, *, image_size: int, image_token_id: int, eoc_token_id: int,
+               split: str = "train", process_index: int = 0, process_count: int = 1):
+    self._datasets = data.selected()
+    for name, spec in self._datasets.items():
+      if spec.batch_size % process_count:
+        raise ValueError(f"data.datasets.{name}.batch_size={spec.batch_size} is not divisible by "
                          f"the {process_count} processes.")
-    if accumulation not in ("all", "round_robin"):
-      raise ValueError(f"data.accumulation={accumulation!r}: choose 'all' or 'round_robin'.")
-    self._datasets = {name: dict(spec) for name, spec in datasets.items()}
     self._names = sorted(self._datasets)
     self._ids = dict(image_size=image_size, image_token_id=image_token_id, eoc_token_id=eoc_token_id)
-    self._seed, self._accumulation = [seed, zlib.crc32(split.encode())], accumulation
+    self._seed, self._accumulation = [data.seed, zlib.crc32(split.encode())], data.accumulation
     self._process_index, self._process_count = process_index, process_count
     self._step = 0
 
   @property
   def loss_weights(self) -> dict[str, float]:
-    return {name: float(spec["loss_weight"]) for name, spec in self._datasets.items()}
+    return {name: spec.loss_weight for name, spec in self._datasets.items()}
 
   def counters(self) -> dict[str, int]:
     return {}  # Synthetic records are never malformed.
@@ -88,9 +86,9 @@ class SyntheticMixture:
   def _batch(self, name: str) -> dict[str, np.ndarray]:
     spec = self._datasets[name]
     rng = np.random.default_rng([*self._seed, zlib.crc32(name.encode()), self._step])
-    full = captioned_squares(rng, spec["batch_size"], spec["seq_len"], spec["max_images"],
-                             spec["num_frames"], **self._ids)
-    per_process = spec["batch_size"] // self._process_count
+    full = captioned_squares(rng, spec.batch_size, spec.seq_len, spec.max_images, spec.num_frames,
+                             **self._ids)
+    per_process = spec.batch_size // self._process_count
     start = self._process_index * per_process
     return {k: v[start:start + per_process] for k, v in full.items()}
 

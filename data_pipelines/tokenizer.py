@@ -4,19 +4,23 @@ With V = the sentencepiece vocabulary size, `<image>` = V and `<EOC>` = V + 1 by
 model's `FlamingoConfig.image_token_id`, `eoc_token_id` with `image_token = eoc_token = -1`). Any
 `.model` file loads (e.g. LLaMA's); BOS / EOS come from it. A pretrained checkpoint's own ids
 (IDEFICS: `<image>` = 32001 from its added tokens, EOS ends a chunk) come with
-`Tokenizer.from_checkpoint(dir)` (`tokenizer.model` and the added-token json files next to the weights;
-the rule is `import_weights.special_token_ids`).
+`Tokenizer.from_checkpoint(dir)` (`tokenizer.model` and the added-token json files next to the
+weights; the rule is `weights.hf.hf_config.special_token_ids`).
 
   python -m data_pipelines.tokenizer --corpus corpus.txt --vocab_size 512 --out tok.model
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
+from typing import TYPE_CHECKING
 
 import sentencepiece as spm
+from absl import app, flags
+
+if TYPE_CHECKING:  # Plain tokenizer use imports no jax.
+  from flamingo_jax.config import Config
 
 IMAGE, EOC = "<image>", "<EOC>"
 _SPECIAL = re.compile(f"({re.escape(IMAGE)}|{re.escape(EOC)})")
@@ -36,23 +40,33 @@ class Tokenizer:
       raise ValueError(f"<image> and <EOC> both have id {self.image_id}; they must differ.")
     self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
     if self.bos_id < 0 or self.eos_id < 0:
-      raise ValueError(f"{model_path} defines no BOS or EOS piece; train it with bos_id and eos_id set.")
+      raise ValueError(f"{model_path} defines no BOS or EOS piece; train it with bos_id and eos_id "
+                       "set.")
     # Padding never enters the loss (loss_mask 0); models without a pad piece pad with EOS.
     self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else self.eos_id
 
   @classmethod
   def from_checkpoint(cls, checkpoint_dir: str) -> Tokenizer:
-    """A pretrained checkpoint's tokenizer: its `tokenizer.model`, with `<image>` / `<EOC>` mapped to
-    the ids its added-token files give them (`import_weights.special_token_ids`)."""
-    from flamingo_jax import import_weights  # Here: plain tokenizer use needs no jax.
+    """A pretrained checkpoint's tokenizer: its `tokenizer.model`, with `<image>` / `<EOC>` mapped
+    to the ids its added-token files give them (`weights.hf.hf_config.special_token_ids`)."""
+    from flamingo_jax.weights.hf import hf_config  # Here: plain tokenizer use needs no jax.
     path = os.path.join(checkpoint_dir, "tokenizer.model")
     if not os.path.exists(path):
-      raise ValueError(f"{checkpoint_dir} has no tokenizer.model (the sentencepiece model); copy it "
-                       "next to the weights.")
+      raise ValueError(f"{checkpoint_dir} has no tokenizer.model (the sentencepiece model); copy "
+                       "it next to the weights.")
     sp = spm.SentencePieceProcessor(model_file=path)
-    image_id, eoc_id = import_weights.special_token_ids(
-        import_weights.checkpoint_token_ids(checkpoint_dir), sp.vocab_size(), sp.eos_id())
+    image_id, eoc_id = hf_config.special_token_ids(
+        hf_config.checkpoint_token_ids(checkpoint_dir), sp.vocab_size(), sp.eos_id())
     return cls(path, image_id, eoc_id)
+
+  @classmethod
+  def of_run(cls, config: Config, path: str = "") -> Tokenizer:
+    """The tokenizer a run trained with (its `data.tokenizer`), or the one at `path`, with the
+    model's `<image>` / `<EOC>` ids."""
+    path = path or config.data.tokenizer
+    if not path:
+      raise ValueError("The run trained on synthetic data and records no tokenizer: pass one.")
+    return cls(path, config.model.image_token_id, config.model.eoc_token_id)
 
   def __getstate__(self):  # Grain sends transforms to worker processes: reload from the file there.
     return {"model_path": self.model_path, "image_id": self.image_id, "eoc_id": self.eoc_id}
@@ -92,8 +106,8 @@ class Tokenizer:
 
 
 def train(sentences, out_path: str, vocab_size: int = 512):
-  """Trains a unigram sentencepiece model with byte fallback (every string encodes) on an iterable of
-  strings and writes it to `out_path` (a `.model` file)."""
+  """Trains a unigram sentencepiece model with byte fallback (every string encodes) on an iterable
+  of strings and writes it to `out_path` (a `.model` file)."""
   with open(out_path, "wb") as f:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences), model_writer=f, vocab_size=vocab_size,
@@ -101,16 +115,17 @@ def train(sentences, out_path: str, vocab_size: int = 512):
         eos_id=2, pad_id=3, hard_vocab_limit=True, minloglevel=2, num_threads=1)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  parser.add_argument("--corpus", required=True, help="UTF-8 text file, one sentence per line.")
-  parser.add_argument("--vocab_size", type=int, default=512)
-  parser.add_argument("--out", required=True, help="Path of the .model file to write.")
-  args = parser.parse_args()
-  with open(args.corpus, encoding="utf-8") as f:
-    train((line.rstrip("\n") for line in f if line.strip()), args.out, args.vocab_size)
-  print(f"wrote {args.out} ({Tokenizer(args.out).vocab_size} pieces)")
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  f = flags.FLAGS
+  with open(f.corpus, encoding="utf-8") as corpus:
+    train((line.rstrip("\n") for line in corpus if line.strip()), f.out, f.vocab_size)
+  print(f"wrote {f.out} ({Tokenizer(f.out).vocab_size} pieces)")
 
 
 if __name__ == "__main__":
-  main()
+  flags.DEFINE_string("corpus", None, "UTF-8 text file, one sentence per line.", required=True)
+  flags.DEFINE_integer("vocab_size", 512, "Pieces in the model (sentencepiece vocabulary size).")
+  flags.DEFINE_string("out", None, "Path of the .model file to write.", required=True)
+  app.run(main)

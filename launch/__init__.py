@@ -1,1 +1,4 @@
-"""Launchers: AOT fit checks, TPU pod / SLURM / single-host runs (launch/README.md)."""
+"""Where the trainer runs: a TPU pod, a SLURM cluster, one host; the ahead-of-time fit check; sweeps.
+
+May import `flamingo_jax.config`, `flamingo_jax.training` and `flamingo_jax.evaluation`.
+"""

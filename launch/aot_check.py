@@ -6,7 +6,7 @@ r"""Will this config fit a TPU slice, and how fast will it step? Answered on a C
 Builds the trainer's mesh and abstract state for the slice's compile-only devices (libtpu), compiles
 the real train step and prints per-chip memory (parameters, optimiser state, temporaries, total vs
 HBM), whether it fits, model FLOPs per step, the estimated step time, MFU and the compile time
-(`flamingo_jax.aot`). Exit status 0 when it fits, 3 when it does not, 1 when it cannot be checked
+(`flamingo_jax.training.aot`). Exit status 0 when it fits, 3 when it does not, 1 when it cannot be checked
 (libtpu missing, a GPU target, a bad slice name or config).
 """
 
@@ -18,13 +18,14 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from flamingo_jax import aot
+from flamingo_jax.config import Config
+from flamingo_jax.training import aot
 
 GPU_NAMES = ("gpu", "cuda", "h100", "h200", "a100", "b200")
 
 
-def check(config, topology: str) -> dict:
-  """The report of `config` on `topology` (see `flamingo_jax.aot.fit_report`)."""
+def check(config: Config, topology: str) -> dict:
+  """The report of `config` on `topology` (see `flamingo_jax.training.aot.fit_report`)."""
   if topology.lower().startswith(GPU_NAMES):
     raise RuntimeError(aot.GPU_UNSUPPORTED)
   return aot.fit_report(config, aot.parse_topology(topology))
@@ -34,7 +35,7 @@ def main(argv) -> int:
   del argv
   f = flags.FLAGS
   try:
-    report = check(f.config, f.topology)
+    report = check(Config.from_dict(f.config), f.topology)
   except (RuntimeError, ValueError) as e:  # No libtpu, a GPU target, a bad slice or config.
     print(e, file=sys.stderr)
     return 1

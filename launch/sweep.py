@@ -1,12 +1,12 @@
 r"""Expand a sweep into named runs and print their training commands or run them here, in turn.
 
-  python -m launch.sweep --config experiments/flamingo.py:tiny,demo \
+  python -m launch.sweep --config experiments/flamingo.py:tiny,data=demo \
       --sweep experiments/sweeps.py:ablations [--workdir workdirs/sweeps/ablations] --dry-run
   python -m launch.sweep ... --run [--config.train.num_steps=300 ...]
 
 Each run is the base config (`--config`, with its `--config.*` overrides) plus the run's overrides
-(flamingo_jax/sweeps.py names it from them) and trains in `<workdir>/<name>`. `--dry-run` (the
-default) prints one `python -m flamingo_jax.train` command per run and nothing else. `--run` trains
+(flamingo_jax/config/sweeps.py names it from them) and trains in `<workdir>/<name>`. `--dry-run` (the
+default) prints one `python -m flamingo_jax.training.train` command per run and nothing else. `--run` trains
 the runs one after another in this process (a finished run is skipped: training resumes from its
 workdir), then scores each on `--heldout_batches` held-out batches of every dataset
 (`<run workdir>/heldout.json`), and writes the comparison with the first run (the baseline) to
@@ -23,7 +23,7 @@ from typing import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from flamingo_jax import sweeps
+from flamingo_jax.config import Config, sweeps
 from launch.commands import TRAIN_MODULE, shell
 
 
@@ -40,7 +40,7 @@ def load_sweep(spec: str) -> list[dict]:
 
 
 def commands(runs: Sequence[sweeps.Run], config_arg: str, base_overrides: dict) -> list[str]:
-  """One `python -m flamingo_jax.train` command line per run: the base config and its overrides,
+  """One `python -m flamingo_jax.training.train` command line per run: the base config and its overrides,
   the run's workdir, then the run's overrides."""
   out = []
   for run in runs:
@@ -65,13 +65,13 @@ def results_table(results: dict[str, dict[str, float]]) -> str:
 
 def run_all(runs: Sequence[sweeps.Run], workdir: str, heldout_batches: int) -> str:
   """Trains and scores every run in turn; returns the results table (also in workdir/results.md)."""
-  from flamingo_jax import train as trainer
-  from flamingo_jax.heldout import heldout_losses
+  from flamingo_jax.evaluation.heldout import heldout_losses
+  from flamingo_jax.training import train as trainer
   results = {}
   for i, run in enumerate(runs):
     print(f"== run {i + 1}/{len(runs)}: {run.name} -> {run.workdir}", flush=True)
     trainer.train(run.config, run.workdir)
-    results[run.name] = heldout_losses(run.config, run.workdir, heldout_batches)
+    results[run.name] = heldout_losses(run.workdir, heldout_batches)
     with open(os.path.join(run.workdir, "heldout.json"), "w") as f:
       json.dump({"overrides": run.overrides, "heldout_loss": results[run.name]}, f, indent=1)
     print(f"held-out loss: {json.dumps(results[run.name])}", flush=True)
@@ -90,7 +90,10 @@ def main(argv):
     raise app.UsageError("Pass one of --run and --dry-run.")
   sweep_name = f.sweep.partition(":")[2]
   workdir = f.workdir or os.path.join("workdirs", "sweeps", sweep_name)
-  runs = sweeps.expand(f.config, load_sweep(f.sweep), workdir)
+  try:  # Every run's whole config is checked before the first one starts.
+    runs = sweeps.expand(Config.from_dict(f.config), load_sweep(f.sweep), workdir)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
   if not f.run:
     config_arg = config_flags.get_config_filename(f["config"])
     print("\n".join(commands(runs, config_arg, config_flags.get_override_values(f["config"]))))

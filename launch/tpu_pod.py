@@ -7,11 +7,12 @@ trainer on all workers at once, stream the logs; stop and delete it later.
   python -m launch.tpu_pod --name flamingo --project my-project --zone us-east5-a --action stop
   python -m launch.tpu_pod --name flamingo --project my-project --zone us-east5-a --action delete
 
-`--action launch` (default), in order: create a queued resource (`--reuse`: skip it), wait until it is
-ACTIVE, copy this checkout to every worker (tar + scp; `--git URL`: clone it there instead) and
-pip-install it with the `data` and `tpu` extras, start `python3 -m flamingo_jax.train <args>
---distributed=auto` on all workers (`--worker=all`; on a TPU VM `jax.distributed` finds the
-coordinator, process count and index itself) in the background, then follow worker 0's log.
+`--action launch` (default), in order: create a queued resource (`--reuse`: skip it), wait until it
+is ACTIVE, copy this checkout to every worker (tar + scp; `--git URL`: clone it there instead) and
+pip-install it with the `data` and `tpu` extras, start
+`python3 -m flamingo_jax.training.train <args> --distributed=auto` on all workers (`--worker=all`;
+on a TPU VM `jax.distributed` finds the coordinator, process count and index itself) in the
+background, then follow worker 0's log.
 `--action stop` sends SIGTERM to the trainer on every worker (it saves a checkpoint and exits);
 `--action delete` deletes the queued resource and its TPU VMs. The workdir must be storage every
 worker sees (a gs:// bucket). `--dry-run` prints each command instead of running it.
@@ -19,10 +20,14 @@ worker sees (a gs:// bucket). `--dry-run` prints each command instead of running
 
 from __future__ import annotations
 
-import argparse
-import sys
+import types
 
-from launch.commands import execute, shell, train_command
+from absl import app, flags
+
+from launch.commands import (TRAIN_MODULE, execute, flag_args, parse_flags, plan_of,
+                             require_train_args, shell, train_command)
+
+PROG = "python -m launch.tpu_pod"
 
 # Cloud TPU VM software versions per generation (the accelerator name's prefix).
 RUNTIMES = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite",
@@ -62,10 +67,11 @@ def launch_plan(args) -> list[list[str]]:
                     *_where(args)]) + ' --format="value(state.state)"'
   plan.append(["bash", "-c", f'until [ "$({describe})" = ACTIVE ]; do sleep 30; done'])
   if args.git:
-    plan.append(_ssh(args, "all", f"rm -rf {REMOTE_DIR} && git clone --depth=1 "
-                                  f"{shell([args.git])} {REMOTE_DIR} && cd {REMOTE_DIR} && {INSTALL}"))
+    plan.append(_ssh(args, "all", f"rm -rf {REMOTE_DIR} && git clone --depth=1 {shell([args.git])} "
+                                  f"{REMOTE_DIR} && cd {REMOTE_DIR} && {INSTALL}"))
   else:
-    plan += [["tar", "czf", ARCHIVE, "--exclude=.git", "--exclude=.venv", "--exclude=workdirs", "."],
+    plan += [["tar", "czf", ARCHIVE, "--exclude=.git", "--exclude=.venv", "--exclude=workdirs",
+              "."],
              ["gcloud", "compute", "tpus", "tpu-vm", "scp", ARCHIVE, f"{args.name}:{ARCHIVE}",
               *_where(args), "--worker=all"],
              _ssh(args, "all", f"mkdir -p {REMOTE_DIR} && tar xzf {ARCHIVE} -C {REMOTE_DIR} && "
@@ -78,7 +84,8 @@ def launch_plan(args) -> list[list[str]]:
 
 def stop_plan(args) -> list[list[str]]:
   # [f]lamingo: the pattern does not match the remote shell running pkill itself.
-  return [_ssh(args, "all", 'pkill -TERM -f "python3 -m [f]lamingo_jax.train" || true')]
+  pattern = f"python3 -m [{TRAIN_MODULE[0]}]{TRAIN_MODULE[1:]}"
+  return [_ssh(args, "all", f'pkill -TERM -f "{pattern}" || true')]
 
 
 def delete_plan(args) -> list[list[str]]:
@@ -86,33 +93,51 @@ def delete_plan(args) -> list[list[str]]:
            "--force", "--quiet"]]
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m launch.tpu_pod", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--name", required=True, help="Queued resource and TPU VM name.")
-  parser.add_argument("--project", required=True)
-  parser.add_argument("--zone", required=True)
-  parser.add_argument("--action", choices=("launch", "stop", "delete"), default="launch")
-  parser.add_argument("--accelerator", help="Slice type, e.g. v5p-32 (launch).")
-  parser.add_argument("--runtime", help="TPU VM software version (default: per generation).")
-  parser.add_argument("--spot", action="store_true", help="Spot capacity.")
-  parser.add_argument("--reuse", action="store_true", help="The slice exists: skip creating it.")
-  parser.add_argument("--git", help="Clone this repository on the workers instead of copying.")
-  parser.add_argument("--dry-run", action="store_true", help="Print the commands; run nothing.")
-  parser.add_argument("train_args", nargs="*", help="After --: the trainer's flags.")
-  args = parser.parse_args(argv)
-  if args.action == "launch" and not (args.accelerator or args.reuse):
-    parser.error("--action launch needs --accelerator (or --reuse for an existing slice).")
-  if args.action == "launch" and not args.train_args:
-    parser.error("give the trainer's flags after --, e.g. -- --config ... --workdir gs://...")
-  return args
+PLANS = {"launch": launch_plan, "stop": stop_plan, "delete": delete_plan}
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> list[flags.FlagHolder]:
+  fv = flag_values
+  return [
+      flags.DEFINE_string("name", None, "Queued resource and TPU VM name.", required=True,
+                          flag_values=fv),
+      flags.DEFINE_string("project", None, "Google Cloud project.", required=True, flag_values=fv),
+      flags.DEFINE_string("zone", None, "Zone of the slice, e.g. us-east5-a.", required=True,
+                          flag_values=fv),
+      flags.DEFINE_enum("action", "launch", ["launch", "stop", "delete"],
+                        "Launch the run, stop it (SIGTERM) or delete the slice.", flag_values=fv),
+      flags.DEFINE_string("accelerator", None, "Slice type, e.g. v5p-32 (launch).", flag_values=fv),
+      flags.DEFINE_string("runtime", None, "TPU VM software version (default: per generation).",
+                          flag_values=fv),
+      flags.DEFINE_bool("spot", False, "Spot capacity.", flag_values=fv),
+      flags.DEFINE_bool("reuse", False, "The slice exists: skip creating it.", flag_values=fv),
+      flags.DEFINE_string("git", None, "Clone this repository on the workers instead of copying.",
+                          flag_values=fv),
+      flags.DEFINE_bool("dry-run", False, "Print the commands; run nothing.", flag_values=fv),
+  ]
+
+
+def checked(args: types.SimpleNamespace) -> types.SimpleNamespace:
+  if args.action != "launch":
+    return args
+  if not (args.accelerator or args.reuse):
+    raise app.UsageError("--action launch needs --accelerator (or --reuse for an existing slice).")
+  return require_train_args(args)
+
+
+def parse_args(argv: list[str]) -> types.SimpleNamespace:
+  """The arguments of `argv` (no program name), parsed in this process (see `parse_flags`)."""
+  return checked(parse_flags(define_flags, PROG, argv))
+
+
+def run(args: types.SimpleNamespace) -> int:
+  return execute(plan_of(PLANS[args.action], args), args.dry_run)
 
 
 def main(argv: list[str]) -> int:
-  args = parse_args(argv)
-  plan = {"launch": launch_plan, "stop": stop_plan, "delete": delete_plan}[args.action](args)
-  return execute(plan, args.dry_run)
+  return run(parse_args(argv))
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  holders = define_flags()
+  app.run(lambda argv: run(checked(flag_args(holders, argv[1:]))))
