@@ -2,10 +2,10 @@
 
 import jax
 import numpy as np
-from conftest import apply_fn, init_params, make_batch, tiny_config
 
 from flamingo_jax import sharding
-from flamingo_jax.model import Flamingo, abstract_params
+from flamingo_jax.models.flamingo import Flamingo, abstract_params
+from tests.builders import apply_fn, init_params, make_batch, tiny_config
 
 
 def test_sharded_forward_matches_single_device():

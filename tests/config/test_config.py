@@ -1,11 +1,15 @@
 """Impossible configs fail at config time with the field's name; overrides work from the CLI."""
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
-from conftest import tiny_config
+
+from experiments import evaluation, flamingo
+from flamingo_jax.config import Config, EvaluationConfig, FlamingoConfig
+from tests.builders import tiny_config
 
 
 @pytest.mark.parametrize("override, field", [
@@ -40,16 +44,84 @@ def test_impossible_config_names_the_field(override, field):
 
 
 def test_unknown_field_is_named():
-  from experiments import flamingo
-  from flamingo_jax.config import FlamingoConfig
   config = flamingo.get_config("tiny").model.to_dict()
   config["lm"]["num_layer"] = 3
   with pytest.raises(ValueError, match=r"model\.lm\.num_layer"):
     FlamingoConfig.from_dict(config)
 
 
+@pytest.mark.parametrize("override, message", [
+    ({"task": "caption"}, "task='caption': must be one of flamingo, lm, contrastive"),
+    ({"seed": 1.5}, "seed=1.5: must be an integer"),
+    ({"mesh.fsdp": 0}, "mesh.fsdp=0: must be a positive number of devices or -1"),
+    ({"mesh.data": -1, "mesh.tensor": -1}, "mesh.tensor=-1: only one mesh axis may be -1"),
+    ({"data.source": "webdataset"}, "data.source='webdataset': must be one of synthetic, arrayrecord"),
+    ({"data.accumulation": "mean"}, "data.accumulation='mean'"),
+    ({"data.datasets.pairs.batch_size": 0}, "data.datasets.pairs.batch_size=0: must be > 0"),
+    ({"data.datasets.video.loss_weight": -0.1}, "data.datasets.video.loss_weight=-0.1: must be >= 0"),
+    ({"data.datasets.interleaved.p_next": 2.0}, "data.datasets.interleaved.p_next=2.0"),
+    ({"data.exclude": "m3w"}, "data.exclude='m3w': names unknown dataset"),
+    ({"data.source": "arrayrecord"}, "data.tokenizer='': data.source=arrayrecord needs"),
+    ({"optimizer.learning_rate": 0.0}, "optimizer.learning_rate=0.0: must be > 0"),
+    ({"optimizer.b2": 1.0}, "optimizer.b2=1.0: must be in [0, 1)"),
+    ({"optimizer.schedule": "cosine", "optimizer.decay_steps": 5},
+     "optimizer.decay_steps=5: must exceed optimizer.warmup_steps=10"),
+    ({"train.num_steps": 0}, "train.num_steps=0: must be > 0"),
+    ({"train.frozen_dtype": "int8"}, "train.frozen_dtype='int8'"),
+    ({"train.micro_batches": 3}, "data.datasets.interleaved.batch_size=8: must be divisible by "
+                                 "train.micro_batches=3"),
+    ({"task": "contrastive", "train.micro_batches": 2}, "train.micro_batches=2: must be 1 for "
+                                                        "task=contrastive"),
+    ({"init.flamingo_checkpoint": "/a", "init.lm_checkpoint": "/b"},
+     "init.flamingo_checkpoint='/a': holds the towers too"),
+    ({"quickstart.heldout_batches": 0}, "quickstart.heldout_batches=0: must be > 0"),
+    ({"model.lm.num_heads": 5}, "model.lm.num_heads=5: must divide model.lm.width=64"),
+])
+def test_a_wrong_value_in_any_section_names_its_full_field(override, message):
+  base = Config.from_dict(flamingo.get_config("tiny"))
+  with pytest.raises(ValueError, match=re.escape(message)):
+    base.replace(override)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"shots": (0, -4)}, "shots=(0, -4): must be one or more shot counts >= 0"),
+    ({"sampling.num_beams": 0}, "sampling.num_beams=0: must be > 0"),
+    ({"sampling.top_p": 1.5}, "sampling.top_p=1.5: must be in (0, 1]"),
+    ({"tasks.coco.kind": "detection"}, "tasks.coco.kind='detection'"),
+    ({"tasks.vqav2.selection": "nearest"}, "tasks.vqav2.selection='nearest'"),
+    ({"tasks.coco.support_size": 0}, "tasks.coco.support_size=0: must be > 0"),
+    ({"tasks.coco.tfds_name": ""}, "tasks.coco.tfds_name='': source=tfds needs"),
+])
+def test_a_wrong_evaluation_value_names_its_full_field(override, message):
+  base = EvaluationConfig.from_dict(evaluation.get_config("paper,tasks=coco+vqav2"))
+  with pytest.raises(ValueError, match=re.escape(message)):
+    base.replace(override)
+
+
+def test_preset_arguments_are_keys():
+  assert Config.from_dict(flamingo.get_config("tiny,data=demo")).data.source == "arrayrecord"
+  for arg, message in (("tiny,demo", "'demo' is not key=value"),
+                       ("tiny,data=web", "data='web': use synthetic or demo"),
+                       ("tiny,dataset=demo", "known: data=...")):
+    with pytest.raises(ValueError, match=re.escape(message)):
+      flamingo.get_config(arg)
+  assert list(EvaluationConfig.from_dict(evaluation.get_config("paper,tasks=coco+okvqa")).tasks) == [
+      "coco", "okvqa"]
+
+
+def test_the_trainer_rejects_a_wrong_value_before_it_starts(tmp_path):
+  run = subprocess.run([sys.executable, "-m", "flamingo_jax.training.train",
+                        "--config=experiments/flamingo.py:tiny", f"--workdir={tmp_path / 'run'}",
+                        "--config.data.datasets.pairs.batch_size=0"],
+                       capture_output=True, text=True, timeout=120)
+  assert run.returncode == 1
+  assert run.stderr.strip().splitlines()[-1] == (
+      "error: Invalid config: data.datasets.pairs.batch_size=0: must be > 0.")
+  assert "Traceback" not in run.stderr and not (tmp_path / "run").exists()
+
+
 def _summary(*args):
-  return subprocess.run([sys.executable, "-m", "flamingo_jax.summary",
+  return subprocess.run([sys.executable, "-m", "flamingo_jax.tools.summary",
                          "--config", "experiments/flamingo.py:tiny", *args],
                         capture_output=True, text=True, timeout=120)
 

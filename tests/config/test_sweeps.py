@@ -1,5 +1,5 @@
 """Sweeps: products / zips / chains of overrides expand into named runs; the launcher prints or runs
-them (flamingo_jax/sweeps.py, experiments/sweeps.py, launch/sweep.py)."""
+them (flamingo_jax/config/sweeps.py, experiments/sweeps.py, launch/sweep.py)."""
 
 import json
 import os
@@ -8,24 +8,31 @@ import sys
 
 import pytest
 
-from experiments import flamingo, sweeps as experiment_sweeps
-from flamingo_jax import metrics
-from flamingo_jax.sweeps import apply_overrides, chain, expand, product, run_name, sweep, zip_
+from experiments import flamingo
+from experiments import sweeps as experiment_sweeps
+from flamingo_jax.config import Config
+from flamingo_jax.config.sweeps import apply_overrides, chain, expand, product, run_name, sweep, zip_
+from flamingo_jax.training import metrics
 from launch import sweep as launcher
 from tests.configs import train_small
+
+
+def _preset(arg: str) -> Config:
+  return Config.from_dict(flamingo.get_config(arg))
 
 
 def test_sweep_expands_to_named_runs_with_overrides_and_workdirs():
   lr_x_every = product(sweep("optimizer.learning_rate", [3e-4, 1e-3]),
                        sweep("model.xattn.every", [1, 2]))
-  runs = expand(flamingo.get_config("tiny"), lr_x_every, "/sweeps/lr")
+  base = _preset("tiny")
+  runs = expand(base, lr_x_every, "/sweeps/lr")
   assert [r.name for r in runs] == [
       "learning_rate=0.0003,every=1", "learning_rate=0.0003,every=2",
       "learning_rate=0.001,every=1", "learning_rate=0.001,every=2"]
   assert runs[1].overrides == {"optimizer.learning_rate": 3e-4, "model.xattn.every": 2}
   assert runs[1].workdir == "/sweeps/lr/learning_rate=0.0003,every=2"
   assert runs[1].config.optimizer.learning_rate == 3e-4 and runs[1].config.model.xattn.every == 2
-  assert flamingo.get_config("tiny").model.xattn.every == 2  # The base is not modified.
+  assert base.model.xattn.every == 2  # The base is not modified.
 
   seeds = zip_(sweep("seed", [0, 1]), sweep("data.seed", [5, 6]))
   assert seeds == [{"seed": 0, "data.seed": 5}, {"seed": 1, "data.seed": 6}]
@@ -40,26 +47,31 @@ def test_sweep_expands_to_named_runs_with_overrides_and_workdirs():
   switched = {key for overrides in ablations for key in overrides}
   assert {"data.exclude", "model.xattn.gate", "model.xattn.every", "model.resampler.kind",
           "train.freeze_lm", "model.xattn.media_attention", "data.accumulation"} <= switched
-  names = [r.name for r in expand(flamingo.get_config("tiny,demo"), ablations, "w")]
+  names = [r.name for r in expand(_preset("tiny,data=demo"), ablations, "w")]
   assert len(set(names)) == len(names)
 
   with pytest.raises(ValueError, match="different lengths"):
     zip_(sweep("seed", [0, 1]), sweep("data.seed", [0]))
-  with pytest.raises(ValueError, match="'model.xattn.evry'.*not a config field"):
-    apply_overrides(flamingo.get_config("tiny"), {"model.xattn.evry": 2})
+  with pytest.raises(ValueError, match="run 'evry=2': Unknown config field model.xattn.evry"):
+    apply_overrides(_preset("tiny"), {"model.xattn.evry": 2}, "evry=2")
   with pytest.raises(ValueError, match="model.xattn.gate='sigmoid'"):
-    apply_overrides(flamingo.get_config("tiny"), {"model.xattn.gate": "sigmoid"})
+    apply_overrides(_preset("tiny"), {"model.xattn.gate": "sigmoid"})
   with pytest.raises(ValueError, match="two runs named 'every=1'"):
-    expand(flamingo.get_config("tiny"), sweep("model.xattn.every", [1, 1]), "w")
+    expand(_preset("tiny"), sweep("model.xattn.every", [1, 1]), "w")
+  # Every run's whole config is checked when the sweep expands, before any run starts.
+  with pytest.raises(ValueError, match="run 'micro_batches=3': Invalid config: "
+                     "data.datasets.interleaved.batch_size=8: must be divisible by "
+                     "train.micro_batches=3"):
+    expand(_preset("tiny"), chain([{}], sweep("train.micro_batches", [3])), "w")
 
 
 def test_sweep_dry_run_prints_the_commands():
   out = subprocess.run(
-      [sys.executable, "-m", "launch.sweep", "--config=experiments/flamingo.py:tiny,demo",
+      [sys.executable, "-m", "launch.sweep", "--config=experiments/flamingo.py:tiny,data=demo",
        "--sweep=experiments/sweeps.py:lr_x_every", "--workdir=/runs/lr", "--dry-run",
        "--config.train.num_steps=7"],
       capture_output=True, text=True, check=True, timeout=120).stdout
-  base = ("python -m flamingo_jax.train --config=experiments/flamingo.py:tiny,demo "
+  base = ("python -m flamingo_jax.training.train --config=experiments/flamingo.py:tiny,data=demo "
           "--workdir=/runs/lr/")
   assert out.splitlines() == [
       base + "learning_rate=0.0003,every=1 --config.train.num_steps=7 "
@@ -76,9 +88,7 @@ def test_sweep_dry_run_prints_the_commands():
 def test_sweep_run_trains_scores_and_tabulates_every_run(tmp_path):
   """A 2-run sweep, which also checks the no-data switch end to end: a run's batches lack the
   excluded dataset, yet it is scored on it."""
-  base = train_small.get_config("two")
-  base.train.num_steps = 2
-  base.train.log_every = 1
+  base = train_small.config("two", **{"train.num_steps": 2, "train.log_every": 1})
   runs = expand(base, sweep("data.exclude", ["pairs", "interleaved"]), str(tmp_path))
   table = launcher.run_all(runs, str(tmp_path), heldout_batches=1)
   trained = {r.name: [sorted(k for k in record if k.startswith("loss/"))

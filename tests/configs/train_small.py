@@ -1,12 +1,17 @@
 """The `tiny` preset trimmed for training tests: one or two small synthetic datasets, quick steps.
 
   get_config("one")  one interleaved dataset;  get_config("two")  interleaved + pairs.
+  (a config file: `--config tests/configs/train_small.py:two`)
+  config("two", **{"train.num_steps": 2})  the same as a checked Config, with flat overrides.
 """
 
+import ml_collections
+
 from experiments import flamingo
+from flamingo_jax.config import Config
 
 
-def get_config(arg: str = "one"):
+def get_config(arg: str = "one") -> ml_collections.ConfigDict:
   config = flamingo.get_config("tiny")
   datasets = {"interleaved": dict(batch_size=8, seq_len=16, max_images=2, num_frames=1,
                                   loss_weight=1.0)}
@@ -18,3 +23,7 @@ def get_config(arg: str = "one"):
   config.train.checkpoint_every = 3
   config.optimizer.warmup_steps = 2
   return config
+
+
+def config(arg: str = "one", **overrides) -> Config:
+  return Config.from_dict(get_config(arg)).replace(overrides)

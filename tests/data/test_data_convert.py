@@ -15,7 +15,7 @@ from array_record.python import array_record_module
 
 from data_pipelines import convert, records
 from data_pipelines.mixture import build_mixture
-from data_helpers import demo_corpus, jpeg, single, tokenizer  # noqa: F401 (fixtures)
+from tests.data.builders import jpeg, single
 
 
 def read_all(path):

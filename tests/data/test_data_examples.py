@@ -9,7 +9,7 @@ from PIL import Image
 
 from data_pipelines import records
 from data_pipelines.examples import COUNTERS, ExampleSpec, ToExample
-from data_helpers import demo_corpus, jpeg, tokenizer  # noqa: F401 (fixtures)
+from tests.data.builders import jpeg
 
 COLOURS = [(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0), (0, 250, 250)]
 

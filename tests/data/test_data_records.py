@@ -6,7 +6,7 @@ import pytest
 from array_record.python import array_record_module
 
 from data_pipelines import records
-from data_helpers import jpeg, write_shard
+from tests.data.builders import jpeg, write_shard
 
 
 def test_round_trip_keeps_parts_in_order():

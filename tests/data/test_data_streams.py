@@ -9,8 +9,9 @@ import pytest
 
 from data_pipelines import records, streams
 from data_pipelines.mixture import build_mixture
-from experiments.data import demo_data_config
-from data_helpers import demo_corpus, jpeg, single, tokenizer, write_shard  # noqa: F401 (fixtures)
+from experiments.flamingo import demo_data
+from flamingo_jax.config import DataConfig
+from tests.data.builders import jpeg, single, write_shard
 
 
 def take(mixture, steps):
@@ -23,6 +24,10 @@ def assert_same(a_steps, b_steps):
     for name in a:
       for key in a[name]:
         np.testing.assert_array_equal(a[name][key], b[name][key], err_msg=f"{name}/{key}")
+
+
+def demo_data_config(root: str, **overrides) -> DataConfig:
+  return DataConfig.from_dict(demo_data(root), "data").replace(overrides, "data")
 
 
 def test_demo_batches_have_the_contract_shapes(demo_corpus, tokenizer):
@@ -48,7 +53,7 @@ def test_same_seed_same_batches_other_seed_other_batches(demo_corpus, tokenizer)
   config = demo_data_config(demo_corpus[0])
   first = take(build_mixture(config, image_size=32, tokenizer=tokenizer), 2)
   assert_same(first, take(build_mixture(config, image_size=32, tokenizer=tokenizer), 2))
-  config.seed = 1
+  config = config.replace({"seed": 1})
   other = take(build_mixture(config, image_size=32, tokenizer=tokenizer), 2)
   assert not np.array_equal(first[0]["pairs"]["tokens"], other[0]["pairs"]["tokens"])
 
@@ -89,9 +94,7 @@ def test_resume_in_process_through_an_orbax_json_checkpoint(demo_corpus, tokeniz
 
 
 def test_resume_with_two_worker_processes(demo_corpus, tokenizer):
-  config = demo_data_config(demo_corpus[0])
-  del config.datasets["pairs"], config.datasets["video"]
-  config.num_workers = 2
+  config = demo_data_config(demo_corpus[0], num_workers=2, exclude="pairs,video")
   mixture = build_mixture(config, image_size=32, tokenizer=tokenizer)
   take(mixture, 3)
   state = json.loads(json.dumps(mixture.get_state()))
@@ -104,8 +107,7 @@ def test_resume_with_two_worker_processes(demo_corpus, tokenizer):
 
 
 def test_round_robin_takes_one_dataset_per_step_and_resumes_in_turn(demo_corpus, tokenizer):
-  config = demo_data_config(demo_corpus[0])
-  config.accumulation = "round_robin"
+  config = demo_data_config(demo_corpus[0], accumulation="round_robin")
   mixture = build_mixture(config, image_size=32, tokenizer=tokenizer)
   assert [list(s) for s in take(mixture, 4)] == [["interleaved"], ["pairs"], ["video"],
                                                  ["interleaved"]]
@@ -142,11 +144,12 @@ def test_a_dataset_of_only_bad_records_is_an_error_not_a_hang(tmp_path, tokenize
     (dict(batch_size=3), "not divisible by the 2 processes"),
     (dict(kind="video"), "kind='video'"),
     (dict(path="/nonexistent/shards"), "/nonexistent/shards"),
-    (dict(max_imags=2), "unknown fields"),
+    (dict(max_imags=2), "Unknown config field data.datasets.pairs.max_imags"),
+    (dict(max_images=2), "data.datasets.pairs.max_images=2: kind=pairs holds one image"),
 ])
 def test_config_errors_name_what_to_change(tmp_path, tokenizer, change, message):
   write_shard(tmp_path, "pairs", [records.pair(str(i), jpeg(i), "c") for i in range(4)])
   config = single("pairs", str(tmp_path))
-  config.datasets.pairs.update(change)
   with pytest.raises((ValueError, FileNotFoundError), match=message):
+    config = config.replace({f"datasets.pairs.{k}": v for k, v in change.items()}, "data")
     build_mixture(config, image_size=8, tokenizer=tokenizer, process_count=2)

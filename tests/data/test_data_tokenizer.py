@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 from data_pipelines.tokenizer import Tokenizer
-from data_helpers import demo_corpus, tokenizer  # noqa: F401 (fixtures)
 
 
 def test_special_ids_follow_the_model_convention(tokenizer):

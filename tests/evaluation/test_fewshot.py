@@ -8,12 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import init_params, tiny_config
 from data_pipelines import tokenizer as tokenizer_lib
+from data_pipelines.eval_sets import EvalExample
 from experiments import evaluation as evaluation_presets
-from flamingo_jax import evaluate, fewshot, rices
-from flamingo_jax.eval_data import EvalExample
-from flamingo_jax.vision import VisionTransformer
+from flamingo_jax.config import EvaluationConfig
+from flamingo_jax.evaluation import evaluate, fewshot, rices
+from flamingo_jax.evaluation import runner as runner_lib
+from flamingo_jax.models.vision import VisionTransformer
+from tests.builders import init_params, tiny_config
 
 SIZE = 32
 
@@ -87,8 +89,10 @@ def test_order_permutations_are_distinct():
 
 
 def test_template_without_answer_is_rejected():
-  with pytest.raises(ValueError, match="tasks.x.prompt"):
-    fewshot.check_template("<image>Output:", "tasks.x.prompt")
+  settings = evaluation_presets.get_config("demo")
+  with pytest.raises(ValueError, match="tasks.captions.prompt='<image>Output:': must contain "
+                     "exactly one {answer}"):
+    EvaluationConfig.from_dict(settings).replace({"tasks.captions.prompt": "<image>Output:"})
 
 
 def test_rices_most_similar_last():
@@ -136,14 +140,14 @@ def test_harness_end_to_end_on_tfds_mock_data(tmp_path, demo_corpus):
   tokenizer = tokenizer_lib.Tokenizer(demo_corpus["tokenizer"])
   config = tiny_config()
   params = init_params(config)
-  settings = evaluation_presets.get_config("paper,coco,vqav2")
-  settings.shots = (0, 2)
-  settings.batch_size = 4
-  settings.pad_to_multiple = 128  # Both tasks' prompts share shapes: one compilation per shot count.
-  settings.sampling.update(strategy="greedy", max_new_tokens=3)  # Beam search: decoding's tests.
-  for name, task in settings.tasks.items():
-    task.update(num_queries=5, support_size=6, data_dir=str(tmp_path / "tfds"))
-  settings.tasks.vqav2.selection = "rices"
+  settings = EvaluationConfig.from_dict(evaluation_presets.get_config("paper,tasks=coco+vqav2"))
+  settings = settings.replace({
+      "shots": (0, 2), "batch_size": 4,
+      "pad_to_multiple": 128,  # Both tasks' prompts share shapes: one compilation per shot count.
+      "sampling.strategy": "greedy", "sampling.max_new_tokens": 3,  # Beam search: decoding's tests.
+      "tasks.vqav2.selection": "rices",
+      **{f"tasks.{name}.{field}": value for name in ("coco", "vqav2") for field, value in
+         (("num_queries", 5), ("support_size", 6), ("data_dir", str(tmp_path / "tfds")))}})
   lines = []
   with tfds.testing.mock_data(num_examples=8):
     results = evaluate.evaluate(settings, config, params, tokenizer, str(tmp_path / "out"),
@@ -166,11 +170,12 @@ def test_harness_end_to_end_on_tfds_mock_data(tmp_path, demo_corpus):
 def test_in_context_mapping_task_on_the_demo_corpus(tmp_path, demo_corpus):
   tokenizer = tokenizer_lib.Tokenizer(demo_corpus["tokenizer"])
   config = tiny_config()
-  settings = evaluation_presets.get_config("demo,colours")
-  settings.batch_size = 4
-  task = settings.tasks.colours
-  task.update(data_dir=os.path.dirname(demo_corpus["tokenizer"]), num_queries=4, support_size=24, num_permutations=2)
-  runner = evaluate.TaskRunner("colours", task, settings, config, init_params(config), tokenizer,
+  settings = EvaluationConfig.from_dict(evaluation_presets.get_config("demo,tasks=colours"))
+  settings = settings.replace({"batch_size": 4, "tasks.colours.data_dir": os.path.dirname(
+      demo_corpus["tokenizer"]), "tasks.colours.num_queries": 4, "tasks.colours.support_size": 24,
+      "tasks.colours.num_permutations": 2})
+  task = settings.tasks["colours"]
+  runner = runner_lib.TaskRunner("colours", task, settings, config, init_params(config), tokenizer,
                                str(tmp_path / "rices"), log=lambda _: None)
   assert runner.class_names == ("red", "green", "blue", "yellow")
   assert runner.shown_names == ("dax", "wug", "blick", "fep")
@@ -190,7 +195,8 @@ def test_in_context_mapping_task_on_the_demo_corpus(tmp_path, demo_corpus):
 
 def test_official_vqa_files_through_our_tfds_builder(tmp_path):
   from PIL import Image
-  from flamingo_jax.eval_data import load_task_split
+
+  from data_pipelines.eval_sets import load_task_split
   root = tmp_path / "vqav2"
   for split, image_ids in (("train", (1, 2)), ("val", (7,))):
     os.makedirs(root / f"{split}2014")
@@ -205,8 +211,9 @@ def test_official_vqa_files_through_our_tfds_builder(tmp_path):
               open(root / f"v2_OpenEnded_mscoco_{split}2014_questions.json", "w"))
     json.dump({"annotations": annotations},
               open(root / f"v2_mscoco_{split}2014_annotations.json", "w"))
-  task = evaluation_presets.get_config("paper,vqav2").tasks.vqav2
-  task.update(data_dir=str(tmp_path / "tfds"), manual_dir=str(root))
+  task = EvaluationConfig.from_dict(evaluation_presets.get_config("paper,tasks=vqav2")).replace(
+      {"tasks.vqav2.data_dir": str(tmp_path / "tfds"), "tasks.vqav2.manual_dir": str(root)}
+  ).tasks["vqav2"]
   train, _ = load_task_split(task, "train", 0)
   (query,), _ = load_task_split(task, "validation", 0)
   assert sorted((ex.question, ex.answers[0]) for ex in train) == [("q1?", "a1"), ("q2?", "a2")]
@@ -215,7 +222,7 @@ def test_official_vqa_files_through_our_tfds_builder(tmp_path):
 
 
 def test_official_file_readers(tmp_path):
-  from flamingo_jax import eval_data
+  from data_pipelines import eval_sets as eval_data
   (tmp_path / "karpathy.json").write_text(json.dumps({"images": [
       {"filename": "1.jpg", "split": "test", "sentences": [{"raw": "A dog."}, {"raw": "A cat."}]},
       {"filename": "2.jpg", "split": "restval", "sentences": [{"raw": "A man."}]},

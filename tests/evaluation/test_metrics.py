@@ -6,10 +6,10 @@ import pytest
 from pycocoevalcap.cider.cider import Cider
 from sklearn.metrics import roc_auc_score
 
-from flamingo_jax import eval_metrics
+from flamingo_jax.evaluation import metrics as eval_metrics
 
 # (prediction, the ten human answers, official accuracy in percent). The accuracies are the official
-# GT-Vision-Lab/VQA evaluation's (commit a013f00) evalQA values; tests/vqa_reference_values.py
+# GT-Vision-Lab/VQA evaluation's (commit a013f00) evalQA values; tests/evaluation/vqa_reference_values.py
 # recomputes them (its docstring has the commands).
 VQA_CASES = [
     ('two', ('2', '2', '2', 'two', '2', '3', '2', '2', '2', '2'), 100.0),

@@ -1,18 +1,18 @@
-"""Recomputes the expected VQA accuracies of test_eval_metrics.VQA_CASES with the official code.
+"""Recomputes the expected VQA accuracies of tests/evaluation/test_metrics.py's VQA_CASES with the official code.
 
 The official evaluation is Python 2 and not on PyPI, so the tests hold its outputs. To recompute:
 
   git clone https://github.com/GT-Vision-Lab/VQA /tmp/VQA && git -C /tmp/VQA checkout a013f00
   sed -e 's/print "\\(.*\\)"/print("\\1")/' /tmp/VQA/PythonEvaluationTools/vqaEvaluation/vqaEval.py \
       > /tmp/vqaEval.py
-  PYTHONPATH=/tmp:tests:. python tests/vqa_reference_values.py
+  PYTHONPATH=/tmp:. python tests/evaluation/vqa_reference_values.py
 
 It prints one expected accuracy (percent) per case, as VQAEval.evaluate stores them in evalQA.
 """
 
 from vqaEval import VQAEval  # The official module, made Python 3 as above.
 
-from test_eval_metrics import VQA_CASES
+from tests.evaluation.test_metrics import VQA_CASES
 
 
 class _Questions:  # The two methods of the official VQA helper class that VQAEval uses.

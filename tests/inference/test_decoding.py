@@ -1,30 +1,33 @@
-"""Cached decoding (flamingo_jax/decoding.py) against full recomputation, on the tiny model."""
+"""Cached decoding (flamingo_jax/inference/decoding.py) against full recomputation, on the tiny model."""
 
 import collections
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import apply_fn, flamingo_presets, init_params, tiny_config
 from PIL import Image
 
 from data_pipelines import images as image_ops
 from data_pipelines.tokenizer import Tokenizer
 from data_pipelines.tokenizer import train as train_tokenizer
-from flamingo_jax import decoding, masking
-from flamingo_jax import generate as generate_cli
-from flamingo_jax import params as P
-from flamingo_jax import train as trainer
-from flamingo_jax.checkpointing import Checkpointer
-from flamingo_jax.config import FlamingoConfig
-from flamingo_jax.decoding import SamplingConfig
-from flamingo_jax.layers import Dense
-from flamingo_jax.lm import layer_plan
-from flamingo_jax.optimizer import make_optimizer
-from flamingo_jax.train_step import TrainState
-from flamingo_jax.vision import VisionTransformer
+from experiments import flamingo as flamingo_presets
+from flamingo_jax.config import Config, SamplingConfig
+from flamingo_jax.inference import decoding
+from flamingo_jax.inference import generate as generate_cli
+from flamingo_jax.models import masking
+from flamingo_jax.models.layers import Dense
+from flamingo_jax.models.lm import layer_plan
+from flamingo_jax.models.vision import VisionTransformer
+from flamingo_jax.training.optimizer import make_optimizer
+from flamingo_jax.training.step import TrainState
+from flamingo_jax.weights import pretrained
+from flamingo_jax.weights import tree as ptree
+from flamingo_jax.weights.store import Checkpointer
+from tests.builders import apply_fn, init_params, tiny_config
 
 MAX_NEW = 6
 
@@ -247,9 +250,9 @@ def test_score_equals_full_forward_and_prefix_reuse_equals_no_reuse():
 def test_bad_inputs_name_the_culprit():
   config = _config()
   tokens, mask, images = _prompts(config)
-  with pytest.raises(ValueError, match="SamplingConfig.strategy"):
+  with pytest.raises(ValueError, match="sampling.strategy='nucleus'"):
     SamplingConfig("nucleus")
-  with pytest.raises(ValueError, match="SamplingConfig.top_p"):
+  with pytest.raises(ValueError, match="sampling.top_p=0.0"):
     SamplingConfig("sample", top_p=0.0)
   with pytest.raises(ValueError, match="prompt_mask"):
     decoding.generate(config, {}, tokens, mask[:, 1:], images, GREEDY, ())
@@ -264,40 +267,47 @@ def test_bad_inputs_name_the_culprit():
 PROMPT = "<image>Output: abc"
 
 
-def test_generate_cli_loads_a_saved_checkpoint_and_prints_its_continuation(tmp_path):
-  """The CLI's path (load_trained + generate_text, which main() calls with the flags) on a tiny
-  model saved in the test: frozen towers from the seed, the trainable tree from the checkpoint."""
-  config = flamingo_presets.get_config("tiny")
+def test_generate_cli_rebuilds_a_run_from_its_workdir_alone(tmp_path):
+  """A run as the trainer leaves it (its record, a checkpoint), then the CLI given only
+  --checkpoint: the model, its seed-built frozen towers, its tokenizer and its trainable tree all
+  come from the workdir, and the printed text is the in-process continuation."""
   rng = np.random.default_rng(0)
   words = ["".join(rng.choice(list("abcdefghijklmnop"), rng.integers(2, 8))) for _ in range(400)]
   train_tokenizer((" ".join(rng.choice(words, 12)) for _ in range(2000)), str(tmp_path / "tok.model"))
   tokenizer = Tokenizer(str(tmp_path / "tok.model"))
-  model_config = FlamingoConfig.from_dict(config.model)
-  params = init_params(model_config, seed=config.seed)  # What training builds from the seed.
-  frozen, trainable = P.split(params)
+  config = Config.from_dict(flamingo_presets.get_config("tiny")).replace(
+      {"data.tokenizer": str(tmp_path / "tok.model")})
+  params = init_params(config.model, seed=config.seed)  # What training builds from the seed.
+  frozen, trainable = ptree.split(params)
   trainable = _open_gates(trainable)  # The "trained" tree: it must come from the checkpoint.
-  optimizer = make_optimizer(config.optimizer)
-  checkpointer = Checkpointer(str(tmp_path / "run"), keep=1)
-  checkpointer.save(7, TrainState(jnp.asarray(7, jnp.int32), trainable, optimizer.init(trainable),
+  run = str(tmp_path / "run")
+  pretrained.record_run(run, config, frozen)
+  checkpointer = Checkpointer(run, keep=1)
+  checkpointer.save(7, TrainState(jnp.asarray(7, jnp.int32), trainable,
+                                  make_optimizer(config.optimizer).init(trainable),
                                   jax.random.key_data(jax.random.key(1))), {})
   checkpointer.wait()
   checkpointer.close()
   Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
 
-  loaded_config, loaded = generate_cli.load_trained(config, str(tmp_path / "run"))
-  assert loaded_config == model_config
-  jax.tree.map(np.testing.assert_array_equal, loaded, P.merge(frozen, trainable))
-  text = generate_cli.generate_text(loaded_config, loaded, tokenizer, PROMPT,
+  loaded_config, loaded = pretrained.load_trained(run)
+  assert loaded_config == config.with_absolute_paths()
+  jax.tree.map(np.testing.assert_array_equal, loaded, ptree.merge(frozen, trainable))
+  text = generate_cli.generate_text(loaded_config.model, loaded, tokenizer, PROMPT,
                                     [str(tmp_path / "a.jpg")], GREEDY)
-
   tokens = np.asarray([tokenizer.encode_prompt(PROMPT)], np.int32)
-  images = image_ops.decode((tmp_path / "a.jpg").read_bytes(), model_config.vision.image_size)
-  new, lengths = decoding.generate(model_config, P.merge(frozen, trainable), tokens,
+  images = image_ops.decode((tmp_path / "a.jpg").read_bytes(), config.model.vision.image_size)
+  new, lengths = decoding.generate(config.model, ptree.merge(frozen, trainable), tokens,
                                    np.ones_like(tokens, bool), images[None, None, None], GREEDY,
-                                   (model_config.eoc_token_id, tokenizer.eos_id))
+                                   (config.model.eoc_token_id, tokenizer.eos_id))
   assert text == tokenizer.decode(new[0, :int(lengths[0])])
-  with pytest.raises(ValueError, match="1 <image> token"):
-    generate_cli.generate_text(loaded_config, loaded, tokenizer, PROMPT, [], GREEDY)
+
+  cli = subprocess.run(
+      [sys.executable, "-m", "flamingo_jax.inference.generate", f"--checkpoint={run}",
+       f"--image={tmp_path / 'a.jpg'}", f"--prompt={PROMPT}", f"--sampling.max_new_tokens={MAX_NEW}"],
+      capture_output=True, text=True, timeout=300)
+  assert cli.returncode == 0, cli.stderr
+  assert cli.stdout == text + "\n"
 
 
 def test_image_keys_values_computed_once_per_request():

@@ -10,7 +10,7 @@ import pytest
 
 from launch import local, slurm, tpu_pod
 
-README = os.path.join(os.path.dirname(__file__), "..", "launch", "README.md")
+README = os.path.join(os.path.dirname(__file__), "..", "..", "launch", "README.md")
 
 
 def _documented_examples():
@@ -48,7 +48,7 @@ def test_pod_launch_runs_the_trainer_on_all_four_workers_and_reads_worker_0():
   lines = output.splitlines()
   start = [line for line in lines if "nohup" in line]
   assert len(start) == 1 and "--worker=all" in start[0]
-  assert "python3 -m flamingo_jax.train --config experiments/flamingo.py:flamingo_9b" in start[0]
+  assert "python3 -m flamingo_jax.training.train --config experiments/flamingo.py:flamingo_9b" in start[0]
   assert start[0].rstrip("'").endswith("--distributed=auto > ~/flamingo_jax/train.log 2>&1 "
                                        "< /dev/null &")
   assert "--worker=0" in lines[-1] and "tail -F" in lines[-1]
@@ -75,6 +75,6 @@ def test_slurm_script_sets_coordinator_count_and_index_for_each_task(tmp_path):
 def test_local_launch_and_the_distributed_flag_is_the_launchers():
   args = local.parse_args(["--platform", "cpu", "--python", "python3", "--", "--workdir", "w"])
   assert local.local_plan(args) == [["env", "JAX_PLATFORMS=cpu", "python3", "-m",
-                                     "flamingo_jax.train", "--workdir", "w", "--distributed=off"]]
+                                     "flamingo_jax.training.train", "--workdir", "w", "--distributed=off"]]
   with pytest.raises(ValueError, match="sets --distributed itself"):
     local.local_plan(local.parse_args(["--", "--distributed=auto"]))

@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
 
-from flamingo_jax import masking
-from flamingo_jax.gated_xattn import GatedCrossAttentionDense
+from flamingo_jax.models import masking
+from flamingo_jax.models.gated_xattn import GatedCrossAttentionDense
+from tests.builders import tiny_config
 
 IMG = 7  # The image token id used in these hand-checked sequences.
 

@@ -4,22 +4,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import apply_fn, init_params, make_batch, tiny_config
 
-from flamingo_jax import params as P
-from flamingo_jax.lm import DecoderLM, layer_plan
+from flamingo_jax.models.lm import DecoderLM, layer_plan
+from flamingo_jax.weights import layout
+from flamingo_jax.weights import tree as ptree
+from tests.builders import apply_fn, init_params, make_batch, tiny_config
 
 
 def text_lm_logits(config, flamingo_params, tokens):
   """Runs the text-only LM (same frozen weights and new-token rows, no gated blocks) in the
   config's layout (scanned or unrolled)."""
-  lm = P.relayout(flamingo_params, P.stacks(config), scanned=True)["lm"]
-  blocks, xattns = P.lm_layers(lm, layer_plan(config.lm.num_layers, config.xattn))
+  lm = layout.relayout(flamingo_params, layout.stacks(config), scanned=True)["lm"]
+  blocks, xattns = layout.lm_layers(lm, layer_plan(config.lm.num_layers, config.xattn))
   assert len(xattns) == len(range(config.xattn.offset, config.lm.num_layers, config.xattn.every))
-  text_params = P.with_lm_layers(lm, blocks, [], layer_plan(config.lm.num_layers, None))
-  text_params = P.relayout(text_params, [(("segment_0",), config.lm.num_layers)],
+  text_params = layout.with_lm_layers(lm, blocks, [], layer_plan(config.lm.num_layers, None))
+  text_params = layout.relayout(text_params, [(("segment_0",), config.lm.num_layers)],
                            scanned=config.execution.scan_layers)
-  text_lm = DecoderLM(config.lm, config.execution, num_extra_tokens=config.num_new_tokens)
+  text_lm = DecoderLM(config.lm, config.execution, num_extra_tokens=config.num_extra_tokens)
   return jax.jit(text_lm.apply)({"params": text_params}, tokens)
 
 
@@ -56,27 +57,27 @@ def test_opened_gates_change_the_logits(tiny):
 def test_relayout_round_trip(tiny):
   batch = make_batch(tiny)
   params = init_params(tiny)
-  unrolled = P.relayout(params, P.stacks(tiny), scanned=False)
+  unrolled = layout.relayout(params, layout.stacks(tiny), scanned=False)
   assert "segment_0_1" in unrolled["lm"] and "segment_0" not in unrolled["lm"]
   assert "blocks_1" in unrolled["vision"] and "blocks_1" in unrolled["resampler"]
   unrolled_config = tiny_config(**{"execution.scan_layers": False})
   np.testing.assert_allclose(  # Scanned and unrolled programs differ in float rounding only.
       apply_fn(unrolled_config)({"params": unrolled}, *batch),
       apply_fn(tiny)({"params": params}, *batch), atol=1e-5)
-  back = P.relayout(unrolled, P.stacks(tiny), scanned=True)
+  back = layout.relayout(unrolled, layout.stacks(tiny), scanned=True)
   jax.tree.map(np.testing.assert_array_equal, back, params)
 
 
 def test_at_init_only_gates_and_new_token_rows_get_gradients(tiny):
   """tanh(0) = 0 blocks every path through a closed gate, but not the gate itself."""
-  from flamingo_jax.losses import next_token_loss
+  from flamingo_jax.training.losses import next_token_loss
   batch = make_batch(tiny)
-  frozen, trainable = P.split(init_params(tiny))
+  frozen, trainable = ptree.split(init_params(tiny))
   assert set(trainable) == {"resampler", "lm"} and "vision" in frozen
   labels = jnp.roll(batch[0], -1, axis=1)
 
   def loss(trainable):
-    logits = apply_fn(tiny)({"params": P.merge(frozen, trainable)}, *batch)
+    logits = apply_fn(tiny)({"params": ptree.merge(frozen, trainable)}, *batch)
     return next_token_loss(logits, labels, jnp.ones_like(labels))
   grads = jax.grad(loss)(trainable)
   xattn = grads["lm"]["segment_0"]["xattn"]
@@ -89,7 +90,7 @@ def test_at_init_only_gates_and_new_token_rows_get_gradients(tiny):
 
 @pytest.mark.parametrize("policy, scan", [("full", True), ("dots", False)])
 def test_remat_policies_keep_loss_and_gradients(policy, scan):
-  from flamingo_jax.losses import next_token_loss
+  from flamingo_jax.training.losses import next_token_loss
   base = tiny_config(**{"execution.scan_layers": scan})
   remat = tiny_config(**{"execution.scan_layers": scan, "execution.remat_policy": policy})
   batch = make_batch(base)
@@ -99,12 +100,12 @@ def test_remat_policies_keep_loss_and_gradients(policy, scan):
     if "xattn" in unit:
       unit["xattn"]["attn_gate"] = unit["xattn"]["attn_gate"] + 0.5
       unit["xattn"]["ffw_gate"] = unit["xattn"]["ffw_gate"] + 0.5
-  frozen, trainable = P.split(params)
+  frozen, trainable = ptree.split(params)
   labels = jnp.roll(batch[0], -1, axis=1)
 
   def loss_and_grads(config):
     def loss(trainable):
-      logits = apply_fn(config)({"params": P.merge(frozen, trainable)}, *batch)
+      logits = apply_fn(config)({"params": ptree.merge(frozen, trainable)}, *batch)
       return next_token_loss(logits, labels, jnp.ones_like(labels))
     return jax.jit(jax.value_and_grad(loss))(trainable)
   (l0, g0), (l1, g1) = loss_and_grads(base), loss_and_grads(remat)

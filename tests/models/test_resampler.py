@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
 
-from flamingo_jax.resampler import PerceiverResampler, time_embeddings
+from flamingo_jax.models.resampler import PerceiverResampler, time_embeddings
+from tests.builders import tiny_config
 
 
 def _features(config, frames, batch=2, media=3, tokens=5, seed=0):

@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
 
-from flamingo_jax.lm import DecoderLM
-from flamingo_jax.vision import VisionTransformer
+from flamingo_jax.models.lm import DecoderLM
+from flamingo_jax.models.vision import VisionTransformer
+from tests.builders import tiny_config
 
 
 @pytest.mark.parametrize("layout, tokens", [

@@ -4,7 +4,7 @@ import pytest
 
 from experiments import flamingo
 from flamingo_jax.config import FlamingoConfig
-from flamingo_jax.summary import component_counts
+from flamingo_jax.tools.summary import component_counts
 
 PAPER = {  # Millions of parameters: vision, LM, resampler, xattn (FLAMINGO.md).
     "flamingo_3b": dict(vision=435, lm=1400, resampler=194, xattn=1200),

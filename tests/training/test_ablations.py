@@ -2,8 +2,8 @@
 
 no tanh gate (model.xattn.gate), all-previous-images attention (model.xattn.media_attention), MLP
 instead of the Resampler (model.resampler.kind), unfrozen LM (train.freeze_lm), round-robin over
-datasets (data.accumulation); no interleaved data (data.exclude): tests/test_sweeps.py (end to end
-through a sweep); xattn every n layers: tests/test_model_init.py.
+datasets (data.accumulation); no interleaved data (data.exclude): tests/config/test_sweeps.py (end to end
+through a sweep); xattn every n layers: tests/models/test_model_init.py.
 """
 
 import functools
@@ -14,15 +14,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import make_batch, tiny_config
 
-from flamingo_jax import flops, masking
-from flamingo_jax import train as T
-from flamingo_jax.checkpointing import save_params
-from flamingo_jax.gated_xattn import GatedCrossAttentionDense
-from flamingo_jax.lm import DecoderLM
-from flamingo_jax.model import Flamingo, abstract_params, example_inputs
-from flamingo_jax.train_step import TrainState, make_train_step
+from data_pipelines import mixture
+from flamingo_jax.models import masking
+from flamingo_jax.models.flamingo import Flamingo, abstract_params, example_inputs
+from flamingo_jax.models.gated_xattn import GatedCrossAttentionDense
+from flamingo_jax.models.lm import DecoderLM
+from flamingo_jax.training import flops
+from flamingo_jax.training.setup import build_setup
+from flamingo_jax.training.step import TrainState, make_train_step
+from flamingo_jax.weights import pretrained
+from flamingo_jax.weights.store import save_params
+from tests.builders import make_batch, tiny_config
 from tests.configs import train_small
 
 
@@ -95,23 +98,21 @@ def test_mlp_projection_replaces_the_resampler_with_one_token_per_patch_and_fram
 
 
 def test_unfrozen_lm_trains_the_pretrained_lm_weights(tmp_path):
-  config = train_small.get_config("one")
-  config.train.num_steps = 1
-  config.train.freeze_lm = False
   model_config = tiny_config()
   text_lm = DecoderLM(model_config.lm, model_config.execution,
-                      num_extra_tokens=model_config.num_new_tokens)
-  pretrained = nn.meta.unbox(text_lm.init(jax.random.key(7), example_inputs(model_config)[0])["params"])
-  save_params(str(tmp_path / "lm"), pretrained)
-  config.init.lm_checkpoint = str(tmp_path / "lm")
+                      num_extra_tokens=model_config.num_extra_tokens)
+  lm_weights = nn.meta.unbox(text_lm.init(jax.random.key(7), example_inputs(model_config)[0])["params"])
+  save_params(str(tmp_path / "lm"), lm_weights)
+  config = train_small.config("one", **{"train.num_steps": 1, "train.freeze_lm": False,
+                                         "init.lm_checkpoint": str(tmp_path / "lm")})
 
-  setup = T.build_setup(config)
-  frozen, trainable = T.initial_params(config, setup)
+  setup = build_setup(config)
+  frozen, trainable = pretrained.initial_params(config, setup.parts)
   assert set(frozen) == {"vision"}
   lm = trainable["lm"]
   assert {"embed", "head", "final_norm", "extra_embed"} <= set(lm)
   assert {"block_0", "block_1", "xattn"} <= set(lm["segment_0"])
-  np.testing.assert_array_equal(lm["embed"]["embedding"], pretrained["embed"]["embedding"])
+  np.testing.assert_array_equal(lm["embed"]["embedding"], lm_weights["embed"]["embedding"])
   assert lm["embed"]["embedding"].dtype == jnp.float32
   opt_paths = [jax.tree_util.keystr(p) for p, _ in
                jax.tree_util.tree_flatten_with_path(setup.abstract_state.opt_state)[0]]
@@ -136,13 +137,11 @@ def test_unfrozen_lm_trains_the_pretrained_lm_weights(tmp_path):
 def test_round_robin_yields_one_dataset_per_step():
   """The trainer's input with data.accumulation=round_robin: one dataset per step, in turn (the
   step takes whichever datasets a step holds; the ablation sweep trains it end to end)."""
-  config = train_small.get_config("two")
-  model_config = tiny_config()
-  config.data.accumulation = "round_robin"
-  mixture = T.build_mixture(config, model_config)
-  assert [sorted(next(mixture)) for _ in range(4)] == [["interleaved"], ["pairs"]] * 2
-  config.data.accumulation = "all"
-  assert sorted(next(T.build_mixture(config, model_config))) == ["interleaved", "pairs"]
+  config = train_small.config("two", **{"data.accumulation": "round_robin"})
+  stream = mixture.from_config(config)
+  assert [sorted(next(stream)) for _ in range(4)] == [["interleaved"], ["pairs"]] * 2
+  config = config.replace({"data.accumulation": "all"})
+  assert sorted(next(mixture.from_config(config))) == ["interleaved", "pairs"]
 
 
 def test_ablation_switches_reject_unknown_values():
@@ -150,10 +149,7 @@ def test_ablation_switches_reject_unknown_values():
                        ("resampler.kind", "transformer")):
     with pytest.raises(ValueError, match=f"model.{field}='{value}'"):
       tiny_config(**{field: value})
-  config = train_small.get_config("two")
-  config.data.exclude = "interleaved,m3w"
-  with pytest.raises(ValueError, match="data.exclude names unknown dataset.*m3w"):
-    T.selected_datasets(config.data)
-  config.data.exclude = "interleaved,pairs"
-  with pytest.raises(ValueError, match="leaves no dataset"):
-    T.selected_datasets(config.data)
+  with pytest.raises(ValueError, match="data.exclude='interleaved,m3w': names unknown dataset.*m3w"):
+    train_small.config("two", **{"data.exclude": "interleaved,m3w"})
+  with pytest.raises(ValueError, match="data.exclude='interleaved,pairs': leaves no dataset"):
+    train_small.config("two", **{"data.exclude": "interleaved,pairs"})

@@ -5,7 +5,9 @@ import sys
 import pytest
 
 from experiments import flamingo as presets
-from flamingo_jax import aot
+from flamingo_jax.config import Config
+from flamingo_jax.training import aot
+from flamingo_jax.training.setup import build_setup
 from launch import aot_check
 
 
@@ -38,10 +40,7 @@ def test_bad_slice_names_are_rejected_with_the_form_to_use(name, message):
 
 
 def _tiny(**overrides):
-  config = presets.get_config("tiny")
-  for key, value in overrides.items():
-    config.update_from_flattened_dict({key: value})
-  return config
+  return Config.from_dict(presets.get_config("tiny")).replace(overrides)
 
 
 def test_tiny_compiles_for_v5e_2x2_and_reports_positive_numbers():
@@ -95,18 +94,16 @@ def test_both_forms_of_the_tpu_compilers_out_of_hbm_error_are_read():
 
 
 def test_a_batch_the_mesh_cannot_split_is_rejected_naming_the_fields():
-  from flamingo_jax import train
   config = _tiny(**{"data.datasets.video.batch_size": 6})
-  setup = train.build_setup(config)  # 8 CPU devices: data=8.
+  setup = build_setup(config)  # 8 CPU devices: data=8.
   with pytest.raises(ValueError, match=r"data.datasets.video.batch_size=6 .* mesh.data x mesh.fsdp"):
-    aot.abstract_batches(config, setup.model_config, setup.batch_sharding)
+    aot.abstract_batches(config, setup.batch_sharding)
 
 
 def test_the_fit_check_compiles_only_the_datasets_the_trainer_reads():
-  from flamingo_jax import train
   config = _tiny(**{"data.exclude": "video"})
-  setup = train.build_setup(config)
-  batches = aot.abstract_batches(config, setup.model_config, setup.batch_sharding)
+  setup = build_setup(config)
+  batches = aot.abstract_batches(config, setup.batch_sharding)
   assert set(batches) == set(config.data.datasets) - {"video"}
-  assert batches["pairs"]["tokens"].shape == (config.data.datasets.pairs.batch_size,
-                                              config.data.datasets.pairs.seq_len)
+  pairs = config.data.datasets["pairs"]
+  assert batches["pairs"]["tokens"].shape == (pairs.batch_size, pairs.seq_len)

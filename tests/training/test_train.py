@@ -11,15 +11,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from conftest import init_params, make_batch, tiny_config
 
-from flamingo_jax import params as P
-from flamingo_jax import train as T
-from flamingo_jax.checkpointing import Checkpointer
-from flamingo_jax.losses import token_losses
-from flamingo_jax.model import abstract_params
-from flamingo_jax.tasks import make_task
-from flamingo_jax.train_step import TrainState, make_train_step
+from flamingo_jax.models.flamingo import abstract_params
+from flamingo_jax.training import train as T
+from flamingo_jax.training.losses import token_losses
+from flamingo_jax.training.optimizer import make_optimizer
+from flamingo_jax.training.setup import build_setup
+from flamingo_jax.training.step import TrainState, make_train_step
+from flamingo_jax.training.tasks import make_task
+from flamingo_jax.weights import tree as ptree
+from flamingo_jax.weights.store import Checkpointer
+from tests.builders import init_params, make_batch, tiny_config
 from tests.configs import train_small
 
 TRAIN_CONFIG = "tests/configs/train_small.py"
@@ -30,11 +32,9 @@ def _leaves_equal(a, b):
 
 
 def test_step_on_2x2x2_mesh_matches_one_device(tmp_path):
-  config = train_small.get_config("one")
-  config.train.num_steps = 2
-  config.mesh.update(dict(data=2, fsdp=2, tensor=2))
-  sharded = T.train(config, str(tmp_path / "mesh"))
-  config.mesh.update(dict(data=-1, fsdp=1, tensor=1))
+  config = train_small.config("one", **{"train.num_steps": 2})
+  sharded = T.train(config.replace({"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}),
+                    str(tmp_path / "mesh"))
   single = T.train(config, str(tmp_path / "one"), devices=jax.devices()[:1])
   assert int(sharded.step) == int(single.step) == 2
   # Same maths, different reduction orders across 8 devices: float32 rounding only.
@@ -47,7 +47,7 @@ def test_step_on_2x2x2_mesh_matches_one_device(tmp_path):
 def _step_pieces(weights, optimizer=None, micro_batches=1):
   config = tiny_config()
   task = make_task("flamingo", config)
-  frozen, trainable = P.split(init_params(config))
+  frozen, trainable = ptree.split(init_params(config))
   optimizer = optimizer or optax.apply_if_finite(optax.sgd(1.0), 10**6)  # Plain SGD, lr 1.
   step = jax.jit(make_train_step(task, optimizer, lambda s: 1.0, weights,
                                  micro_batches=micro_batches))
@@ -83,7 +83,7 @@ def test_accumulation_is_the_weighted_sum_of_per_dataset_gradients():
   applied = jax.tree.map(lambda old, new: old - new, state.trainable, new_state.trainable)  # SGD, lr 1
 
   def dataset_loss(trainable, batch):
-    logits = model.apply({"params": P.merge(frozen, trainable)}, batch["tokens"], batch["images"],
+    logits = model.apply({"params": ptree.merge(frozen, trainable)}, batch["tokens"], batch["images"],
                          batch["phi"])
     mask = batch["loss_mask"]
     return jnp.sum(token_losses(logits, batch["labels"], 0.0) * mask) / jnp.sum(mask)
@@ -105,9 +105,7 @@ def test_accumulation_is_the_weighted_sum_of_per_dataset_gradients():
 
 
 def test_non_finite_update_is_skipped_and_counted():
-  optimizer_config = train_small.get_config().optimizer
-  optimizer_config.warmup_steps = 0
-  optimizer = T.make_optimizer(optimizer_config)
+  optimizer = make_optimizer(train_small.config(**{"optimizer.warmup_steps": 0}).optimizer)
   config, _, frozen, state, step = _step_pieces({"interleaved": float("nan"), "pairs": 0.2},
                                                 optimizer)
   batches = _batches(config)
@@ -122,10 +120,10 @@ def test_non_finite_update_is_skipped_and_counted():
 
 
 def test_optimizer_state_covers_the_trainable_tree_only():
-  setup = T.build_setup(train_small.get_config())
+  setup = build_setup(train_small.config())
   opt_state = setup.abstract_state.opt_state
-  trainable = P.count(setup.abstract_state.trainable)
-  frozen = P.count(P.split(abstract_params(setup.model_config))[0])
+  trainable = ptree.count(setup.abstract_state.trainable)
+  frozen = ptree.count(ptree.split(abstract_params(setup.model_config))[0])
   assert frozen > trainable > 0
   arrays = [x for x in jax.tree.leaves(opt_state) if x.ndim > 0]
   assert sum(x.size for x in arrays) == 2 * trainable  # Adam's mu and nu, nothing else.
@@ -134,12 +132,9 @@ def test_optimizer_state_covers_the_trainable_tree_only():
 
 
 def test_restore_onto_a_different_mesh(tmp_path):
-  config = train_small.get_config()
-  config.train.num_steps = 3
-  config.mesh.update(dict(data=8, fsdp=1, tensor=1))
+  config = train_small.config(**{"train.num_steps": 3, "mesh.data": 8})
   final = T.train(config, str(tmp_path))
-  config.mesh.update(dict(data=2, fsdp=2, tensor=2))
-  setup = T.build_setup(config)
+  setup = build_setup(config.replace({"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}))
   checkpointer = Checkpointer(str(tmp_path), keep=3)
   restored, data_state = checkpointer.restore(3, setup.abstract_state)
   checkpointer.close()
@@ -152,14 +147,13 @@ def test_restore_onto_a_different_mesh(tmp_path):
 
 def _train_cli(workdir, *overrides, config="one"):
   return subprocess.Popen(
-      [sys.executable, "-m", "flamingo_jax.train", f"--config={TRAIN_CONFIG}:{config}",
+      [sys.executable, "-m", "flamingo_jax.training.train", f"--config={TRAIN_CONFIG}:{config}",
        f"--workdir={workdir}", *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
       text=True)
 
 
 def _final_checkpoint(workdir, step):
-  config = train_small.get_config()
-  setup = T.build_setup(config)
+  setup = build_setup(train_small.config())
   checkpointer = Checkpointer(str(workdir), keep=3)
   assert checkpointer.latest_step() == step
   state, data_state = checkpointer.restore(step, setup.abstract_state)
@@ -216,7 +210,7 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
              XLA_FLAGS=os.environ["XLA_FLAGS"].replace("device_count=8", "device_count=4"))
   common = ["--config.train.num_steps=4", "--config.train.checkpoint_every=4"]
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "flamingo_jax.train", f"--config={TRAIN_CONFIG}:two",
+      [sys.executable, "-m", "flamingo_jax.training.train", f"--config={TRAIN_CONFIG}:two",
        f"--workdir={tmp_path / 'two'}", f"--coordinator_address=localhost:{port}",
        "--num_processes=2", f"--process_id={i}", *common],
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for i in range(2)]

@@ -22,10 +22,15 @@ from transformers import IdeficsConfig, IdeficsForVisionText2Text
 
 from data_pipelines import tokenizer as tokenizer_lib
 from experiments import idefics as idefics_presets
-from flamingo_jax import decoding, import_weights, masking, train
-from flamingo_jax import params as P
-from flamingo_jax.config import FlamingoConfig
-from flamingo_jax.model import Flamingo, abstract_params
+from flamingo_jax.config import Config, FlamingoConfig
+from flamingo_jax.inference import decoding
+from flamingo_jax.models import masking
+from flamingo_jax.models.flamingo import Flamingo, abstract_params
+from flamingo_jax.training.setup import build_setup
+from flamingo_jax.weights import layout, pretrained
+from flamingo_jax.weights import tree as ptree
+from flamingo_jax.weights.hf import hf_config
+from flamingo_jax.weights.hf import importer as import_weights
 
 VOCAB = 320  # The sentencepiece model's size (256 byte pieces, 4 specials, letters, merges).
 FAKE, IMAGE = VOCAB, VOCAB + 1  # IDEFICS' added tokens: <fake_token_around_image>, <image>.
@@ -126,7 +131,7 @@ def _our_logits(config, params, tokens, images, phi):
 def test_idefics_logits_match_transformers(checkpoints, variant):
   hf_model, path = checkpoints(variant)
   config, params = import_weights.import_idefics(path)
-  assert (config.image_token_id, config.eoc_token_id, config.num_new_tokens) == (IMAGE, 2, 2)
+  assert (config.image_token_id, config.eoc_token_id, config.num_extra_tokens) == (IMAGE, 2, 2)
   assert config.xattn.qk_norm == hf_model.config.qk_layer_norms
   tokens, images, phi = _inputs()
   ours = _our_logits(config, params, tokens, images, phi)
@@ -170,7 +175,7 @@ def test_cli_writes_a_checkpoint_the_trainer_loads(tmp_path, capsys):
   _save_idefics(path, **VARIANTS["qk_norms_scalar_gates"])
   _add_tokenizer_files(path)
   out = str(tmp_path / "flamingo")
-  import_weights.main(["idefics", "--checkpoint", path, "--out", out])
+  import_weights.run(["idefics", "--checkpoint", path, "--out", out])
   printed = capsys.readouterr().out
   model_fields = json.loads(printed[printed.index("{"):])
   flat_imported = traverse_util.flatten_dict(import_weights.import_idefics(path)[1])
@@ -181,19 +186,18 @@ def test_cli_writes_a_checkpoint_the_trainer_loads(tmp_path, capsys):
     for key, value in flat_imported.items():
       np.testing.assert_array_equal(np.asarray(flat[key]), value, err_msg="/".join(key))
 
-  config = idefics_presets.get_config("idefics_9b")  # Its training settings, the import's model.
-  config.model = model_fields
-  config.init.flamingo_checkpoint = out
-  config.train.frozen_dtype = "float32"
-  setup = train.build_setup(config, devices=jax.devices()[:1])
-  assert_equals_import(P.merge(*train.initial_params(config, setup)))
+  # The preset's training settings, the model the import printed.
+  config = Config.from_dict(idefics_presets.get_config("idefics_9b")).replace(
+      {"model": model_fields, "init.flamingo_checkpoint": out, "train.frozen_dtype": "float32"})
+  setup = build_setup(config, devices=jax.devices()[:1])
+  assert_equals_import(ptree.merge(*pretrained.initial_params(config, setup.parts)))
   # A model with execution.scan_layers=False gets the same weights in its unrolled layout.
   unrolled = dataclasses.replace(setup.model_config, execution=dataclasses.replace(
       setup.model_config.execution, scan_layers=False))
-  stacks = P.stacks(unrolled)
-  loaded = train.load_scanned(out, nn.meta.unbox(abstract_params(unrolled)), stacks, False)
+  stacks = layout.stacks(unrolled)
+  loaded = pretrained.load_scanned(out, nn.meta.unbox(abstract_params(unrolled)), stacks, False)
   assert "blocks_1" in loaded["vision"] and "segment_0_1" in loaded["lm"]
-  assert_equals_import(P.relayout(loaded, stacks, scanned=True))
+  assert_equals_import(layout.relayout(loaded, stacks, scanned=True))
 
 
 def test_token_ids_come_from_the_checkpoint_tokenizer(tmp_path):
@@ -231,11 +235,11 @@ def test_import_errors_name_the_culprit(tmp_path):
   with pytest.raises(ValueError, match=r"gated_cross_attn_layers\.0\.mlp\.gate_proj\.weight has "
                                        r"shape \(48, 32\) but \(64, 32\).*model\.xattn\.ffw_dim"):
     import_weights.import_idefics(path, wrong)
-  hf = import_weights.read_hf_config(path)
+  hf = hf_config.read_hf_config(path)
   with pytest.raises(ValueError, match=r"cross_layer_interval=3.*model\.xattn\.every"):
-    import_weights.idefics_config({**hf, "cross_layer_interval": 3}, {"<image>": IMAGE})
+    hf_config.idefics_config({**hf, "cross_layer_interval": 3}, {"<image>": IMAGE})
   with pytest.raises(ValueError, match=r"use_resampler=false"):
-    import_weights.idefics_config({**hf, "use_resampler": False}, {"<image>": IMAGE})
+    hf_config.idefics_config({**hf, "use_resampler": False}, {"<image>": IMAGE})
 
 
 @pytest.mark.parametrize("preset", idefics_presets.PRESETS)

@@ -16,20 +16,29 @@ import pytest
 import torch
 from flax import traverse_util
 from safetensors.torch import load_file, save_file
-from transformers import (CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel, LlamaConfig,
-                          LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel)
+from transformers import (
+  CLIPConfig,
+  CLIPModel,
+  CLIPVisionConfig,
+  CLIPVisionModel,
+  LlamaConfig,
+  LlamaForCausalLM,
+  SiglipVisionConfig,
+  SiglipVisionModel,
+)
 
 from benchmarks import import_weights as import_benchmark
-from conftest import tiny_config
-from flamingo_jax import import_weights, masking
-from flamingo_jax import params as P
 from flamingo_jax.config import ExecutionConfig
-from flamingo_jax import train
-from flamingo_jax.lm import DecoderLM
-from flamingo_jax.lm import layer_plan as lm_layer_plan
-from flamingo_jax.model import Flamingo, abstract_params, example_inputs
-from flamingo_jax.train import load_text_lm
-from flamingo_jax.vision import VisionTransformer
+from flamingo_jax.models import masking
+from flamingo_jax.models.flamingo import Flamingo, abstract_params, example_inputs
+from flamingo_jax.models.lm import DecoderLM
+from flamingo_jax.models.lm import layer_plan as lm_layer_plan
+from flamingo_jax.models.vision import VisionTransformer
+from flamingo_jax.weights import layout, pretrained
+from flamingo_jax.weights import tree as ptree
+from flamingo_jax.weights.hf import hf_config, safetensors
+from flamingo_jax.weights.hf import importer as import_weights
+from tests.builders import tiny_config
 
 VOCAB = 96
 TOL = 1e-4
@@ -102,7 +111,7 @@ def test_sharded_checkpoint_is_read_across_shards(llama_gqa):
   with open(os.path.join(path, "model.safetensors.index.json")) as f:
     shards = set(json.load(f)["weight_map"].values())
   assert len(shards) > 2
-  tensors = import_weights.checkpoint_tensors(path)
+  tensors = safetensors.checkpoint_tensors(path)
   assert {os.path.basename(info.file) for info in tensors.values()} == shards
 
 
@@ -168,7 +177,7 @@ def test_clip_model_imports_its_vision_tower_only(tmp_path, clip):
       text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                        num_attention_heads=2, vocab_size=50, bos_token_id=0, eos_token_id=1), projection_dim=8)).eval()
   dual.save_pretrained(tmp_path, safe_serialization=True)
-  assert any(name.startswith("text_model.") for name in import_weights.checkpoint_tensors(tmp_path))
+  assert any(name.startswith("text_model.") for name in safetensors.checkpoint_tensors(tmp_path))
   _vision_parity("clip", dual.vision_model, str(tmp_path))
 
 
@@ -202,7 +211,7 @@ def test_ignored_tensors_are_not_an_error(tmp_path, siglip):
 
 def test_wrong_shape_names_tensor_and_config_field(llama_gqa):
   _, path = llama_gqa
-  config = import_weights.llama_config(import_weights.read_hf_config(path))
+  config = hf_config.llama_config(hf_config.read_hf_config(path))
   with pytest.raises(ValueError, match=r"gate_proj\.weight has shape \(48, 32\) but \(64, 32\) is "
                                        r"expected; change model\.lm\.mlp_dim"):
     import_weights.import_llama(path, dataclasses.replace(config, mlp_dim=64))
@@ -217,34 +226,34 @@ def test_pickled_checkpoint_is_refused(tmp_path):
 
 def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_info:
-    import_weights.main(["clip", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "out")])
+    import_weights.run(["clip", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "out")])
   assert exit_info.value.code == 1
   error = capsys.readouterr().err
   assert "No safetensors checkpoint" in error and "Traceback" not in error
 
 
 def test_unsupported_llama_feature_is_an_error(llama_gqa):
-  hf_config = import_weights.read_hf_config(llama_gqa[1])
+  fields = hf_config.read_hf_config(llama_gqa[1])
   with pytest.raises(ValueError, match="attention_bias"):
-    import_weights.llama_config({**hf_config, "attention_bias": True})
+    hf_config.llama_config({**fields, "attention_bias": True})
 
 
 def test_imported_lm_loads_into_flamingo_and_matches_without_images(tmp_path, llama_gqa):
   hf_model, path = llama_gqa
   out = str(tmp_path / "lm")
-  import_weights.main(["llama", "--checkpoint", path, "--out", out])
-  lm = import_weights.llama_config(import_weights.read_hf_config(path))
+  import_weights.run(["llama", "--checkpoint", path, "--out", out])
+  lm = hf_config.llama_config(hf_config.read_hf_config(path))
   lm_fields = traverse_util.flatten_dict(dataclasses.asdict(lm), sep=".")
   config = tiny_config(**{f"lm.{name}": value for name, value in lm_fields.items()},
                        **{"xattn.every": 2, "xattn.offset": 1})
   model = Flamingo(config)
   params = nn.meta.unbox(model.init(jax.random.key(0), *example_inputs(config))["params"])
-  frozen, trainable = P.split(params)
-  frozen = {**frozen, "lm": load_text_lm(out, config, frozen["lm"])}
+  frozen, trainable = ptree.split(params)
+  frozen = {**frozen, "lm": pretrained.load_text_lm(out, config, frozen["lm"])}
   tokens = _tokens()
   images = jnp.zeros((2, 1, 1, config.vision.image_size, config.vision.image_size, 3), jnp.uint8)
   phi = masking.media_index(jnp.asarray(tokens), config.image_token_id)  # No <image>: all zero.
-  logits = model.apply({"params": P.merge(frozen, trainable)}, jnp.asarray(tokens), images, phi)
+  logits = model.apply({"params": ptree.merge(frozen, trainable)}, jnp.asarray(tokens), images, phi)
   np.testing.assert_allclose(np.asarray(logits[..., :VOCAB]), _hf_logits(hf_model, tokens),
                              atol=TOL, rtol=0)
 
@@ -262,20 +271,20 @@ def test_scanned_exports_load_into_unrolled_models(tmp_path, clip, llama_gqa, mo
   # Imports and the trainer's exports are scanned; a model with execution.scan_layers=False gets
   # them in its unrolled layout (name_0, name_1, ...).
   vision_out, lm_out = str(tmp_path / "vision"), str(tmp_path / "lm")
-  import_weights.main(["clip", "--checkpoint", clip[1], "--out", vision_out])
+  import_weights.run(["clip", "--checkpoint", clip[1], "--out", vision_out])
   monkeypatch.setattr(import_weights, "WRITE_BATCH_BYTES", 8 * 1024)  # The LM in many batches.
-  import_weights.main(["llama", "--checkpoint", llama_gqa[1], "--out", lm_out])
+  import_weights.run(["llama", "--checkpoint", llama_gqa[1], "--out", lm_out])
   vision_config, vision_params = import_weights.import_vision("clip", clip[1])
   lm_config, lm_params = import_weights.import_llama(llama_gqa[1])
   config = dataclasses.replace(tiny_config(**{"xattn.every": 2, "execution.scan_layers": False}),
                                vision=vision_config, lm=lm_config)
-  frozen, _ = P.split(nn.meta.unbox(abstract_params(config)))  # ShapeDtypeStructs.
-  vision = train.load_scanned(vision_out, frozen["vision"], train.export_stacks("vision", config),
+  frozen, _ = ptree.split(nn.meta.unbox(abstract_params(config)))  # ShapeDtypeStructs.
+  vision = pretrained.load_scanned(vision_out, frozen["vision"], layout.export_stacks("vision", config),
                               scan_layers=False)
   assert set(vision) == set(frozen["vision"]) and "blocks_1" in vision
   np.testing.assert_array_equal(vision["blocks_1"]["mlp"]["up"]["kernel"],
                                 vision_params["blocks"]["mlp"]["up"]["kernel"][1])
-  lm = train.load_text_lm(lm_out, config, frozen["lm"])
+  lm = pretrained.load_text_lm(lm_out, config, frozen["lm"])
   assert jax.tree.structure(lm) == jax.tree.structure(frozen["lm"])
   layer = 0  # LM layer i sits in unit u of segment k as block j (the gated-block placement).
   for k, segment in enumerate(lm_layer_plan(config.lm.num_layers, config.xattn)):
