@@ -12,7 +12,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 .PHONY: quickstart test
 quickstart: $(STAMP)
-	JAX_PLATFORMS=cpu $(VENV)/bin/python -m flamingo_jax.quickstart --config experiments/flamingo.py:tiny,demo --workdir workdirs/quickstart
+	JAX_PLATFORMS=cpu $(VENV)/bin/python -m flamingo_jax.tools.quickstart --config experiments/flamingo.py:tiny,data=demo --workdir workdirs/quickstart
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(VENV)/bin/python -m pytest -q tests

@@ -21,7 +21,8 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks.common import emitter, environment  # noqa: E402
 from experiments import flamingo as presets  # noqa: E402
-from flamingo_jax import aot  # noqa: E402
+from flamingo_jax.config import Config  # noqa: E402
+from flamingo_jax.training import aot  # noqa: E402
 
 # (preset, slice, config overrides): README.md's TPU table, smallest slice first per preset.
 ROWS = (
@@ -37,10 +38,8 @@ ROWS = (
 )
 
 
-def row_config(preset: str, overrides: dict):
-  config = presets.get_config(preset)
-  config.update_from_flattened_dict(overrides)
-  return config
+def row_config(preset: str, overrides: dict) -> Config:
+  return Config.from_dict(presets.get_config(preset)).replace(overrides)
 
 
 def command(row) -> str:

@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flamingo_jax import flops, masking
 from flamingo_jax.config import FlamingoConfig
+from flamingo_jax.models import masking
+from flamingo_jax.training import flops
 
 
 def emitter(benchmark: str):

@@ -11,7 +11,7 @@ Prints JSON lines {"benchmark", "metric", "value", "unit", ...}.
   most 5 images, decode, augment, media index) on documents of 4 such JPEGs, each after ~25 words of text, in
   one process: what one grain worker process delivers.
 * pairs_per_s_per_worker_224: the same for image-text pairs (32 tokens).
-* demo pipeline: steps/s of `build_mixture(demo_data_config(...))` (one batch of each dataset per step,
+* demo pipeline: steps/s of `build_mixture` on the demo corpus (`experiments/flamingo.py` demo_data) (one batch of each dataset per step,
   image_size 32) with 0 and 2 worker processes, after warm-up.
 * tiny_step_per_s: a jitted value_and_grad over the `tiny` model's trainable tree, summed over the
   three demo batches of one step (as the accumulation recipe does), as benchmarks/model.py times it.
@@ -35,7 +35,8 @@ from data_pipelines import images as image_ops  # noqa: E402
 from data_pipelines.examples import ExampleSpec, ToExample  # noqa: E402
 from data_pipelines.mixture import build_mixture  # noqa: E402
 from data_pipelines.tokenizer import Tokenizer  # noqa: E402
-from experiments.data import demo_data_config  # noqa: E402
+from experiments.flamingo import demo_data  # noqa: E402
+from flamingo_jax.config import DataConfig, FlamingoConfig  # noqa: E402
 
 
 def emit(metric: str, value: float, unit: str, **extra):
@@ -98,10 +99,10 @@ def bench_examples(jpegs, tokenizer, seconds):
 
 def bench_pipeline(root, tokenizer, seconds) -> float:
   """Demo mixture steps/s with 0 and 2 workers; returns the 2-worker figure."""
-  config = demo_data_config(root)
+  config = DataConfig.from_dict(demo_data(root))
   examples_per_step = sum(d.batch_size for d in config.datasets.values())
   for workers in (0, 2):
-    config.num_workers = workers
+    config = config.replace({"num_workers": workers})
     mixture = build_mixture(config, image_size=32, tokenizer=tokenizer)
     for _ in range(5):  # Warm-up: worker start, first prefetch.
       next(mixture)
@@ -117,22 +118,21 @@ def bench_tiny_step(root, tokenizer, seconds) -> float:
   import jax
 
   from experiments import flamingo as presets
-  from flamingo_jax import params as P
-  from flamingo_jax.config import FlamingoConfig
-  from flamingo_jax.losses import next_token_loss
-  from flamingo_jax.model import Flamingo
+  from flamingo_jax.models.flamingo import Flamingo
+  from flamingo_jax.training.losses import next_token_loss
+  from flamingo_jax.weights import tree as ptree
 
   config = FlamingoConfig.from_dict(presets.get_config("tiny").model)
   model = Flamingo(config)
-  data_config = demo_data_config(root)
+  data_config = DataConfig.from_dict(demo_data(root))
   step = next(build_mixture(data_config, image_size=config.vision.image_size, tokenizer=tokenizer))
   first = step["interleaved"]
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), first["tokens"], first["images"],
                                              first["phi"])["params"])
-  frozen, trainable = P.split(params)
+  frozen, trainable = ptree.split(params)
 
   def loss_fn(trainable, frozen, batch):
-    logits = model.apply({"params": P.merge(frozen, trainable)}, batch["tokens"], batch["images"],
+    logits = model.apply({"params": ptree.merge(frozen, trainable)}, batch["tokens"], batch["images"],
                          batch["phi"])
     return next_token_loss(logits, batch["labels"], batch["loss_mask"])
   grad_fn = jax.jit(jax.value_and_grad(loss_fn))

@@ -37,9 +37,10 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks.common import emitter, environment, make_batch, timed  # noqa: E402
 from experiments import flamingo as presets  # noqa: E402
-from flamingo_jax import decoding, masking  # noqa: E402
-from flamingo_jax.config import FlamingoConfig  # noqa: E402
-from flamingo_jax.model import Flamingo  # noqa: E402
+from flamingo_jax.config import FlamingoConfig, SamplingConfig  # noqa: E402
+from flamingo_jax.inference import decoding  # noqa: E402
+from flamingo_jax.models import masking  # noqa: E402
+from flamingo_jax.models.flamingo import Flamingo  # noqa: E402
 
 emit = emitter("decode")
 
@@ -73,7 +74,7 @@ def bench_batch(config, params, batch: int, args):
                                  new_tokens=args.new_tokens)
 
   def cached(max_new):
-    sampling = decoding.SamplingConfig(max_new_tokens=max_new)
+    sampling = SamplingConfig(max_new_tokens=max_new)
     return decoding.generate(config, params, tokens, mask, images, sampling, stop_tokens=())[0]
 
   long_n = args.cached_new_tokens

@@ -1,4 +1,4 @@
-r"""Import benchmark: throughput and peak memory of `python -m flamingo_jax.import_weights llama`.
+r"""Import benchmark: throughput and peak memory of `python -m flamingo_jax.weights.hf.importer llama`.
 
   python benchmarks/import_weights.py [--layers 6] [--dtype float32]
 
@@ -7,7 +7,7 @@ Writes a random LLaMA-layout safetensors checkpoint (vocab 32000, width 512, MLP
 write the orbax tree), as the CLI does. Prints JSON lines {"benchmark", "metric", "value", "unit"}:
 `import_gb_per_s` (checkpoint bytes over the import's wall time) and `import_peak_rss_over_size`
 ((peak RSS - RSS before the import) / checkpoint bytes; the baseline is the interpreter with JAX
-loaded; the peak is the process's VmHWM). tests/test_import_weights.py asserts the ratio < 1.5.
+loaded; the peak is the process's VmHWM). tests/weights/test_import_weights.py asserts the ratio < 1.5.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from safetensors.numpy import save_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks.common import emitter  # noqa: E402
-from flamingo_jax import import_weights  # noqa: E402
+from flamingo_jax.weights.hf import importer as import_weights  # noqa: E402
+from flamingo_jax.weights.hf.hf_config import llama_config  # noqa: E402
 
 
 def write_llama_checkpoint(path: str, num_layers: int, dtype: str) -> int:
@@ -34,7 +35,7 @@ def write_llama_checkpoint(path: str, num_layers: int, dtype: str) -> int:
   hf_config = dict(vocab_size=32000, hidden_size=512, intermediate_size=1376,
                    num_hidden_layers=num_layers, num_attention_heads=8, num_key_value_heads=8,
                    rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)
-  shapes = import_weights.llama_checkpoint_shapes(import_weights.llama_config(hf_config))
+  shapes = import_weights.llama_checkpoint_shapes(llama_config(hf_config))
   rng = np.random.default_rng(0)
   tensors = {name: rng.standard_normal(shape, np.float32).astype(dtype)
              for name, shape in shapes.items()}
@@ -60,7 +61,7 @@ def run_import(checkpoint: str, out: str, dtype: str) -> dict:
   ru_maxrss over exec from the parent that started us (a parent with torch loaded would set it)."""
   baseline = _rss_bytes()
   start = time.perf_counter()
-  import_weights.main(["llama", "--checkpoint", checkpoint, "--out", out, "--dtype", dtype])
+  import_weights.run(["llama", "--checkpoint", checkpoint, "--out", out, "--dtype", dtype])
   seconds = time.perf_counter() - start
   peak = _peak_rss_bytes()
   return dict(seconds=seconds, baseline=baseline, peak=peak)

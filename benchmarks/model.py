@@ -3,7 +3,7 @@ r"""Model benchmark: compile time, forward and forward+backward throughput, matm
   python benchmarks/model.py [--presets tiny,bench] [--steps 5]
 
 Prints JSON lines {"benchmark", "metric", "value", "unit", ...}. The forward+backward step takes
-gradients of the trainable tree only, as training does. Model FLOPs come from `flamingo_jax.flops`
+gradients of the trainable tree only, as training does. Model FLOPs come from `flamingo_jax.training.flops`
 (matmuls only); the same matmul shapes (forward, input-gradient and weight-gradient forms) are timed
 alone in this process, under the same XLA flags, to give this machine's matmul throughput for the
 step's own mix: `<preset>_fwd_bwd_matmul_fraction` = step model FLOP/s over that throughput.
@@ -23,21 +23,21 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks.common import emitter, environment, make_batch, matmul_throughput, timed  # noqa: E402
 from experiments import flamingo as presets  # noqa: E402
-from flamingo_jax import flops  # noqa: E402
-from flamingo_jax import params as P  # noqa: E402
-from flamingo_jax.config import FlamingoConfig  # noqa: E402
-from flamingo_jax.losses import next_token_loss  # noqa: E402
-from flamingo_jax.model import Flamingo  # noqa: E402
+from flamingo_jax.config import Config  # noqa: E402
+from flamingo_jax.models.flamingo import Flamingo  # noqa: E402
+from flamingo_jax.training import flops  # noqa: E402
+from flamingo_jax.training.losses import next_token_loss  # noqa: E402
+from flamingo_jax.weights import tree as ptree  # noqa: E402
 
 
 def bench_preset(name: str, steps: int):
-  cfg = presets.get_config(name)
-  config = FlamingoConfig.from_dict(cfg.model)
-  d = cfg.data.datasets.interleaved
+  cfg = Config.from_dict(presets.get_config(name))
+  config = cfg.model
+  d = cfg.data.datasets["interleaved"]
   batch = make_batch(config, d.batch_size, d.seq_len, d.max_images)
   model = Flamingo(config)
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), *batch)["params"])
-  frozen, trainable = P.split(params)
+  frozen, trainable = ptree.split(params)
   tokens = batch[0]
   labels = jnp.roll(tokens, -1, axis=1)
   mask = jnp.ones_like(tokens).at[:, -1].set(0)
@@ -45,7 +45,7 @@ def bench_preset(name: str, steps: int):
   forward = jax.jit(lambda p, *b: model.apply({"params": p}, *b))
 
   def loss_fn(trainable, frozen, batch):
-    logits = model.apply({"params": P.merge(frozen, trainable)}, *batch)
+    logits = model.apply({"params": ptree.merge(frozen, trainable)}, *batch)
     return next_token_loss(logits, labels, mask)
   fwd_bwd = jax.jit(jax.value_and_grad(loss_fn))
 

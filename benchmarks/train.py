@@ -2,10 +2,10 @@ r"""Train-step benchmark: throughput, MFU and peak memory of the `bench` preset'
 
   python benchmarks/train.py [--remat none] [--steps 5]
 
-The step is the trainer's own (`flamingo_jax.train_step`): dataset-weighted accumulation, clipping,
+The step is the trainer's own (`flamingo_jax.training.step`): dataset-weighted accumulation, clipping,
 AdamW with the non-finite guard, frozen params in `train.frozen_dtype`. Prints JSON lines:
   bench_train_examples_per_s, bench_train_tokens_per_s
-  bench_mfu: model FLOP/s (matmuls the step needs, `flamingo_jax.flops`) over this machine's matmul
+  bench_mfu: model FLOP/s (matmuls the step needs, `flamingo_jax.training.flops`) over this machine's matmul
       FLOP/s measured in this process at the step's own shapes (target >= 0.6);
   bench_peak_mem_bytes: XLA's peak for the compiled step (arguments + outputs - donated + temporaries);
   bench_model_mem_bytes: params + optimiser state + the activations the remat policy keeps (the
@@ -29,14 +29,14 @@ from jax._src.ad_checkpoint import saved_residuals  # Public only as print_saved
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks.common import emitter, environment, make_batch, matmul_throughput  # noqa: E402
 from experiments import flamingo as presets  # noqa: E402
-from flamingo_jax import flops  # noqa: E402
-from flamingo_jax import params as P  # noqa: E402
-from flamingo_jax.config import FlamingoConfig  # noqa: E402
-from flamingo_jax.model import Flamingo  # noqa: E402
-from flamingo_jax.optimizer import learning_rate_schedule, make_optimizer  # noqa: E402
-from flamingo_jax.losses import token_losses  # noqa: E402
-from flamingo_jax.tasks import make_task  # noqa: E402
-from flamingo_jax.train_step import TrainState, make_train_step  # noqa: E402
+from flamingo_jax.config import Config  # noqa: E402
+from flamingo_jax.models.flamingo import Flamingo  # noqa: E402
+from flamingo_jax.training import flops  # noqa: E402
+from flamingo_jax.training.losses import token_losses  # noqa: E402
+from flamingo_jax.training.optimizer import learning_rate_schedule, make_optimizer  # noqa: E402
+from flamingo_jax.training.step import TrainState, make_train_step  # noqa: E402
+from flamingo_jax.training.tasks import make_task  # noqa: E402
+from flamingo_jax.weights import tree as ptree  # noqa: E402
 
 emit = emitter("train")
 
@@ -53,10 +53,10 @@ def main():
   args = parser.parse_args()
   environment(emit)
 
-  cfg = presets.get_config(args.preset)
+  cfg = Config.from_dict(presets.get_config(args.preset))
   if args.remat:
-    cfg.model.execution.remat_policy = args.remat
-  config = FlamingoConfig.from_dict(cfg.model)
+    cfg = cfg.replace({"model.execution.remat_policy": args.remat})
+  config = cfg.model
   name = args.preset
   model = Flamingo(config)
   batches = {}
@@ -68,7 +68,7 @@ def main():
   first = next(iter(batches.values()))
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), first["tokens"], first["images"],
                                              first["phi"])["params"])
-  frozen, trainable = P.split(params)
+  frozen, trainable = ptree.split(params)
   frozen = jax.tree.map(lambda x: x.astype(cfg.train.frozen_dtype), frozen)
   optimizer = make_optimizer(cfg.optimizer)
   state = TrainState(jnp.zeros((), jnp.int32), trainable, optimizer.init(trainable),
@@ -106,7 +106,7 @@ def main():
           - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
 
   def loss(trainable, frozen, batch):
-    logits = model.apply({"params": P.merge(frozen, trainable)}, batch["tokens"], batch["images"],
+    logits = model.apply({"params": ptree.merge(frozen, trainable)}, batch["tokens"], batch["images"],
                          batch["phi"])
     return jnp.mean(token_losses(logits, batch["labels"], 0.0))
   kept = 0
