@@ -63,9 +63,9 @@ def stage_config(config: Config, task: str, workdir: str) -> Config:
   return config.replace(overrides)
 
 
-def heldout_losses(config: Config, workdir: str) -> dict[str, tuple[float, float]]:
-  """{dataset: (Flamingo loss, text-only LM loss)} on held-out batches, the same tokens for both."""
-  flamingo_config, params = load_trained(stage_dir(workdir, "flamingo"))
+def heldout_losses(flamingo_config: Config, params) -> dict[str, tuple[float, float]]:
+  """{dataset: (Flamingo loss, text-only LM loss)} of the trained run (its config and params) on
+  held-out batches, the same tokens for both."""
   text_lm = lm_task(flamingo_config.model)
   lm_abstract = jax.eval_shape(lambda: nn.meta.unbox(
       text_lm.model.init(jax.random.key(0), *text_lm.init_inputs)["params"]))
@@ -82,7 +82,7 @@ def heldout_losses(config: Config, workdir: str) -> dict[str, tuple[float, float
             float(next_token_loss(text_only, batch["labels"], batch["loss_mask"])))
 
   return {name: tuple(means) for name, means in
-          mean_losses(mixture, config.quickstart.heldout_batches, losses).items()}
+          mean_losses(mixture, flamingo_config.quickstart.heldout_batches, losses).items()}
 
 
 def run_stages(config: Config, workdir: str) -> None:
@@ -110,28 +110,28 @@ def main(argv):
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
 
+  flamingo_dir = stage_dir(workdir, "flamingo")
+  run_config, params = load_trained(flamingo_dir)  # Once, for both comparisons.
   print("\n== held-out results (mean next-token loss on the same tokens)")
   print(f"{'dataset':<14}{'Flamingo':>10}{'text-only LM':>14}")
-  for name, (ours, text_only) in heldout_losses(config, workdir).items():
+  for name, (ours, text_only) in heldout_losses(run_config, params).items():
     print(f"{name:<14}{ours:>10.3f}{text_only:>14.3f}")
-  flamingo_dir = stage_dir(workdir, "flamingo")
   last = read_metrics(flamingo_dir)[-1]
   for gate in ("attn", "ffw"):
     values = ", ".join(f"{v:+.3f}" for v in last.get(f"gates/{gate}", []))
     print(f"tanh(alpha) {gate} gates by block: [{values}]")
   print(f"plot: {plot_training(flamingo_dir, os.path.join(flamingo_dir, 'training.png'))}")
-  fewshot_demo(config, workdir)
+  fewshot_demo(run_config, params, workdir)
 
 
-def fewshot_demo(config: Config, workdir: str) -> dict:
+def fewshot_demo(run_config: Config, params, workdir: str) -> dict:
   """Few-shot evaluation of the trained model on the demo corpus's held-out digits (the `demo`
   preset of experiments/evaluation.py); prints the table and writes <workdir>/fewshot/results.*."""
-  corpus = os.path.dirname(config.data.tokenizer)
+  corpus = os.path.dirname(run_config.data.tokenizer)
   settings = EvaluationConfig.from_dict(evaluation.get_config("demo"))
   settings = settings.replace({f"tasks.{name}.data_dir": corpus for name in settings.tasks})
   print("\n== few-shot evaluation on held-out digits (flamingo_jax.evaluation.evaluate, "
         "experiments/evaluation.py:demo)", flush=True)
-  run_config, params = load_trained(stage_dir(workdir, "flamingo"))
   results = evaluate(settings, run_config.model, params, Tokenizer.of_run(run_config),
                      os.path.join(workdir, "fewshot"))
   print(results_table(results))

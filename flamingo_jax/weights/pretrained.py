@@ -196,20 +196,21 @@ def record_run(workdir: str, config: Config, frozen: ptree.Params) -> None:
                                      "towers": current})
 
 
-def read_run_config(workdir: str) -> Config:
-  """The config a run recorded in `<workdir>/run.json`, checked."""
+def _run_record(workdir: str) -> dict:
+  """`<workdir>/run.json`, or a ValueError saying what to pass instead."""
   record = store.read_run_record(workdir)
   if record is None:
     raise ValueError(f"{workdir} has no {store.RUN_RECORD}: pass the workdir of a training run "
                      "(runs record their config when they start).")
-  return Config.from_dict(record["config"])
+  return record
 
 
 def load_trained(workdir: str) -> tuple[Config, ptree.Params]:
   """(the run's config, full param tree on the host) of the Flamingo-stage run in `workdir`, rebuilt
   from its record alone: the frozen towers as training built them, checked against their recorded
   fingerprints, merged with the trainable tree of the latest checkpoint."""
-  config = read_run_config(workdir)
+  record = _run_record(workdir)
+  config = Config.from_dict(record["config"])
   if config.task != "flamingo":
     raise ValueError(f"{workdir} is a task={config.task} run; generation and evaluation need a "
                      "task=flamingo run (its export/ holds the trained tower).")
@@ -224,7 +225,7 @@ def load_trained(workdir: str) -> tuple[Config, ptree.Params]:
     raise ValueError(f"No checkpoint under {workdir}/checkpoints yet: the run saves its first one "
                      f"at step {config.train.checkpoint_every}.")
   frozen, _ = initial_params(config, parts, with_trainable=False)
-  check_towers(store.read_run_record(workdir)["towers"], towers(config, frozen), workdir)
+  check_towers(record["towers"], towers(config, frozen), workdir)
   trainable = checkpointer.restore_trainable(step, parts.abstract_trainable())
   checkpointer.close()
   return config, ptree.merge(jax.device_get(frozen), jax.device_get(trainable))
