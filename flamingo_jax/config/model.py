@@ -11,7 +11,9 @@ from typing import Any, Mapping
 from flamingo_jax.config.schema import Section, fail, join, one_of, positive
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "relu", "squared_relu", "silu")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal", "save_dot_except_mlp_in",
+                  "save_qkv")
+ATTENTION_KERNELS = ("auto", "xla", "cudnn", "splash")
 DTYPES = ("float32", "bfloat16", "float16")
 GATE_SHAPES = ("scalar", "vector")
 ROPE_SCALINGS = ("none", "linear", "llama3")
@@ -191,7 +193,14 @@ class ExecutionConfig(Section):
   """How the model runs, independent of its shape."""
 
   scan_layers: bool = True  # Stack repeated layers under nn.scan (fast compile) or unroll them.
-  remat_policy: str = "none"  # One of REMAT_POLICIES; applied to each scanned layer / unit.
+  # One of REMAT_POLICIES, applied to each layer / unit (layers.REMAT_POLICIES says what each saves):
+  # by kind ("full" saves nothing, "dots" every matmul output, attention scores included) or by name
+  # ("minimal": the q/k/v/out and MLP gate/up/down projections; "save_dot_except_mlp_in": those
+  # but the MLP's gate/up; "save_qkv": q/k/v only).
+  remat_policy: str = "none"
+  # Attention kernel (models/attention.py): "auto" picks splash (Pallas) on TPU, cuDNN on GPU and
+  # XLA on CPU; or force one ("splash" needs a TPU or Pallas' interpret mode).
+  attention: str = "auto"
   dtype: str = "float32"  # Compute dtype (norms and softmax always run in float32).
   param_dtype: str = "float32"  # Dtype parameters are created in.
   # Decoding (decoding.py) runs the layer stacks unrolled, whatever scan_layers says: a scanned stack
@@ -201,6 +210,7 @@ class ExecutionConfig(Section):
 
   def check(self, prefix: str) -> None:
     one_of(prefix, self, "remat_policy", REMAT_POLICIES)
+    one_of(prefix, self, "attention", ATTENTION_KERNELS)
     one_of(prefix, self, "dtype", DTYPES)
     one_of(prefix, self, "param_dtype", DTYPES)
 

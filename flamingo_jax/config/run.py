@@ -19,6 +19,8 @@ SOURCES = ("synthetic", "arrayrecord")
 ACCUMULATION = ("all", "round_robin")
 KINDS = ("interleaved", "pairs", "video")
 SCHEDULES = ("constant", "cosine")
+FROZEN_SHARDING = ("fsdp", "tensor", "replicated")
+LM_PASSES = ("joint", "per_dataset")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,9 +30,14 @@ class MeshConfig(Section):
   data: int = -1  # Pure data parallelism. One axis may be -1: the devices the others leave.
   fsdp: int = 1  # Data parallelism that also shards parameters and optimiser state (ZeRO-3).
   tensor: int = 1  # Model parallelism inside matmuls (heads, MLP width, vocabulary).
+  # How the frozen towers are laid out (sharding.FROZEN_RULES): "fsdp" like the trainable tree (least
+  # memory; every pass gathers them), "tensor" (split over the tensor axis only, replicated over
+  # data and fsdp: no gathers) or "replicated" (whole on every device).
+  frozen: str = "fsdp"
 
   def check(self, prefix: str) -> None:
-    sizes = dataclasses.asdict(self)
+    one_of(prefix, self, "frozen", FROZEN_SHARDING)
+    sizes = {k: v for k, v in dataclasses.asdict(self).items() if k != "frozen"}
     for name, size in sizes.items():
       if size == 0 or size < -1:
         fail(join(prefix, name), size, "must be a positive number of devices or -1 (the rest).")
@@ -55,9 +62,16 @@ class DatasetConfig(Section):
   p_next: float = 0.0  # interleaved: share of documents whose text sees the next image.
   max_pixels: int = 64_000_000  # Larger images (w * h) are skipped before decoding.
   random_flip: bool = True  # Training flips images with p = 0.5 (off where text says left/right).
+  # Examples packed end to end into one row of pack * seq_len tokens (segment ids, positions and
+  # image slots per example; data_pipelines/packing.py); batch_size counts examples and must be a
+  # multiple of it. Short pairs and clips packed to the interleaved rows' length share one LM pass.
+  pack: int = 1
 
   def check(self, prefix: str) -> None:
-    positive(prefix, self, "batch_size", "seq_len", "max_images", "num_frames", "max_pixels")
+    positive(prefix, self, "batch_size", "seq_len", "max_images", "num_frames", "max_pixels", "pack")
+    if self.batch_size % self.pack:
+      fail(join(prefix, "batch_size"), self.batch_size,
+           f"must be a multiple of {join(prefix, 'pack')}={self.pack} (examples per packed row).")
     non_negative(prefix, self, "loss_weight")
     if not 0 <= self.p_next <= 1:
       fail(join(prefix, "p_next"), self.p_next, "must be a probability in [0, 1].")
@@ -159,12 +173,18 @@ class TrainConfig(Section):
   # task=flamingo: False also trains the LM's pretrained weights, with their optimiser state (the
   # paper's unfrozen-LM ablation); True (paper) trains only resampler, gated blocks, new rows.
   freeze_lm: bool = True
+  # task=flamingo: "joint" runs every dataset's rows (packed to one row length, DatasetConfig.pack)
+  # through the LM in one pass per micro-batch, each token's loss weighted lambda_d / (loss tokens of
+  # its dataset d); "per_dataset" (the paper's accumulation, an ablation) runs one forward and
+  # backward per dataset. Both give the same gradient.
+  lm_pass: str = "per_dataset"
 
   def check(self, prefix: str) -> None:
     positive(prefix, self, "num_steps", "micro_batches", "log_every", "checkpoint_every",
              "keep_checkpoints")
     non_negative(prefix, self, "z_loss", "keep_every")
     one_of(prefix, self, "frozen_dtype", DTYPES)
+    one_of(prefix, self, "lm_pass", LM_PASSES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +231,20 @@ class Config(Section):
   init: InitConfig = InitConfig()
   quickstart: QuickstartConfig = QuickstartConfig()
 
+  def _check_joint(self, prefix: str) -> None:
+    """train.lm_pass=joint: a flamingo task whose datasets' packed rows have one length."""
+    if self.task != "flamingo":
+      fail(join(prefix, "train.lm_pass"), "joint", f"needs task=flamingo (task={self.task}); use "
+           "per_dataset.")
+    lengths = {name: spec.pack * spec.seq_len for name, spec in self.data.selected().items()}
+    if len(set(lengths.values())) > 1:
+      name, length = max(lengths.items(), key=lambda kv: kv[1])
+      short = next(n for n, l in lengths.items() if l != length)
+      fail(join(prefix, f"data.datasets.{short}.pack"), self.data.datasets[short].pack,
+           f"gives rows of {lengths[short]} tokens (pack * seq_len) but {name}'s are {length}: "
+           "train.lm_pass=joint needs one row length ("
+           + ", ".join(f"{n}: {l}" for n, l in lengths.items()) + ").")
+
   def check(self, prefix: str) -> None:
     one_of(prefix, self, "task", TASKS)
     micro = self.train.micro_batches
@@ -218,9 +252,12 @@ class Config(Section):
       fail(join(prefix, "train.micro_batches"), micro, "must be 1 for task=contrastive: the "
            "in-batch negatives of a micro-batch would change the loss.")
     for name, spec in self.data.datasets.items():
-      if spec.batch_size % micro:
+      if (spec.batch_size // spec.pack) % micro:
         fail(join(prefix, f"data.datasets.{name}.batch_size"), spec.batch_size,
-             f"must be divisible by {join(prefix, 'train.micro_batches')}={micro}.")
+             f"must give a number of packed rows (batch_size / pack = {spec.batch_size} / "
+             f"{spec.pack}) divisible by {join(prefix, 'train.micro_batches')}={micro}.")
+    if self.train.lm_pass == "joint":
+      self._check_joint(prefix)
     if self.data.source == "synthetic":
       for name, spec in self.data.datasets.items():
         if spec.seq_len < 3:

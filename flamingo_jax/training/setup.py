@@ -34,7 +34,8 @@ class Setup:
 
 
 def build_setup(config: Config, devices=None) -> Setup:
-  mesh = sharding.make_mesh(**config.mesh.to_dict(), devices=devices)
+  m = config.mesh
+  mesh = sharding.make_mesh(m.data, m.fsdp, m.tensor, devices=devices)
   model_config = config.model
   task = make_task(config.task, model_config, z_loss=config.train.z_loss,
                    freeze_lm=config.train.freeze_lm)
