@@ -3,7 +3,8 @@
 The mesh has three axes: `data` (pure data parallelism), `fsdp` (data parallelism that also shards
 parameters and optimiser state) and `tensor` (model parallelism inside matmuls). Modules name their
 axes logically (`layers.py`); RULES below maps those names to mesh axes. A logical name not listed is
-replicated. Change the layout by editing this table, not the modules.
+replicated. The frozen towers may be laid out apart from the trainable tree (`mesh.frozen`:
+FROZEN_RULES). Change the layout by editing these tables, not the modules.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from jax.sharding import AxisType, Mesh
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-RULES = (
-    # Activations.
+ACTIVATION_RULES = (
     ("batch", ("data", "fsdp")),  # Examples split over every data-parallel device.
     ("act_heads", "tensor"),  # Attention heads of q / attention output.
     ("act_mlp", "tensor"),  # FFN hidden activations.
     ("act_vocab", "tensor"),  # Logits.
-    # Parameters.
+)
+PARAMETER_RULES = (
     ("embed", "fsdp"),  # Model width of every weight: ZeRO-3 style sharding over fsdp.
     ("mlp", "tensor"),  # FFN hidden width (Megatron column / row split).
     ("heads", "tensor"),  # Query heads.
@@ -34,6 +35,17 @@ RULES = (
     # Replicated: length, act_embed, kv (head width), layers (scan axis), norm, patch, patches,
     # frames, latents, new_tokens, vision_embed.
 )
+RULES = ACTIVATION_RULES + PARAMETER_RULES  # Activations and the trainable tree (and its optimiser).
+
+# The frozen towers' parameters (vision tower, pretrained LM) by `mesh.frozen`; activations keep
+# RULES whatever the policy. "fsdp": as the trainable tree (least memory; every pass all-gathers
+# them). "tensor": only the tensor splits, replicated over data and fsdp (no gathers). "replicated":
+# nothing listed, whole on every device.
+FROZEN_RULES = {
+    "fsdp": PARAMETER_RULES,
+    "tensor": tuple((name, axis) for name, axis in PARAMETER_RULES if axis != "fsdp"),
+    "replicated": (),
+}
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
@@ -58,10 +70,10 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
-def shardings(boxed_tree: Any, mesh: Mesh) -> Any:
+def shardings(boxed_tree: Any, mesh: Mesh, rules=RULES) -> Any:
   """A tree of NamedShardings for a tree whose leaves are nn.Partitioned boxes (e.g. from
-  `model.abstract_params`)."""
-  return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, RULES)
+  `model.abstract_params`), laid out by `rules` (e.g. FROZEN_RULES[policy] for the frozen towers)."""
+  return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, rules)
 
 
 @contextlib.contextmanager

@@ -1,11 +1,21 @@
-"""The forward pass on an 8-device CPU mesh (data x fsdp x tensor = 2x2x2) matches one device."""
+"""The forward pass on an 8-device CPU mesh (data x fsdp x tensor = 2x2x2) matches one device; the
+frozen-tower policies (`mesh.frozen`) lay out only the frozen tree and leave the step's maths alone."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from flamingo_jax import sharding
 from flamingo_jax.models.flamingo import Flamingo, abstract_params
+from flamingo_jax.training.setup import build_setup, jit_train_step
+from flamingo_jax.training.step import TrainState
+from flamingo_jax.weights import pretrained
+from flamingo_jax.weights.pretrained import ModelParts
 from tests.builders import apply_fn, init_params, make_batch, tiny_config
+from tests.configs import train_small
+
+POLICIES = ("fsdp", "tensor", "replicated")
 
 
 def test_sharded_forward_matches_single_device():
@@ -41,3 +51,78 @@ def test_make_mesh_fills_one_axis_and_rejects_bad_shapes():
     assert "needs 12 devices" in str(e)
   else:
     raise AssertionError("an impossible mesh was accepted")
+
+
+def _setup(policy):
+  """A 4-device mesh (data 1, fsdp 2, tensor 2) laying out the frozen towers by `policy`."""
+  config = train_small.config("one", **{"mesh.data": 1, "mesh.fsdp": 2, "mesh.tensor": 2,
+                                        "mesh.frozen": policy, "optimizer.warmup_steps": 0})
+  return config, build_setup(config, devices=jax.devices()[:4])
+
+
+def _specs(shardings):
+  """Each leaf's PartitionSpec without trailing Nones (P(None, None) == P())."""
+  def trim(s):
+    spec = tuple(s.spec)
+    while spec and spec[-1] is None:
+      spec = spec[:-1]
+    return jax.P(*spec)
+  return jax.tree.map(trim, shardings)
+
+
+def test_frozen_policy_lays_out_the_frozen_towers_only():
+  specs = {policy: _setup(policy)[1] for policy in POLICIES}
+  frozen = {p: _specs(s.parts.frozen_shardings) for p, s in specs.items()}
+  expected = {  # (LM MLP up [layers, D, F], vision patch embedding [patch, D], LM head [D, V])
+      "fsdp": (jax.P(None, "fsdp", "tensor"), jax.P(None, "fsdp"), jax.P("fsdp", "tensor")),
+      "tensor": (jax.P(None, None, "tensor"), jax.P(), jax.P(None, "tensor")),
+      "replicated": (jax.P(), jax.P(), jax.P()),
+  }
+  for policy, (mlp, patch, head) in expected.items():
+    lm, vision = frozen[policy]["lm"], frozen[policy]["vision"]
+    assert lm["segment_0"]["block_0"]["mlp"]["up"]["kernel"] == mlp
+    assert vision["patch_embed"]["kernel"] == patch
+    assert lm["head"]["kernel"] == head
+    abstract = specs[policy].abstract_frozen  # What loading, the step and the fit report use.
+    assert _specs(jax.tree.map(lambda x: x.sharding, abstract)) == frozen[policy]
+  assert frozen["fsdp"] == _specs(sharding.shardings(specs["fsdp"].parts.boxed[0],
+                                                     specs["fsdp"].mesh))  # Today's layout.
+  assert not any("fsdp" in str(s) for s in jax.tree.leaves(frozen["tensor"]))
+  assert all(s == jax.P() for s in jax.tree.leaves(frozen["replicated"]))
+  trainable = [_specs(s.state_shardings) for s in specs.values()]
+  assert trainable[0] == trainable[1] == trainable[2]
+  head = trainable[0].trainable["lm"]["segment_0"]["xattn"]["ffw"]["up"]["kernel"]
+  assert head == jax.P(None, "fsdp", "tensor")  # The trainable tree keeps fsdp under every policy.
+
+
+def test_frozen_policy_leaves_the_training_step_unchanged():
+  results = {}
+  for policy in POLICIES:
+    config, setup = _setup(policy)
+    with sharding.active(setup.mesh):
+      frozen, trainable = pretrained.initial_params(config, setup.parts)
+      assert jax.tree.leaves(frozen)[0].sharding.mesh.size == 4
+      trainable["lm"]["segment_0"]["xattn"]["attn_gate"] += 0.5  # Open gates: every part learns.
+      trainable["lm"]["segment_0"]["xattn"]["ffw_gate"] += 0.5
+      state = jax.device_put(TrainState(
+          jnp.zeros((), jnp.int32), trainable, setup.optimizer.init(trainable),
+          jax.random.key_data(jax.random.key(1))), setup.state_shardings)
+      tokens, images, phi = make_batch(config.model, batch=8, length=16)
+      batch = jax.device_put({"tokens": tokens, "images": images, "phi": phi,
+                              "labels": jnp.roll(tokens, -1, axis=1),
+                              "loss_mask": jnp.ones(tokens.shape, jnp.float32)},
+                             setup.batch_sharding)
+      state, metrics = jit_train_step(config, setup, {"interleaved": 1.0})(
+          state, frozen, {"interleaved": batch})
+    results[policy] = jax.device_get((metrics["loss"], state.trainable))
+  loss, trainable = results["fsdp"]
+  for policy in POLICIES[1:]:
+    np.testing.assert_allclose(results[policy][0], loss, atol=1e-6, rtol=0)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=0),
+                 results[policy][1], trainable)
+
+
+def test_unknown_frozen_policy_names_the_config_field():
+  config = tiny_config()
+  with pytest.raises(ValueError, match="mesh.frozen='zero3'"):
+    ModelParts(Flamingo(config), (), lambda path: True, sharding.make_mesh(), "zero3")

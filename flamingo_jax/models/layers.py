@@ -12,6 +12,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from flamingo_jax.config import ExecutionConfig, RopeScalingConfig
 
@@ -159,8 +160,8 @@ class Attention(nn.Module):
                mask: jax.Array | None = None, is_causal: bool = False,
                decode: DecodeSlots | None = None, cache_context: bool = False) -> jax.Array:
     ex = self.execution
-    q = dense((self.num_heads, self.head_dim), ("embed", "heads", "kv"), ex,
-              use_bias=self.use_bias, name="query")(x)
+    q = checkpoint_name(dense((self.num_heads, self.head_dim), ("embed", "heads", "kv"), ex,
+                              use_bias=self.use_bias, name="query")(x), "query_proj")
     key_proj = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), ex,
                      use_bias=self.use_bias, name="key")
     value_proj = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), ex,
@@ -176,7 +177,8 @@ class Attention(nn.Module):
       k = self.get_variable("context_cache", "cached_key")
       v = self.get_variable("context_cache", "cached_value")
     else:
-      k, v = key_proj(context), value_proj(context)
+      k = checkpoint_name(key_proj(context), "key_proj")
+      v = checkpoint_name(value_proj(context), "value_proj")
       if key_norm is not None:
         k = key_norm(k).astype(k.dtype)
       if self.rope_theta is not None:
@@ -195,8 +197,9 @@ class Attention(nn.Module):
     q = constrain(q, ("batch", "length", "act_heads", "act_kv"))
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal and decode is None)
     out = out.reshape(rows, t, *out.shape[2:])
-    return dense(self.out_features, ("heads", "kv", "embed"), ex, use_bias=self.use_bias,
-                 num_in=2, name="out")(out)
+    out = dense(self.out_features, ("heads", "kv", "embed"), ex, use_bias=self.use_bias,
+                num_in=2, name="out")(out)
+    return checkpoint_name(out, "out_proj")
 
   def _update_cache(self, k: jax.Array, v: jax.Array, decode: DecodeSlots):
     """Writes k, v [B, T, K, Dh] at decode.index -> (cached keys, values [B, S, K, Dh], mask
@@ -227,20 +230,34 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     ex = self.execution
-    h = dense(self.hidden, ("embed", "mlp"), ex, use_bias=self.use_bias, name="up")(x)
+    h = checkpoint_name(dense(self.hidden, ("embed", "mlp"), ex, use_bias=self.use_bias,
+                              name="up")(x), "mlp_up")
     if self.gated:
-      gate = dense(self.hidden, ("embed", "mlp"), ex, use_bias=self.use_bias, name="gate")(x)
+      gate = checkpoint_name(dense(self.hidden, ("embed", "mlp"), ex, use_bias=self.use_bias,
+                                   name="gate")(x), "mlp_gate")
       h = activation(self.act)(gate) * h
     else:
       h = activation(self.act)(h)
     h = constrain(h, ("batch", "length", "act_mlp"))
-    return dense(x.shape[-1], ("mlp", "embed"), ex, use_bias=self.use_bias, name="down")(h)
+    down = dense(x.shape[-1], ("mlp", "embed"), ex, use_bias=self.use_bias, name="down")(h)
+    return checkpoint_name(down, "mlp_down")
 
 
-_REMAT_POLICIES = {
+# The projection outputs tagged with `checkpoint_name` above (Attention, Mlp).
+PROJECTIONS = ("query_proj", "key_proj", "value_proj", "out_proj", "mlp_gate", "mlp_up", "mlp_down")
+_save = jax.checkpoint_policies.save_only_these_names
+REMAT_POLICIES = {
     "full": None,  # Save nothing: recompute the whole layer in the backward pass.
+    # By kind: every matmul output (attention scores included), or those without batch dimensions.
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # By name (MaxText's idea): every projection, never the [T, S] attention scores.
+    "minimal": _save(*PROJECTIONS),
+    # Every projection but the MLP's inputs (gate / up, the widest): MaxText's
+    # save_dot_except_mlpwi, the Llama-2-70B v5p setting.
+    "save_dot_except_mlp_in": _save("query_proj", "key_proj", "value_proj", "out_proj",
+                                    "mlp_down"),
+    "save_qkv": _save("query_proj", "key_proj", "value_proj"),  # Least memory short of "full".
 }
 
 
@@ -256,7 +273,7 @@ def repeat(block: type[nn.Module], length: int, x: jax.Array, *broadcast: Any,
   policy wraps each copy. Call from inside a compact method: the copies become its children.
   """
   if execution.remat_policy != "none":
-    block = nn.remat(block, policy=_REMAT_POLICIES[execution.remat_policy],
+    block = nn.remat(block, policy=REMAT_POLICIES[execution.remat_policy],
                      prevent_cse=not execution.scan_layers)
   if execution.scan_layers:
     scanned = nn.scan(block, variable_axes={"params": 0, "cache": 0, "context_cache": 0},

@@ -114,12 +114,23 @@ def train_step_flops(matmuls: list[MatMul]) -> int:
   return sum(mm.flops * (1 + mm.backward) for mm in matmuls)
 
 
+# Per remat policy (layers.REMAT_POLICIES): does the backward pass recompute this forward product?
+# Attention score / value products are the batched ones (batch > 1); MLP inputs are the gate / up
+# projections (lm: mlp_gate_up, gated blocks and resampler: ffw_up).
+_MLP_IN = (".mlp_gate_up", ".mlp_up", ".ffw_up")
+_RECOMPUTED = {
+    "none": lambda mm: False,
+    "dots": lambda mm: False,
+    "full": lambda mm: True,
+    "dots_no_batch": lambda mm: mm.batch > 1,
+    "minimal": lambda mm: mm.batch > 1,
+    "save_dot_except_mlp_in": lambda mm: mm.batch > 1 or mm.name.endswith(_MLP_IN),
+    "save_qkv": lambda mm: mm.batch > 1 or not mm.name.endswith((".q", ".kv", ".qkv")),
+}
+
+
 def remat_recompute_flops(matmuls: list[MatMul], remat_policy: str) -> int:
-  """Forward FLOPs the backward pass recomputes under `remat_policy` (layers.py): "full" reruns the
-  forward of every product that has a backward; "dots_no_batch" the batched ones (attention scores
-  and values), whose outputs it does not save; "dots" and "none" recompute no matmul."""
-  if remat_policy == "full":
-    return sum(mm.flops for mm in matmuls if mm.backward)
-  if remat_policy == "dots_no_batch":
-    return sum(mm.flops for mm in matmuls if mm.backward and mm.batch > 1)
-  return 0
+  """Forward FLOPs the backward pass recomputes under `remat_policy`: those of the products with a
+  backward whose outputs the policy does not save (_RECOMPUTED)."""
+  recomputed = _RECOMPUTED[remat_policy]
+  return sum(mm.flops for mm in matmuls if mm.backward and recomputed(mm))

@@ -39,7 +39,7 @@ def build_setup(config: Config, devices=None) -> Setup:
   model_config = config.model
   task = make_task(config.task, model_config, z_loss=config.train.z_loss,
                    freeze_lm=config.train.freeze_lm)
-  parts = ModelParts(task.model, task.init_inputs, task.trainable_if, mesh)
+  parts = ModelParts(task.model, task.init_inputs, task.trainable_if, mesh, config.mesh.frozen)
   optimizer = make_optimizer(config.optimizer)
   replicated = jax.sharding.NamedSharding(mesh, jax.P())
   opt_state_boxed = jax.eval_shape(optimizer.init, parts.boxed[1])  # Boxes carry the partitioning.

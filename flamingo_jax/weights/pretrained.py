@@ -38,13 +38,21 @@ class ModelParts:
   """A model whose parameters are split into a frozen and a trainable tree, placed on a mesh.
 
   model, init_inputs: the module and zero inputs for its `init`; trainable_if(path) -> bool: the
-  split rule (`tree.is_trainable` for Flamingo). Nothing is allocated: the trees below are abstract.
+  split rule (`tree.is_trainable` for Flamingo); frozen: how the frozen tree is laid out
+  (`mesh.frozen`: a key of `sharding.FROZEN_RULES`). Nothing is allocated: the trees below are
+  abstract.
   """
 
   model: nn.Module
   init_inputs: tuple
   trainable_if: Callable[[tuple[str, ...]], bool]
   mesh: jax.sharding.Mesh
+  frozen: str = "fsdp"
+
+  def __post_init__(self):
+    if self.frozen not in sharding.FROZEN_RULES:
+      raise ValueError(f"mesh.frozen={self.frozen!r}: must be one of "
+                       f"{tuple(sharding.FROZEN_RULES)}.")
 
   @functools.cached_property
   def boxed(self) -> tuple[ptree.Params, ptree.Params]:
@@ -54,7 +62,7 @@ class ModelParts:
 
   @functools.cached_property
   def frozen_shardings(self) -> Any:
-    return sharding.shardings(self.boxed[0], self.mesh)
+    return sharding.shardings(self.boxed[0], self.mesh, sharding.FROZEN_RULES[self.frozen])
 
   @functools.cached_property
   def trainable_shardings(self) -> Any:
@@ -217,7 +225,7 @@ def load_trained(workdir: str) -> tuple[Config, ptree.Params]:
   model_config = config.model
   parts = ModelParts(Flamingo(model_config), example_inputs(model_config),
                      ptree.trainable_rule(config.train.freeze_lm),
-                     sharding.make_mesh(devices=jax.devices()[:1]))
+                     sharding.make_mesh(devices=jax.devices()[:1]), config.mesh.frozen)
   checkpointer = Checkpointer(workdir, keep=1)
   step = checkpointer.latest_step()
   if step is None:

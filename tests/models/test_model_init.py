@@ -88,7 +88,8 @@ def test_at_init_only_gates_and_new_token_rows_get_gradients(tiny):
   assert np.abs(np.asarray(grads["lm"]["extra_embed"]["embedding"])).max() > 0
 
 
-@pytest.mark.parametrize("policy, scan", [("full", True), ("dots", False)])
+@pytest.mark.parametrize("policy, scan", [("full", True), ("dots", False),
+                                          ("save_dot_except_mlp_in", True)])
 def test_remat_policies_keep_loss_and_gradients(policy, scan):
   from flamingo_jax.training.losses import next_token_loss
   base = tiny_config(**{"execution.scan_layers": scan})
@@ -112,3 +113,26 @@ def test_remat_policies_keep_loss_and_gradients(policy, scan):
   np.testing.assert_allclose(l0, l1, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), g0, g1)
   assert np.abs(np.asarray(g0["resampler"]["latents"])).max() > 0
+
+
+@pytest.mark.parametrize("policy, saved", [
+    # mlp_down feeds only the residual sum, which its backward does not need: never a residual.
+    ("minimal", {"query_proj", "key_proj", "value_proj", "out_proj", "mlp_gate", "mlp_up"}),
+    ("save_dot_except_mlp_in", {"query_proj", "key_proj", "value_proj", "out_proj"}),
+    ("save_qkv", {"query_proj", "key_proj", "value_proj"}),
+    ("full", set())])
+def test_remat_by_name_saves_exactly_the_named_projections(policy, saved, capsys):
+  import flax.linen as nn
+  from jax.ad_checkpoint import print_saved_residuals
+  from flamingo_jax.models.layers import REMAT_POLICIES
+  from flamingo_jax.models.lm import LMBlock
+  config = tiny_config()
+  block = nn.remat(LMBlock, policy=REMAT_POLICIES[policy])(config.lm, config.execution)
+  x = jnp.ones((1, 4, config.lm.width))
+  positions = jnp.arange(4)[None]
+  params = block.init(jax.random.key(0), x, positions)
+  capsys.readouterr()
+  print_saved_residuals(lambda p, x: block.apply(p, x, positions).sum(), params, x)
+  lines = capsys.readouterr().out.splitlines()
+  names = {line.split("named '")[1].split("'")[0] for line in lines if "named '" in line}
+  assert names == saved
