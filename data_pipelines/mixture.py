@@ -17,6 +17,7 @@ import numpy as np
 
 from data_pipelines import streams
 from data_pipelines.examples import COUNTERS, ExampleSpec
+from data_pipelines.packing import packing_counts
 from data_pipelines.tokenizer import Tokenizer
 from flamingo_jax.config import Config, DataConfig
 
@@ -37,7 +38,8 @@ class Mixture:
 
   def counters(self) -> dict[str, int]:
     """Cumulative counts since the start of training (restored by set_state), e.g.
-    "interleaved/corrupt_image"; names in examples.COUNTERS."""
+    "interleaved/corrupt_image"; names in examples.COUNTERS, and for packed datasets
+    packing.PACKING_COUNTERS."""
     return dict(self._counters)
 
   def __iter__(self):
@@ -52,6 +54,9 @@ class Mixture:
       batch = next(self._iterators[name])
       for counter, value in zip(COUNTERS, streams.count_totals(batch)):
         self._counters[f"{name}/{counter}"] += int(value)
+      if "segments" in batch:  # Packed: rows and the examples in them.
+        for counter, value in packing_counts(batch).items():
+          self._counters[f"{name}/{counter}"] = self._counters.get(f"{name}/{counter}", 0) + value
       step[name] = batch
     self._step += 1
     return step
@@ -84,9 +89,10 @@ def build_mixture(data: DataConfig, *, image_size: int, tokenizer: Tokenizer,
     raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count}).")
   built, weights = {}, {}
   for name, spec in data.selected().items():
-    if spec.batch_size % process_count:
+    if spec.batch_size % (process_count * spec.pack):
       raise ValueError(f"data.datasets.{name}.batch_size={spec.batch_size} is not divisible by the "
-                       f"{process_count} processes; make it a multiple of {process_count}.")
+                       f"{process_count} processes x pack={spec.pack}; make it a multiple of "
+                       f"{process_count * spec.pack}.")
     path = spec.path if split == "train" else spec.eval_path
     if not path:
       raise ValueError(f"data.datasets.{name}.eval_path is empty: set the held-out shards.")
@@ -97,7 +103,7 @@ def build_mixture(data: DataConfig, *, image_size: int, tokenizer: Tokenizer,
     built[name] = streams.build_stream(
         name, example, path, batch_size=spec.batch_size // process_count, tokenizer=tokenizer,
         seed=data.seed, process_index=process_index, process_count=process_count,
-        num_workers=data.num_workers)
+        num_workers=data.num_workers, pack=spec.pack)
     weights[name] = spec.loss_weight
   return Mixture(built, weights, data.accumulation)
 

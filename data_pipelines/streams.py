@@ -2,7 +2,8 @@
 examples, bad records dropped (counted), batched to fixed shapes, prefetched by worker processes.
 
   ArrayRecord shards -> MapDataset[process_index::process_count] -> shuffle(seed) -> repeat
-  -> random_map(ToExample) -> to_iter_dataset -> SkipInvalid -> batch(B) -> mp_prefetch(workers)
+  -> random_map(ToExample) -> to_iter_dataset -> SkipInvalid -> batch(B) -> map(pack_rows)
+  -> mp_prefetch(workers)
 
 Every stage is index-based or stateless except SkipInvalid, whose state is its parent's: the
 iterator's `get_state()` therefore pins the very next batch (grain checkpointing), with or without
@@ -14,6 +15,7 @@ dataset and the reasons: data that is all bad would otherwise hang the training 
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 import grain
@@ -22,6 +24,7 @@ from absl import flags
 
 from data_pipelines import records
 from data_pipelines.examples import COUNTERS, ExampleSpec, ToExample
+from data_pipelines.packing import pack_rows
 from data_pipelines.tokenizer import Tokenizer
 
 MAX_CONSECUTIVE_SKIPS = 1000  # More in a row means the data is broken: an error, not a silent hang.
@@ -68,10 +71,10 @@ def stable_seed(seed: int, name: str) -> int:
 
 
 def build_stream(name: str, spec: ExampleSpec, path: str, *, batch_size: int, tokenizer: Tokenizer,
-                 seed: int, process_index: int, process_count: int, num_workers: int
-                 ) -> grain.IterDataset:
+                 seed: int, process_index: int, process_count: int, num_workers: int,
+                 pack: int = 1) -> grain.IterDataset:
   """Batches of `batch_size` (this process's) examples: each leaf [B, ...] as in examples.py, plus
-  "counts" [B, len(COUNTERS)]."""
+  "counts" [B, len(COUNTERS)]; with pack > 1, B / pack rows of `pack` examples (packing.py)."""
   paths = records.shard_paths(path)
   records.check_shards(paths, spec.kind)
   source = grain.sources.ArrayRecordDataSource(paths)
@@ -85,6 +88,8 @@ def build_stream(name: str, spec: ExampleSpec, path: str, *, batch_size: int, to
   ds = ds.repeat().random_map(ToExample(spec, tokenizer), seed=seed)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * batch_size))
   ds = SkipInvalid(ds, name).batch(batch_size, drop_remainder=True)
+  if pack > 1:
+    ds = ds.map(functools.partial(pack_rows, pack=pack))
   if num_workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside absl.app (tests,
       flags.FLAGS.mark_as_parsed()  # notebooks) nobody parsed them: take the defaults.

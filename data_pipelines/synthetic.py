@@ -15,6 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
+from data_pipelines.packing import pack_rows
 from flamingo_jax.config import DataConfig
 from flamingo_jax.models import masking
 
@@ -52,15 +53,16 @@ def captioned_squares(rng: np.random.Generator, batch: int, seq_len: int, max_im
 
 class SyntheticMixture:
   """Iterator of {dataset: batch}; batch keys tokens, labels, loss_mask [B, T], images
-  [B, N, F, H, W, 3] uint8, image_mask [B, N], phi [B, T] (B = global batch / process_count)."""
+  [B, N, F, H, W, 3] uint8, image_mask [B, N], phi [B, T] (B = global batch / process_count),
+  packed `pack` examples to a row as the shard streams are (packing.py)."""
 
   def __init__(self, data: DataConfig, *, image_size: int, image_token_id: int, eoc_token_id: int,
                split: str = "train", process_index: int = 0, process_count: int = 1):
     self._datasets = data.selected()
     for name, spec in self._datasets.items():
-      if spec.batch_size % process_count:
+      if spec.batch_size % (process_count * spec.pack):
         raise ValueError(f"data.datasets.{name}.batch_size={spec.batch_size} is not divisible by "
-                         f"the {process_count} processes.")
+                         f"the {process_count} processes x pack={spec.pack}.")
     self._names = sorted(self._datasets)
     self._ids = dict(image_size=image_size, image_token_id=image_token_id, eoc_token_id=eoc_token_id)
     self._seed, self._accumulation = [data.seed, zlib.crc32(split.encode())], data.accumulation
@@ -90,7 +92,7 @@ class SyntheticMixture:
                              **self._ids)
     per_process = spec.batch_size // self._process_count
     start = self._process_index * per_process
-    return {k: v[start:start + per_process] for k, v in full.items()}
+    return pack_rows({k: v[start:start + per_process] for k, v in full.items()}, spec.pack)
 
   def __next__(self) -> dict[str, dict[str, np.ndarray]]:
     if self._accumulation == "all":

@@ -67,6 +67,19 @@ class DatasetConfig(Section):
   # multiple of it. Short pairs and clips packed to the interleaved rows' length share one LM pass.
   pack: int = 1
 
+  def batch_shapes(self, image_size: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{key: (global shape, dtype)} of the batches this dataset feeds the step: R = batch_size / pack
+    rows of pack * seq_len tokens and pack * max_images image slots (data_pipelines/packing.py;
+    packed rows add segments and positions)."""
+    rows, t, n = self.batch_size // self.pack, self.pack * self.seq_len, self.pack * self.max_images
+    shapes = {"tokens": ((rows, t), "int32"), "labels": ((rows, t), "int32"),
+              "loss_mask": ((rows, t), "float32"), "phi": ((rows, t), "int32"),
+              "images": ((rows, n, self.num_frames, image_size, image_size, 3), "uint8"),
+              "image_mask": ((rows, n), "bool")}
+    if self.pack > 1:
+      shapes.update(segments=((rows, t), "int32"), positions=((rows, t), "int32"))
+    return shapes
+
   def check(self, prefix: str) -> None:
     positive(prefix, self, "batch_size", "seq_len", "max_images", "num_frames", "max_pixels", "pack")
     if self.batch_size % self.pack:

@@ -1,4 +1,4 @@
-"""Attention kernels: `dot_product_attention` runs one of three implementations of softmax attention.
+"""Attention kernels: `dot_product_attention` runs softmax attention with one of three kernels.
 
 * xla: `jax.nn.dot_product_attention(implementation="xla")`: einsums and a float32 softmax over a
   materialised [B, H, T, S] score matrix; runs everywhere and takes any mask.
@@ -10,30 +10,31 @@
   static block mask, segment ids are the kernel's SegmentIds. It has no arbitrary mask: a call with
   `mask` (cross-attention to image tokens, decoding) runs xla instead. Off TPU it runs in Pallas'
   interpret mode (slow; tests only). Specifics:
-  - layout: the kernel takes one example head-major ([H, T, Dh]); inputs are transposed and the kernel
-    vmapped over the batch;
+  - layout: the kernel takes one example head-major ([H, T, Dh]); inputs are transposed and the
+    kernel vmapped over the batch;
   - scaling: the kernel computes q.k without 1/sqrt(Dh), so q is scaled first (in q's dtype);
-  - grouped-query attention: the multi-head kernel maps query head h to kv head h // (H / K) itself,
-    so k and v keep their K heads (no copies); they are repeated to H heads only when the mesh splits
-    heads over more devices than K;
+  - grouped-query attention: the multi-head kernel maps query head h to kv head h // (H / K)
+    itself, so k and v keep their K heads (no copies); they are repeated to H heads only when the
+    mesh splits heads over more devices than K;
   - length: T and S are padded to a multiple of 128 (the kernel's smallest block; blocks are the
-    largest of 512 / 256 / 128 dividing the padded length). Padded positions get a segment id no real
-    position has, so no real query attends to a padded key; padded query rows are dropped;
+    largest of 512 / 256 / 128 dividing the padded length). Padded positions get a segment id no
+    real position has, so no real query attends to a padded key; padded query rows are dropped;
   - SPMD: with a mesh active (`jax.set_mesh`, e.g. `sharding.active`), the kernel runs inside
     `jax.shard_map`, batch and heads split over the mesh axes the active logical rules give
-    ("batch", "act_heads"); B and H must divide by those axes' sizes. The platform (TPU or interpret
-    mode) is the active mesh's, else `jax.default_backend()`.
+    ("batch", "act_heads"); B and H must divide by those axes' sizes. The platform (TPU, or else
+    interpret mode) is the active mesh's, else `jax.default_backend()`.
 `resolve` maps ExecutionConfig.attention ("auto" or a kernel) to the kernel for the devices.
 Shapes: B batch, T query length, S key length, H query heads, K key/value heads, Dh head width.
 """
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec as P
 
 KERNELS = ("xla", "cudnn", "splash")
@@ -60,15 +61,24 @@ def resolve(requested: str, platform: str, dtype) -> str:
     raise ValueError(f"model.execution.attention=cudnn needs NVIDIA GPUs and the devices are "
                      f"{platform}: set it to auto, xla or (on tpu) splash.")
   if requested == "cudnn" and not half:
-    raise ValueError(f"model.execution.attention=cudnn runs bfloat16/float16 only and the compute "
-                     f"dtype is {jnp.dtype(dtype)}: set model.execution.dtype=bfloat16, or attention "
-                     "to xla or auto.")
+    raise ValueError(f"model.execution.attention=cudnn runs bfloat16/float16 only and the "
+                     f"compute dtype is {jnp.dtype(dtype)}: set model.execution.dtype=bfloat16, "
+                     "or attention to xla or auto.")
   return requested
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None = None,
-                          is_causal: bool = False, segments: jax.Array | None = None,
-                          kernel: str = "xla") -> jax.Array:
+def current_platform() -> str:
+  """The platform being compiled for: the active mesh's devices' ("tpu" when compiling for a TPU
+  slice from a CPU host), else JAX's default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty and mesh.abstract_device:
+    return mesh.abstract_device.platform
+  return jax.default_backend()
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
+                          mask: jax.Array | None = None, is_causal: bool = False,
+                          segments: jax.Array | None = None, kernel: str = "xla") -> jax.Array:
   """Softmax(q k^T / sqrt(Dh)) v with `kernel` (one of KERNELS; see the module docstring).
 
   q [B, T, H, Dh], k and v [B, S, K, Dh] (K divides H: grouped-query attention) -> [B, T, H, Dh] in
@@ -107,14 +117,14 @@ def _splash(q, k, v, is_causal, segments):
     q_ids, kv_ids = _pad_ids(q_ids, t_pad, pad_id), _pad_ids(kv_ids, s_pad, pad_id)
 
   mesh = jax.sharding.get_abstract_mesh()
-  platform = (mesh.abstract_device.platform if not mesh.empty and mesh.abstract_device
-              else jax.default_backend())
+  platform = current_platform()
   batch_axes, head_axes = ((), ()) if mesh.empty else _mesh_axes(mesh)
-  batch_shards, head_shards = (_size(mesh, axes) for axes in (batch_axes, head_axes))
+  batch_shards, head_shards = (math.prod(mesh.shape[a] for a in axes)
+                               for axes in (batch_axes, head_axes))
   if b % batch_shards or h % head_shards:
     raise ValueError(f"Splash attention splits the batch ({b}) over mesh axes {batch_axes} "
-                     f"({batch_shards} devices) and the heads ({h}) over {head_axes} ({head_shards}): "
-                     "make them divisible, or set model.execution.attention=xla.")
+                     f"({batch_shards} devices) and the heads ({h}) over {head_axes} "
+                     f"({head_shards}): make them divisible, or set model.execution.attention=xla.")
   if kv_heads % head_shards:  # Each device's query heads need their own kv heads.
     k, v = (jnp.repeat(x, h // kv_heads, axis=2) for x in (k, v))
 
@@ -129,12 +139,11 @@ def _splash(q, k, v, is_causal, segments):
     specs += [P(batch_axes or None, None)] * 2
 
   def run(q, k, v, *ids):  # One device's examples and heads: [b, h, T_pad, Dh].
-    base = (splash_mask.CausalMask((t_pad, s_pad)) if is_causal
-            else splash_mask.FullMask((t_pad, s_pad)))
+    base = splash.CausalMask((t_pad, s_pad)) if is_causal else splash.FullMask((t_pad, s_pad))
     bq, bkv = _block(t_pad), _block(s_pad)
     blocks = splash.BlockSizes(bq, bkv, block_kv_compute=bkv, block_q_dkv=bq, block_kv_dkv=bkv,
                                block_kv_dkv_compute=bkv, block_q_dq=bq, block_kv_dq=bkv)
-    attend = splash.make_splash_mha(splash_mask.MultiHeadMask((base,) * q.shape[1]),
+    attend = splash.make_splash_mha(splash.MultiHeadMask((base,) * q.shape[1]),
                                     block_sizes=blocks, head_shards=1, q_seq_shards=1,
                                     interpret=platform != "tpu")
     if not ids:
@@ -157,13 +166,6 @@ def _mesh_axes(mesh) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(a for a in entry if a in mesh.axis_names)
 
   return names(spec[0]), names(spec[2])
-
-
-def _size(mesh, axes: tuple[str, ...]) -> int:
-  size = 1
-  for axis in axes:
-    size *= mesh.shape[axis]
-  return size
 
 
 def _pad_ids(ids: jax.Array, length: int, pad_id: jax.Array) -> jax.Array:

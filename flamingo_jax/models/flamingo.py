@@ -14,6 +14,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flamingo_jax.config import FlamingoConfig
 from flamingo_jax.models.layers import DecodeSlots
@@ -41,16 +42,54 @@ class Flamingo(nn.Module):
     features = jax.lax.stop_gradient(self.vision(images))
     return self.resampler(features)
 
-  def __call__(self, tokens: jax.Array, images: jax.Array, phi: jax.Array) -> jax.Array:
+  def __call__(self, tokens: jax.Array, images: jax.Array, phi: jax.Array,
+               positions: jax.Array | None = None, segments: jax.Array | None = None) -> jax.Array:
     """tokens [B, T], uint8 images [B, N, F, H, W, 3], phi [B, T] (masking.media_index) -> logits
-    [B, T, V + 2] in the compute dtype."""
-    return self.lm(tokens, self.encode_images(images), phi)
+    [B, T, V + 2] in the compute dtype. Packed rows also pass per-example positions and segment
+    ids [B, T] (data_pipelines/packing.py)."""
+    return self.lm(tokens, self.encode_images(images), phi, positions, segments=segments)
+
+  def joint(self, tokens: jax.Array, phi: jax.Array, positions: jax.Array, segments: jax.Array,
+            images: tuple[jax.Array, ...], shards: int = 1) -> jax.Array:
+    """One LM pass over the rows of several datasets (`train.lm_pass=joint`) -> logits [R, T, V + 2].
+
+    tokens, phi, positions, segments [R, T]: every dataset's rows joined by `join_rows(..., shards)`
+    (phi counts the image slots of its own row). images: per dataset, uint8 [R_d, N_d, F_d, H, W, 3]
+    in the same order. All frames go through the frozen tower in one call; each dataset's media are
+    resampled with its own frame count, padded to the largest N_d with slots no phi points at, and
+    joined like the text.
+    """
+    flat = [x.reshape(-1, *x.shape[3:]) for x in images]  # [R_d * N_d * F_d, H, W, 3]
+    features = jax.lax.stop_gradient(self.vision(join_rows(flat, shards)[:, None, None]))
+    visual = []
+    for x, part in zip(images, split_rows(features[:, 0, 0], [len(f) for f in flat], shards)):
+      media = self.resampler(part.reshape(*x.shape[:3], *part.shape[1:]))  # [R_d, N_d, R, D]
+      visual.append(media)
+    slots = max(v.shape[1] for v in visual)
+    visual = [jnp.pad(v, ((0, 0), (0, slots - v.shape[1]), (0, 0), (0, 0))) for v in visual]
+    return self.lm(tokens, join_rows(visual, shards), phi, positions, segments=segments)
 
   def decode_lm(self, tokens: jax.Array, visual: jax.Array, phi: jax.Array, positions: jax.Array,
                 decode: DecodeSlots) -> jax.Array:
     """One decoding call of the LM on visual tokens from `encode_images` (see `decoding.py`): tokens,
     phi, positions [B, T] -> logits [B, T, V + 2]; reads and extends the `cache` collection."""
     return self.lm(tokens, visual, phi, positions, decode=decode)
+
+
+def join_rows(arrays: list[jax.Array], shards: int) -> jax.Array:
+  """Arrays [R_d, ...] (equal trailing shapes) -> [sum R_d, ...], joined so that each of `shards`
+  contiguous blocks of the result holds the same block of every input: a batch sharded over `shards`
+  devices stays on its devices (a plain concatenation would move rows between them)."""
+  blocks = [x.reshape(shards, x.shape[0] // shards, *x.shape[1:]) for x in arrays]
+  joined = jnp.concatenate(blocks, axis=1)
+  return joined.reshape(-1, *joined.shape[2:])
+
+
+def split_rows(joined: jax.Array, rows: list[int], shards: int) -> list[jax.Array]:
+  """The inverse of `join_rows`: [sum rows, ...] -> arrays [rows_d, ...]."""
+  blocks = joined.reshape(shards, -1, *joined.shape[1:])
+  bounds = np.cumsum([0] + [r // shards for r in rows])
+  return [blocks[:, a:b].reshape(-1, *joined.shape[1:]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def example_inputs(config: FlamingoConfig, batch: int = 1, length: int = 8, num_images: int = 1,

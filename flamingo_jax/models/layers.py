@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from flamingo_jax.config import ExecutionConfig, RopeScalingConfig
+from flamingo_jax.models import attention
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -129,7 +130,8 @@ class Attention(nn.Module):
   """Multi-head attention with grouped key/value heads.
 
   Queries come from `x` [B, T, Dq], keys and values from `context` [B, S, Dkv] (self-attention when
-  `context` is `x`). Output [B, T, out_features].
+  `context` is `x`). Output [B, T, out_features]. `segments` [B, T] (self-attention of packed rows):
+  a query attends only to keys of the same segment id.
 
   Decoding uses the `cache` collection (mutable in the decoding apply, see `decoding.py`):
   * self-attention with `decode` given: this call's keys/values [B, T, K, Dh] (rotary applied) are
@@ -158,7 +160,8 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array, *, positions: jax.Array | None = None,
                mask: jax.Array | None = None, is_causal: bool = False,
-               decode: DecodeSlots | None = None, cache_context: bool = False) -> jax.Array:
+               segments: jax.Array | None = None, decode: DecodeSlots | None = None,
+               cache_context: bool = False) -> jax.Array:
     ex = self.execution
     q = checkpoint_name(dense((self.num_heads, self.head_dim), ("embed", "heads", "kv"), ex,
                               use_bias=self.use_bias, name="query")(x), "query_proj")
@@ -195,7 +198,9 @@ class Attention(nn.Module):
       mask = mask.reshape(k.shape[0], groups, *mask.shape[1:]).swapaxes(1, 2).reshape(
           k.shape[0], mask.shape[1], groups * t, mask.shape[-1])
     q = constrain(q, ("batch", "length", "act_heads", "act_kv"))
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal and decode is None)
+    kernel = attention.resolve(ex.attention, attention.current_platform(), ex.dtype)
+    out = attention.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal and decode is None,
+                                          segments=segments, kernel=kernel)
     out = out.reshape(rows, t, *out.shape[2:])
     out = dense(self.out_features, ("heads", "kv", "embed"), ex, use_bias=self.use_bias,
                 num_in=2, name="out")(out)

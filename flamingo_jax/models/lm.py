@@ -60,13 +60,14 @@ class LMBlock(nn.Module):
   execution: ExecutionConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array,
-               decode: DecodeSlots | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, positions: jax.Array, decode: DecodeSlots | None = None,
+               segments: jax.Array | None = None) -> jax.Array:
     c, ex = self.config, self.execution
     h = rms_norm(ex, c.norm_eps, name="attn_norm")(x).astype(x.dtype)
     x = x + Attention(c.num_heads, c.num_kv_heads, c.head_dim, c.width, ex,
                       rope_theta=c.rope_theta, rope_scaling=c.rope_scaling,
-                      name="attn")(h, h, positions=positions, is_causal=True, decode=decode)
+                      name="attn")(h, h, positions=positions, is_causal=True, segments=segments,
+                                   decode=decode)
     h = rms_norm(ex, c.norm_eps, name="mlp_norm")(x).astype(x.dtype)
     x = x + Mlp(c.mlp_dim, "silu", ex, gated=True, name="mlp")(h)
     return constrain(x, ("batch", "length", "act_embed"))
@@ -81,11 +82,12 @@ class DecoderUnit(nn.Module):
   execution: ExecutionConfig
 
   @nn.compact
-  def __call__(self, y, positions, visual, phi, decode=None) -> tuple[jax.Array, None]:
+  def __call__(self, y, positions, visual, phi, decode=None, segments=None
+               ) -> tuple[jax.Array, None]:
     if self.xattn is not None:
       y = GatedCrossAttentionDense(self.xattn, self.execution, name="xattn")(y, visual, phi)
     for j in range(self.blocks_per_unit):
-      y = LMBlock(self.config, self.execution, name=f"block_{j}")(y, positions, decode)
+      y = LMBlock(self.config, self.execution, name=f"block_{j}")(y, positions, decode, segments)
     return y, None
 
 
@@ -95,7 +97,8 @@ class DecoderLM(nn.Module):
   Text-only with `xattn=None`; with `xattn` set, `visual` [B, N, R, D_v] and the media index `phi`
   [B, T] must be given (see `masking.py`). Decoding (`decoding.py`) passes `decode`, per-row
   `positions`, and a mutable `cache` collection: self-attention keys/values are cached per LM block,
-  the gated blocks' visual keys/values once per request.
+  the gated blocks' visual keys/values once per request. Packed rows (several examples end to end)
+  pass `segments` [B, T] (self-attention stays within a segment) and per-segment `positions`.
   """
 
   config: LMConfig
@@ -106,7 +109,8 @@ class DecoderLM(nn.Module):
   @nn.compact
   def __call__(self, tokens: jax.Array, visual: jax.Array | None = None,
                phi: jax.Array | None = None, positions: jax.Array | None = None,
-               return_hidden: bool = False, decode: DecodeSlots | None = None) -> jax.Array:
+               return_hidden: bool = False, decode: DecodeSlots | None = None,
+               segments: jax.Array | None = None) -> jax.Array:
     c, ex = self.config, self.execution
     if (self.xattn is not None) != (visual is not None and phi is not None):
       raise ValueError("DecoderLM: pass `visual` and `phi` exactly when the LM has gated blocks.")
@@ -127,8 +131,9 @@ class DecoderLM(nn.Module):
     y = constrain(y, ("batch", "length", "act_embed"))
 
     for k, segment in enumerate(layer_plan(c.num_layers, self.xattn)):
-      y = repeat(DecoderUnit, segment.num_units, y, positions, visual, phi, decode, execution=ex,
-                 name=f"segment_{k}", config=c, blocks_per_unit=segment.blocks_per_unit,
+      y = repeat(DecoderUnit, segment.num_units, y, positions, visual, phi, decode, segments,
+                 execution=ex, name=f"segment_{k}", config=c,
+                 blocks_per_unit=segment.blocks_per_unit,
                  xattn=self.xattn if segment.has_xattn else None)
 
     y = rms_norm(ex, c.norm_eps, name="final_norm")(y).astype(dtype)

@@ -1,10 +1,16 @@
 """One training update: dataset-weighted gradient accumulation, micro-batched, as one pure function.
 
-Every update receives a batch from every dataset (the paper's recipe; round-robin passes one). For
-each dataset d the gradient of lambda_d * loss_d is accumulated over `micro_batches` slices of its
-batch with `lax.scan`, so activation memory is bounded by one micro-batch. The loss of a dataset is the
-mean over all its loss tokens (the micro-batches share one token count, so the accumulated gradient is
-exactly the full-batch gradient). The sum over datasets is applied in one optimiser update.
+Every update receives a batch from every dataset (the paper's recipe; round-robin passes one) and
+applies the gradient of sum_d lambda_d * loss_d in one optimiser update, where loss_d is the mean over
+all of dataset d's loss tokens. Each dataset's batch is split into `micro_batches` slices, scanned
+with `lax.scan`, so activation memory is bounded by one micro-batch; the micro-batches share one
+token count per dataset, so the accumulated gradient is exactly the full-batch gradient.
+
+`lm_pass` (train.lm_pass) says how the datasets meet the LM:
+  joint        one forward and backward per micro-batch over every dataset's rows together (rows
+               packed to one length; Task.joint_losses): each token's loss is weighted
+               lambda_d / (loss tokens of d), so the frozen LM is read once per micro-batch;
+  per_dataset  one forward and backward per dataset and micro-batch (the paper's accumulation).
 """
 
 from __future__ import annotations
@@ -40,42 +46,81 @@ def _split_micro(batch: Batch, micro_batches: int) -> Batch:
   return jax.tree.map(split, dict(batch))
 
 
-def make_train_step(task: Task, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule, loss_weights: Mapping[str, float], *,
-                    micro_batches: int = 1) -> Callable[..., Any]:
-  """Returns train_step(state, frozen, batches) -> (state, metrics).
+def _accumulate(grad_fn, trainable, micro) -> tuple[Any, Any]:
+  """Sums grad_fn(trainable, m) -> ((loss, aux), grads) over the leading micro-batch axis of
+  `micro` with lax.scan; returns ((loss, aux), grads) summed."""
+  def body(acc, m):
+    out = grad_fn(trainable, m)
+    return jax.tree.map(jnp.add, acc, out), None
+  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, trainable,
+                                                      jax.tree.map(lambda x: x[0], micro)))
+  return jax.lax.scan(body, zeros, micro)[0]
+
+
+def make_grads_fn(task: Task, loss_weights: Mapping[str, float], *, micro_batches: int = 1,
+                  lm_pass: str = "per_dataset", batch_shards: int = 1) -> Callable[..., Any]:
+  """Returns grads(trainable, frozen, batches) -> ((sum_d lambda_d loss_d, {dataset: loss_d}),
+  gradient of the first w.r.t. trainable), accumulated over micro-batches as `lm_pass` says.
 
   batches: {dataset: {"tokens", "labels", "loss_mask", "images", "phi", ...}} with per-dataset
   shapes; the datasets present decide which losses are accumulated (lambda from `loss_weights`).
+  batch_shards: the devices the batch is split over (mesh data x fsdp); the joint pass keeps each
+  device's rows on it (models.flamingo.join_rows).
   """
 
-  def micro_loss(trainable, frozen, micro, total_weight):
-    values, weights = task.losses(task.model, ptree.merge(frozen, trainable), micro)
-    return jnp.sum(values * weights.astype(jnp.float32)) / total_weight
+  def weighted(values_weights, totals):
+    """[(values, weights)] per dataset -> (sum_d lambda_d * loss_d, {dataset: loss_d})."""
+    losses = {name: jnp.sum(v * w.astype(jnp.float32)) / totals[name]
+              for name, (v, w) in zip(sorted(totals), values_weights)}
+    return sum(loss_weights[name] * loss for name, loss in losses.items()), losses
 
-  grad_fn = jax.value_and_grad(micro_loss)
+  def joint_grads(trainable, frozen, batches):
+    names = sorted(batches)
+    totals = {name: task.total_weight(batches[name]) for name in names}
+    for name in names:
+      rows = batches[name]["tokens"].shape[0] // micro_batches
+      if rows % batch_shards:
+        raise ValueError(f"Dataset {name!r}: {rows} rows per micro-batch cannot be split over "
+                         f"{batch_shards} devices (mesh.data x mesh.fsdp); change its batch_size, "
+                         "pack or train.micro_batches.")
 
-  def dataset_grads(trainable, frozen, batch):
-    total_weight = task.total_weight(batch)
-    micro = _split_micro(batch, micro_batches)
+    def loss(trainable, micro):
+      params = ptree.merge(frozen, trainable)
+      return weighted(task.joint_losses(task.model, params, [micro[n] for n in names],
+                                        batch_shards), totals)
+    micro = {name: _split_micro(batches[name], micro_batches) for name in names}
+    return _accumulate(jax.value_and_grad(loss, has_aux=True), trainable, micro)
 
-    def body(acc, m):
-      loss, grads = grad_fn(trainable, frozen, m, total_weight)
-      return jax.tree.map(jnp.add, acc, (loss, grads)), None
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, trainable))
-    (loss, grads), _ = jax.lax.scan(body, zeros, micro)
-    return loss, grads
+  def per_dataset_grads(trainable, frozen, batches):
+    total, losses = jnp.zeros((), jnp.float32), {}
+    grads = jax.tree.map(jnp.zeros_like, trainable)
+    for name in sorted(batches):
+      totals = {name: task.total_weight(batches[name])}
+
+      def loss(trainable, micro):
+        values = task.losses(task.model, ptree.merge(frozen, trainable), micro)
+        return weighted([values], totals)
+      (l, aux), g = _accumulate(jax.value_and_grad(loss, has_aux=True), trainable,
+                                _split_micro(batches[name], micro_batches))
+      total, losses[name] = total + l, aux[name]
+      grads = jax.tree.map(jnp.add, grads, g)
+    return (total, losses), grads
+
+  if lm_pass == "joint" and task.joint_losses is None:
+    raise ValueError("train.lm_pass=joint needs task=flamingo; use train.lm_pass=per_dataset.")
+  return joint_grads if lm_pass == "joint" else per_dataset_grads
+
+
+def make_train_step(task: Task, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, loss_weights: Mapping[str, float],
+                    **grad_options) -> Callable[..., Any]:
+  """Returns train_step(state, frozen, batches) -> (state, metrics): the gradient of
+  `make_grads_fn(task, loss_weights, **grad_options)` applied in one optimiser update."""
+  dataset_grads = make_grads_fn(task, loss_weights, **grad_options)
 
   def train_step(state: TrainState, frozen: ptree.Params, batches: Mapping[str, Batch]):
-    grads = jax.tree.map(jnp.zeros_like, state.trainable)
-    metrics = {}
-    total = jnp.zeros((), jnp.float32)
-    for name in sorted(batches):
-      loss, g = dataset_grads(state.trainable, frozen, batches[name])
-      weight = loss_weights[name]
-      grads = jax.tree.map(lambda acc, x: acc + weight * x, grads, g)
-      total += weight * loss
-      metrics[f"loss/{name}"] = loss
+    (total, losses), grads = dataset_grads(state.trainable, frozen, batches)
+    metrics = {f"loss/{name}": loss for name, loss in losses.items()}
     updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
     trainable = optax.apply_updates(state.trainable, updates)
     metrics.update({

@@ -15,7 +15,7 @@ losses, examples for the contrastive loss), so micro-batching does not change th
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from flamingo_jax.config import FlamingoConfig
 from flamingo_jax.models.contrastive import ContrastiveTowers
-from flamingo_jax.models.flamingo import Flamingo, example_inputs
+from flamingo_jax.models.flamingo import Flamingo, example_inputs, join_rows, split_rows
 from flamingo_jax.models.lm import DecoderLM
 from flamingo_jax.training import flops
 from flamingo_jax.training.losses import token_losses
@@ -44,21 +44,30 @@ class Task:
   trained_matmuls: Callable[[list[flops.MatMul]], list[flops.MatMul]]
   # trainable tree -> extra per-step metrics (flamingo: tanh(alpha) of every gate).
   metrics: Callable[[ptree.Params], dict[str, jax.Array]] = lambda trainable: {}
+  # train.lm_pass=joint: (model, params, [batch per dataset], shards) -> [(values, weights)] per
+  # dataset, from one LM pass over all their rows (None: the task has no joint pass).
+  joint_losses: Callable | None = None
   export: str | None = None  # The tower written to <workdir>/export/<export> at the end, if any.
   exported: Callable[[ptree.Params], ptree.Params] | None = None  # trainable tree -> that tower.
 
-  def step_flops(self, config: FlamingoConfig, batches, process_count: int) -> int:
+  def step_flops(self, config: FlamingoConfig, batches, process_count: int,
+                 packs: Mapping[str, int] | None = None) -> int:
     """Model FLOPs (matmuls) of one update over the global batches."""
-    return flops.train_step_flops(self.step_matmuls(config, batches, process_count))
+    return flops.train_step_flops(self.step_matmuls(config, batches, process_count, packs))
 
-  def step_matmuls(self, config: FlamingoConfig, batches, process_count: int) -> list[flops.MatMul]:
+  def step_matmuls(self, config: FlamingoConfig, batches, process_count: int,
+                   packs: Mapping[str, int] | None = None) -> list[flops.MatMul]:
     """The forward matmuls of one update over the global batches (every dataset), each tagged with
-    the backward products this task's trainable tree needs."""
+    the backward products this task's trainable tree needs. A dataset packed k examples to a row
+    (`packs`, DatasetConfig.pack) counts as its examples: self-attention within each example only,
+    the work the model needs (an unfused kernel also computes the masked-out blocks)."""
     out = []
-    for batch in batches.values():
+    for name, batch in batches.items():
+      k = (packs or {}).get(name, 1)
       b, t = batch["tokens"].shape
       n, f = batch["images"].shape[1:3]
-      out += self.trained_matmuls(flops.inventory(config, b * process_count, t, n, f))
+      out += self.trained_matmuls(
+          flops.inventory(config, b * k * process_count, t // k, n // k, f))
     return out
 
 
@@ -72,8 +81,31 @@ def _loss_tokens(batch) -> jax.Array:
 
 
 def _flamingo_losses(model, params, batch, z_loss):
-  logits = model.apply({"params": params}, batch["tokens"], batch["images"], batch["phi"])
+  logits = model.apply({"params": params}, batch["tokens"], batch["images"], batch["phi"],
+                       batch.get("positions"), batch.get("segments"))
   return token_losses(logits, batch["labels"], z_loss), batch["loss_mask"]
+
+
+def _rows(batch) -> dict:
+  """The batch with per-example positions and segment ids [B, T] (one example per row when the
+  pipeline did not pack)."""
+  if "segments" in batch:
+    return batch
+  b, t = batch["tokens"].shape
+  return {**batch, "positions": jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)),
+          "segments": jnp.ones((b, t), jnp.int32)}
+
+
+def _flamingo_joint_losses(model, params, batches, shards, z_loss):
+  """One pass of the LM over every dataset's rows (Flamingo.joint); per-dataset token losses."""
+  batches = [_rows(b) for b in batches]
+  join = lambda key: join_rows([b[key] for b in batches], shards)  # noqa: E731
+  logits = model.apply({"params": params}, join("tokens"), join("phi"), join("positions"),
+                       join("segments"), tuple(b["images"] for b in batches), shards,
+                       method=Flamingo.joint)
+  values = split_rows(token_losses(logits, join("labels"), z_loss),
+                      [b["tokens"].shape[0] for b in batches], shards)
+  return [(v, b["loss_mask"]) for v, b in zip(values, batches)]
 
 
 def _lm_losses(model, params, batch, z_loss):
@@ -119,7 +151,8 @@ def flamingo_task(config: FlamingoConfig, z_loss: float = 0.0, freeze_lm: bool =
         dataclasses.replace(m, backward=2) if m.name.startswith("lm.") else m for m in matmuls]
   return Task(Flamingo(config), example_inputs(config), ptree.trainable_rule(freeze_lm),
               lambda m, p, b: _flamingo_losses(m, p, b, z_loss), _loss_tokens, trained,
-              metrics=lambda trainable: gate_values(trainable, config))
+              metrics=lambda trainable: gate_values(trainable, config),
+              joint_losses=lambda m, p, b, shards: _flamingo_joint_losses(m, p, b, shards, z_loss))
 
 
 def lm_task(config: FlamingoConfig, z_loss: float = 0.0) -> Task:

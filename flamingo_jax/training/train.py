@@ -25,6 +25,7 @@ from flamingo_jax.config import Config
 from flamingo_jax.training.metrics import MetricWriter, peak_flops_per_device
 from flamingo_jax.training.preemption import PreemptionGuard
 from flamingo_jax.training.setup import build_setup, jit_train_step
+from flamingo_jax.training import xla_flags
 from flamingo_jax.training.step import TrainState
 from flamingo_jax.weights import pretrained
 from flamingo_jax.weights.store import Checkpointer
@@ -40,6 +41,8 @@ def define_flags() -> None:
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
   flags.DEFINE_integer("num_processes", None, "Number of processes.")
   flags.DEFINE_integer("process_id", None, "This process's index.")
+  flags.DEFINE_bool("tpu_flags", True, "Add xla_flags.TPU_FLAGS (overlapped collectives) to "
+                    "LIBTPU_INIT_ARGS; a flag already there keeps its value.")
   flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -100,12 +103,14 @@ def train(config: Config, workdir: str, devices=None) -> TrainState:
       if step % config.train.log_every == 0 or step == config.train.num_steps or stop:
         metrics = jax.device_get(metrics)
         seconds = (time.perf_counter() - last_log_time) / (step - last_log_step)
-        examples = sum(b["tokens"].shape[0] for b in local.values()) * jax.process_count()
+        packs = {name: spec.pack for name, spec in config.data.selected().items()}
+        examples = sum(b["tokens"].shape[0] * packs[name]
+                       for name, b in local.items()) * jax.process_count()
         tokens = sum(b["tokens"].size for b in local.values()) * jax.process_count()
         names = tuple(sorted(local))
         if names not in flops_by_datasets:
           flops_by_datasets[names] = setup.task.step_flops(setup.model_config, local,
-                                                           jax.process_count())
+                                                           jax.process_count(), packs)
         model_flops = flops_by_datasets[names]
         metrics.update({
             "examples_per_s": examples / seconds, "tokens_per_s": tokens / seconds,
@@ -140,6 +145,8 @@ def main(argv):
   if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Keep the console to progress lines.
   config = Config.from_cli(f.config)  # Checked before anything starts.
+  if f.tpu_flags:
+    xla_flags.set_tpu_flags()  # Before the first JAX call loads libtpu.
   initialize_processes(f.distributed, f.coordinator_address, f.num_processes, f.process_id)
   train(config, f.workdir)
 

@@ -93,6 +93,34 @@ def test_resume_in_process_through_an_orbax_json_checkpoint(demo_corpus, tokeniz
   assert restored.counters() == mixture.counters()
 
 
+def test_packed_batches_have_the_shapes_the_step_is_compiled_for(demo_corpus, tokenizer):
+  config = demo_data_config(demo_corpus[0], **{"datasets.pairs.pack": 2, "datasets.video.pack": 2})
+  step = next(build_mixture(config, image_size=32, tokenizer=tokenizer))
+  for name, batch in step.items():
+    expected = {k: (shape, np.dtype(dtype))
+                for k, (shape, dtype) in config.datasets[name].batch_shapes(32).items()}
+    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected, name
+  pairs = step["pairs"]  # 4 rows of two 32-token pairs, each with its own image slot.
+  assert pairs["tokens"].shape == (4, 64)
+  np.testing.assert_array_equal(pairs["segments"][:, [0, 31, 32, 63]], [[1, 1, 2, 2]] * 4)
+  assert set(np.unique(pairs["phi"][:, 32:])) <= {0, 2} and 2 in pairs["phi"][:, 32:]
+
+
+def test_packed_streams_resume_exactly_and_count_what_they_pack(demo_corpus, tokenizer):
+  config = demo_data_config(demo_corpus[0], **{"datasets.pairs.pack": 2, "datasets.video.pack": 2})
+  mixture = build_mixture(config, image_size=32, tokenizer=tokenizer)
+  take(mixture, 2)
+  state = json.loads(json.dumps(mixture.get_state()))
+  counters = mixture.counters()
+  assert counters["pairs/packed_rows"] == 8 and counters["pairs/packed_examples"] == 16
+  assert counters["video/packed_rows"] == 4 and "interleaved/packed_rows" not in counters
+  expected = take(mixture, 2)
+  restored = build_mixture(config, image_size=32, tokenizer=tokenizer)
+  restored.set_state(state)
+  assert restored.counters() == counters
+  assert_same(expected, take(restored, 2))
+
+
 def test_resume_with_two_worker_processes(demo_corpus, tokenizer):
   config = demo_data_config(demo_corpus[0], num_workers=2, exclude="pairs,video")
   mixture = build_mixture(config, image_size=32, tokenizer=tokenizer)

@@ -1,11 +1,12 @@
-"""Attention kernels: xla against a hand-written reference, splash (Pallas interpret mode) against xla,
-the kernel choice per platform, and splash compiled for a TPU slice under a mesh."""
+"""Attention kernels: xla against a hand-written reference, splash (Pallas interpret mode) against
+xla, the kernel choice per platform, and splash compiled for a TPU slice under a mesh."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from flamingo_jax import sharding
 from flamingo_jax.models import attention
@@ -24,7 +25,8 @@ def _segments(rows):
 
 
 def _reference(q, k, v, allowed):
-  """Masked softmax attention in float64; allowed [B, T, S]; kv heads shared by H / K query heads."""
+  """Masked softmax attention in float64; allowed: [B, T, S]; each kv head serves H / K query
+  heads."""
   q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
   groups = q.shape[2] // k.shape[2]
   k, v = np.repeat(k, groups, axis=2), np.repeat(v, groups, axis=2)
@@ -36,7 +38,7 @@ def _reference(q, k, v, allowed):
 
 
 def _xla_and_splash(q, k, v, **kw):
-  run = lambda kernel: jax.jit(lambda q, k, v: attention.dot_product_attention(  # noqa: E731
+  run = lambda kernel: jax.jit(lambda q, k, v: attention.dot_product_attention(
       q, k, v, kernel=kernel, **kw))(q, k, v)
   return run("xla"), run("splash")
 
@@ -60,15 +62,15 @@ def test_xla_combines_a_mask_with_the_segments():
   np.testing.assert_allclose(out, _reference(q, k, v, allowed), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("case", [
-    dict(t=200, h=4, k=2, is_causal=True, segments=[[60, 100, 40], [150, 30, 20]]),  # LM, GQA, padded.
-    dict(t=128, h=2, k=2, is_causal=True, segments=None),  # Causal only, no padding.
-    dict(t=200, h=2, k=1, is_causal=False, segments=None),  # Vision tower: no mask, padded to 256.
-], ids=["lm_packed_gqa", "causal", "vision_unmasked_mqa"])
-def test_splash_equals_xla(case):
-  q, k, v = _qkv(b=2, t=case["t"], h=case["h"], k=case["k"], dh=64)
-  segments = None if case["segments"] is None else _segments(case["segments"])
-  xla, splash = _xla_and_splash(q, k, v, is_causal=case["is_causal"], segments=segments)
+@pytest.mark.parametrize("t, h, k, is_causal, segments", [
+    pytest.param(200, 4, 2, True, [[60, 100, 40], [150, 30, 20]], id="lm_packed_gqa_padded"),
+    pytest.param(128, 2, 2, True, None, id="causal"),
+    pytest.param(200, 2, 1, False, None, id="vision_unmasked_mqa_padded"),  # Padded to 256.
+])
+def test_splash_equals_xla(t, h, k, is_causal, segments):
+  q, k, v = _qkv(b=2, t=t, h=h, k=k, dh=64)
+  segments = None if segments is None else _segments(segments)
+  xla, splash = _xla_and_splash(q, k, v, is_causal=is_causal, segments=segments)
   np.testing.assert_allclose(splash, xla, atol=1e-5, rtol=1e-5)
 
 
@@ -78,7 +80,7 @@ def test_splash_gradients_equal_xla():
   cotangent = jnp.asarray(np.random.default_rng(2).normal(size=q.shape), jnp.float32)
 
   def grads(kernel):
-    loss = lambda q, k, v: jnp.sum(cotangent * attention.dot_product_attention(  # noqa: E731
+    loss = lambda q, k, v: jnp.sum(cotangent * attention.dot_product_attention(
         q, k, v, is_causal=True, segments=segments, kernel=kernel))
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
 
@@ -132,15 +134,17 @@ def test_resolve_rejects_what_the_platform_cannot_run(requested, platform, dtype
     attention.resolve(requested, platform, dtype)
 
 
-@pytest.mark.parametrize("tensor, kv_heads", [(1, 2), (2, 2), (2, 1)])
+@pytest.mark.parametrize("tensor, kv_heads", [(1, 2), (2, 2), (2, 1)])  # (2, 1): kv heads repeated.
 def test_splash_compiles_to_a_mosaic_kernel_for_a_tpu_slice(tensor, kv_heads):
   pytest.importorskip("libtpu")
   from flamingo_jax.training.aot import parse_topology, topology_devices
   mesh = sharding.make_mesh(data=2, fsdp=2 // tensor, tensor=tensor,
                             devices=topology_devices(parse_topology("v5e:2x2")))
   heads = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))
+  kv_spec = P(("data", "fsdp"), None, "tensor" if kv_heads % tensor == 0 else None, None)
   q = jax.ShapeDtypeStruct((4, 256, 4, 128), jnp.bfloat16, sharding=heads)
-  kv = jax.ShapeDtypeStruct((4, 256, kv_heads, 128), jnp.bfloat16, sharding=heads)
+  kv = jax.ShapeDtypeStruct((4, 256, kv_heads, 128), jnp.bfloat16,
+                            sharding=NamedSharding(mesh, kv_spec))
   segments = jax.ShapeDtypeStruct((4, 256), jnp.int32,
                                   sharding=NamedSharding(mesh, P(("data", "fsdp"), None)))
 

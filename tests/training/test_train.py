@@ -152,8 +152,8 @@ def _train_cli(workdir, *overrides, config="one"):
       text=True)
 
 
-def _final_checkpoint(workdir, step):
-  setup = build_setup(train_small.config())
+def _final_checkpoint(workdir, step, config="one"):
+  setup = build_setup(train_small.config(config))
   checkpointer = Checkpointer(str(workdir), keep=3)
   assert checkpointer.latest_step() == step
   state, data_state = checkpointer.restore(step, setup.abstract_state)
@@ -162,11 +162,12 @@ def _final_checkpoint(workdir, step):
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
+  """With three datasets, two of them packed, in one LM pass per update."""
   steps = ["--config.train.num_steps=30", "--config.train.checkpoint_every=4"]
-  straight = _train_cli(tmp_path / "straight", *steps)
+  straight = _train_cli(tmp_path / "straight", *steps, config="packed")
   assert straight.wait(timeout=300) == 0, straight.stdout.read()
 
-  killed = _train_cli(tmp_path / "killed", *steps)
+  killed = _train_cli(tmp_path / "killed", *steps, config="packed")
   checkpoints = tmp_path / "killed" / "checkpoints"
   deadline = time.time() + 300
   while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
@@ -177,12 +178,12 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
   finished = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
   assert finished and finished[-1] < 30
 
-  resumed = _train_cli(tmp_path / "killed", *steps)
+  resumed = _train_cli(tmp_path / "killed", *steps, config="packed")
   out = resumed.communicate(timeout=300)[0]
   assert resumed.returncode == 0, out
   assert f"Resumed from step {finished[-1]}" in out
-  a, data_a = _final_checkpoint(tmp_path / "straight", 30)
-  b, data_b = _final_checkpoint(tmp_path / "killed", 30)
+  a, data_a = _final_checkpoint(tmp_path / "straight", 30, "packed")
+  b, data_b = _final_checkpoint(tmp_path / "killed", 30, "packed")
   _leaves_equal(a, b)  # Step, trainable params, optimiser state and RNG.
   assert data_a == data_b == {"step": 30}
 
