@@ -63,7 +63,9 @@ def jit_train_step(config: Config, setup: Setup,
   lowered for a target topology by `training.aot`."""
   return jax.jit(
       make_train_step(setup.task, setup.optimizer, learning_rate_schedule(config.optimizer),
-                      loss_weights, micro_batches=config.train.micro_batches),
+                      loss_weights, micro_batches=config.train.micro_batches,
+                      lm_pass=config.train.lm_pass,
+                      batch_shards=setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]),
       in_shardings=(setup.state_shardings, setup.parts.frozen_shardings, setup.batch_sharding),
       out_shardings=(setup.state_shardings, jax.sharding.NamedSharding(setup.mesh, jax.P())),
       donate_argnums=(0,))
