@@ -10,7 +10,7 @@ from flamingo_jax import sharding
 from flamingo_jax.models.flamingo import Flamingo, abstract_params
 from flamingo_jax.training.setup import build_setup, jit_train_step
 from flamingo_jax.training.step import TrainState
-from flamingo_jax.weights import pretrained
+from flamingo_jax.weights import tree as ptree
 from flamingo_jax.weights.pretrained import ModelParts
 from tests.builders import apply_fn, init_params, make_batch, tiny_config
 from tests.configs import train_small
@@ -71,8 +71,8 @@ def _specs(shardings):
 
 
 def test_frozen_policy_lays_out_the_frozen_towers_only():
-  specs = {policy: _setup(policy)[1] for policy in POLICIES}
-  frozen = {p: _specs(s.parts.frozen_shardings) for p, s in specs.items()}
+  setups = {policy: _setup(policy)[1] for policy in POLICIES}
+  frozen = {p: _specs(s.parts.frozen_shardings) for p, s in setups.items()}
   expected = {  # (LM MLP up [layers, D, F], vision patch embedding [patch, D], LM head [D, V])
       "fsdp": (jax.P(None, "fsdp", "tensor"), jax.P(None, "fsdp"), jax.P("fsdp", "tensor")),
       "tensor": (jax.P(None, None, "tensor"), jax.P(), jax.P(None, "tensor")),
@@ -83,27 +83,29 @@ def test_frozen_policy_lays_out_the_frozen_towers_only():
     assert lm["segment_0"]["block_0"]["mlp"]["up"]["kernel"] == mlp
     assert vision["patch_embed"]["kernel"] == patch
     assert lm["head"]["kernel"] == head
-    abstract = specs[policy].abstract_frozen  # What loading, the step and the fit report use.
+    abstract = setups[policy].abstract_frozen  # What loading, the step and the fit report use.
     assert _specs(jax.tree.map(lambda x: x.sharding, abstract)) == frozen[policy]
-  assert frozen["fsdp"] == _specs(sharding.shardings(specs["fsdp"].parts.boxed[0],
-                                                     specs["fsdp"].mesh))  # Today's layout.
+  assert frozen["fsdp"] == _specs(sharding.shardings(setups["fsdp"].parts.boxed[0],
+                                                     setups["fsdp"].mesh))  # Today's layout.
   assert not any("fsdp" in str(s) for s in jax.tree.leaves(frozen["tensor"]))
   assert all(s == jax.P() for s in jax.tree.leaves(frozen["replicated"]))
-  trainable = [_specs(s.state_shardings) for s in specs.values()]
-  assert trainable[0] == trainable[1] == trainable[2]
-  head = trainable[0].trainable["lm"]["segment_0"]["xattn"]["ffw"]["up"]["kernel"]
-  assert head == jax.P(None, "fsdp", "tensor")  # The trainable tree keeps fsdp under every policy.
+  state = [_specs(s.state_shardings) for s in setups.values()]  # Trainable tree and optimiser.
+  assert state[0] == state[1] == state[2]
+  ffw_up = state[0].trainable["lm"]["segment_0"]["xattn"]["ffw"]["up"]["kernel"]
+  assert ffw_up == jax.P(None, "fsdp", "tensor")  # The trainable tree keeps fsdp under every policy.
 
 
 def test_frozen_policy_leaves_the_training_step_unchanged():
   results = {}
   for policy in POLICIES:
     config, setup = _setup(policy)
+    params = jax.device_get(init_params(config.model))  # On the host: the step donates the state.
+    frozen, trainable = ptree.split(params, setup.parts.trainable_if)
+    latents = trainable["resampler"]["latents"]
+    frozen = jax.device_put(frozen, setup.parts.frozen_shardings)
+    xattn = trainable["lm"]["segment_0"]["xattn"]
+    xattn["attn_gate"], xattn["ffw_gate"] = xattn["attn_gate"] + 0.5, xattn["ffw_gate"] + 0.5  # Open.
     with sharding.active(setup.mesh):
-      frozen, trainable = pretrained.initial_params(config, setup.parts)
-      assert jax.tree.leaves(frozen)[0].sharding.mesh.size == 4
-      trainable["lm"]["segment_0"]["xattn"]["attn_gate"] += 0.5  # Open gates: every part learns.
-      trainable["lm"]["segment_0"]["xattn"]["ffw_gate"] += 0.5
       state = jax.device_put(TrainState(
           jnp.zeros((), jnp.int32), trainable, setup.optimizer.init(trainable),
           jax.random.key_data(jax.random.key(1))), setup.state_shardings)
@@ -116,6 +118,7 @@ def test_frozen_policy_leaves_the_training_step_unchanged():
           state, frozen, {"interleaved": batch})
     results[policy] = jax.device_get((metrics["loss"], state.trainable))
   loss, trainable = results["fsdp"]
+  assert np.abs(trainable["resampler"]["latents"] - latents).max() > 1e-4  # The step did train.
   for policy in POLICIES[1:]:
     np.testing.assert_allclose(results[policy][0], loss, atol=1e-6, rtol=0)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=0),
