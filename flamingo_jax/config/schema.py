@@ -22,9 +22,13 @@ import ml_collections
 S = TypeVar("S", bound="Section")
 
 
+class ConfigError(ValueError):
+  """A config that cannot run, naming the field to change (command lines print it, no traceback)."""
+
+
 def fail(field: str, value: Any, why: str):
   """Raises the config error every check uses: `Invalid config: <field>=<value>: <why>`."""
-  raise ValueError(f"Invalid config: {field}={value!r}: {why}")
+  raise ConfigError(f"Invalid config: {field}={value!r}: {why}")
 
 
 def join(prefix: str, name: str) -> str:

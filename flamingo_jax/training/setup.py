@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from flamingo_jax import sharding
 from flamingo_jax.config import Config, FlamingoConfig
+from flamingo_jax.config.schema import fail
 from flamingo_jax.training.optimizer import learning_rate_schedule, make_optimizer
 from flamingo_jax.training.step import TrainState, make_train_step
 from flamingo_jax.training.tasks import Task, make_task
@@ -33,9 +34,25 @@ class Setup:
   optimizer: Any
 
 
+def check_batch_split(config: Config, mesh: jax.sharding.Mesh) -> None:
+  """Every dataset's rows (per micro-batch for the joint pass, which joins them device by device)
+  must split evenly over the batch's devices; the error names the fields to change."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  micro = config.train.micro_batches if config.train.lm_pass == "joint" else 1
+  for name, spec in config.data.selected().items():
+    rows = spec.batch_size // spec.pack // micro
+    if rows % shards:
+      fail(f"data.datasets.{name}.batch_size", spec.batch_size,
+           f"gives {rows} rows (batch_size / pack={spec.pack}"
+           + (f" / train.micro_batches={micro}" if micro > 1 else "")
+           + f") that cannot be split over mesh.data x mesh.fsdp = {shards} devices: change the "
+           "batch size, pack, micro-batches or the mesh.")
+
+
 def build_setup(config: Config, devices=None) -> Setup:
   m = config.mesh
   mesh = sharding.make_mesh(m.data, m.fsdp, m.tensor, devices=devices)
+  check_batch_split(config, mesh)
   model_config = config.model
   task = make_task(config.task, model_config, z_loss=config.train.z_loss,
                    freeze_lm=config.train.freeze_lm)

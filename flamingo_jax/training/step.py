@@ -65,7 +65,8 @@ def make_grads_fn(task: Task, loss_weights: Mapping[str, float], *, micro_batche
   batches: {dataset: {"tokens", "labels", "loss_mask", "images", "phi", ...}} with per-dataset
   shapes; the datasets present decide which losses are accumulated (lambda from `loss_weights`).
   batch_shards: the devices the batch is split over (mesh data x fsdp); the joint pass keeps each
-  device's rows on it (models.flamingo.join_rows).
+  device's rows on it (models.flamingo.join_rows), so every dataset's rows per micro-batch must
+  divide by it (`setup.check_batch_split`).
   """
 
   def weighted(values_weights, totals):
@@ -77,12 +78,6 @@ def make_grads_fn(task: Task, loss_weights: Mapping[str, float], *, micro_batche
   def joint_grads(trainable, frozen, batches):
     names = sorted(batches)
     totals = {name: task.total_weight(batches[name]) for name in names}
-    for name in names:
-      rows = batches[name]["tokens"].shape[0] // micro_batches
-      if rows % batch_shards:
-        raise ValueError(f"Dataset {name!r}: {rows} rows per micro-batch cannot be split over "
-                         f"{batch_shards} devices (mesh.data x mesh.fsdp); change its batch_size, "
-                         "pack or train.micro_batches.")
 
     def loss(trainable, micro):
       params = ptree.merge(frozen, trainable)

@@ -22,10 +22,11 @@ from ml_collections import config_flags
 from data_pipelines import mixture as mixture_lib
 from flamingo_jax import sharding
 from flamingo_jax.config import Config
+from flamingo_jax.config.schema import ConfigError
+from flamingo_jax.training import xla_flags
 from flamingo_jax.training.metrics import MetricWriter, peak_flops_per_device
 from flamingo_jax.training.preemption import PreemptionGuard
 from flamingo_jax.training.setup import build_setup, jit_train_step
-from flamingo_jax.training import xla_flags
 from flamingo_jax.training.step import TrainState
 from flamingo_jax.weights import pretrained
 from flamingo_jax.weights.store import Checkpointer
@@ -148,7 +149,10 @@ def main(argv):
   if f.tpu_flags:
     xla_flags.set_tpu_flags()  # Before the first JAX call loads libtpu.
   initialize_processes(f.distributed, f.coordinator_address, f.num_processes, f.process_id)
-  train(config, f.workdir)
+  try:
+    train(config, f.workdir)
+  except ConfigError as e:  # The config against these devices (setup's checks).
+    raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ def get_config(arg: str = "one") -> ml_collections.ConfigDict:
   if arg == "two":
     datasets["pairs"] = dict(batch_size=8, seq_len=9, max_images=1, num_frames=1, loss_weight=0.2)
   if arg == "packed":  # Pairs and clips packed 2 to a row of the documents' 16 tokens: one LM pass.
-    datasets["pairs"] = dict(batch_size=8, seq_len=8, max_images=1, num_frames=1, loss_weight=0.2,
-                             pack=2)
-    datasets["video"] = dict(batch_size=4, seq_len=8, max_images=1, num_frames=2,
+    datasets["pairs"] = dict(batch_size=16, seq_len=8, max_images=1, num_frames=1,
+                             loss_weight=0.2, pack=2)
+    datasets["video"] = dict(batch_size=16, seq_len=8, max_images=1, num_frames=2,
                              loss_weight=0.03, pack=2)
     config.train.lm_pass = "joint"
   config.data.datasets = datasets

@@ -71,3 +71,11 @@ def test_one_packed_pass_equals_the_three_pass_gradient(micro_batches):
   assert len(flat_a) == len(flat_b) and all(np.abs(g).max() > 0 for g in flat_b)
   for a, b in zip(flat_a, flat_b):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_rows_that_cannot_split_over_the_devices_name_the_dataset():
+  config = train_small.config("packed", **{"data.datasets.video.batch_size": 8})
+  with pytest.raises(ValueError, match=r"data\.datasets\.video\.batch_size=8: gives 4 rows "
+                     r"\(batch_size / pack=2\) that cannot be split over mesh\.data x mesh\.fsdp "
+                     r"= 8 devices"):
+    build_setup(config)
