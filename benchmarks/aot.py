@@ -1,15 +1,19 @@
-r"""AOT fit-check benchmark: compile time of the 80B train step for a TPU slice on this CPU, and the
-per-chip memory and estimated MFU of every row of README.md's TPU table.
+r"""AOT benchmark: per-chip memory, compile time and the calibrated step estimate of every row of
+README.md's TPU table, and the estimate's calibration against published MaxText runs.
 
-  python benchmarks/aot.py           # the 80B row on the table's largest slice
-  python benchmarks/aot.py --all     # every row (one compile each, one after another)
-  python benchmarks/aot.py --row flamingo_3b:v5p-16
+  python benchmarks/aot.py                       # the 80B row on the table's largest slice
+  python benchmarks/aot.py --row flamingo_9b:v5p-32
+  python benchmarks/aot.py --all                 # every row, then the best v5p row per preset
+  python benchmarks/aot.py --calibration         # Llama-2-70B on v5p-512, Llama-3.1-8B on v6e-256
 
-Prints JSON lines per row: aot_compile_s (aot_80b_compile_s for the 80B row on the largest slice;
-target < 600 s on this machine), aot_memory_per_chip_gib (total per chip; extras: the parts, HBM,
-fits), aot_mfu (model FLOPs / (estimated step time x peak x chips)) and aot_step_time_s. ROWS is the
-table: each row's mesh, remat policy and micro-batches are the tuned settings the README lists, and
-`command(row)` is its `launch.aot_check` command line.
+Per row (JSON lines): aot_compile_s (aot_80b_compile_s for the 80B row on the largest slice: the
+full-depth scanned compile the memory check needs; target <= 600 s on this machine),
+aot_memory_per_chip_gib (extras: the parts, HBM, fits), est_mfu_compute_<preset>_<slice> and
+est_mfu_comm_<preset>_<slice> (`training.estimate`: compute-only, and with exposed ICI communication;
+extras: step times, tokens/s per chip, mesh, frozen policy, remat) and est_wall_s (the estimator's
+own compiles). --all adds est_mfu_comm_{3b,9b,80b}_v5p: the best row of each preset that fits.
+--calibration: calibration_<model>_<slice> = estimated / published MFU (extras: both MFUs, tokens/s
+per chip estimated and published, compute-only vs with communication).
 """
 
 from __future__ import annotations
@@ -21,21 +25,29 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks.common import emitter, environment  # noqa: E402
 from experiments import flamingo as presets  # noqa: E402
+from experiments import llama  # noqa: E402
 from flamingo_jax.config import Config  # noqa: E402
-from flamingo_jax.training import aot  # noqa: E402
+from flamingo_jax.training import aot, estimate  # noqa: E402
 
+# Where data x fsdp devices exceed video's 8 packed rows (64 clips, pack=8), the rows cannot be split:
+# video runs unpacked (64 rows) in its own LM pass (train.lm_pass=per_dataset; experiments/flamingo.py).
+_VIDEO_UNPACKED = {"train.lm_pass": "per_dataset", "data.datasets.video.pack": 1}
 # (preset, slice, config overrides): README.md's TPU table, smallest slice first per preset.
 ROWS = (
     ("flamingo_3b", "v5p-16", {"mesh.data": 1, "mesh.fsdp": 8,
                                "model.execution.remat_policy": "dots"}),
-    ("flamingo_3b", "v5p-32", {"mesh.data": 1, "mesh.fsdp": 16}),
+    ("flamingo_3b", "v5p-32", {"mesh.data": 1, "mesh.fsdp": 16, **_VIDEO_UNPACKED}),
     ("flamingo_9b", "v5p-32", {"mesh.data": 1, "mesh.fsdp": 16,
-                               "model.execution.remat_policy": "dots"}),
+                               "model.execution.remat_policy": "dots", **_VIDEO_UNPACKED}),
     ("flamingo_9b", "v5p-64", {"mesh.data": 1, "mesh.fsdp": 32,
-                               "model.execution.remat_policy": "dots"}),
-    ("flamingo_80b", "v5p-128", {"mesh.data": 1, "mesh.fsdp": 64}),
-    ("flamingo_80b", "v5p-256", {"mesh.data": 1, "mesh.fsdp": 64, "mesh.tensor": 2}),
+                               "model.execution.remat_policy": "dots", **_VIDEO_UNPACKED}),
+    ("flamingo_80b", "v5p-128", {"mesh.data": 1, "mesh.fsdp": 64, **_VIDEO_UNPACKED}),
+    ("flamingo_80b", "v5p-256", {"mesh.data": 1, "mesh.fsdp": 64, "mesh.tensor": 2,
+                                 **_VIDEO_UNPACKED}),
 )
+# (preset, compiles): the calibration runs (experiments/llama.py); task=lm has one depth variable,
+# and its unrolled layers are identical, so two depths fix the line.
+CALIBRATIONS = (("llama2_70b", 2), ("llama31_8b", 2))
 
 
 def row_config(preset: str, overrides: dict) -> Config:
@@ -54,12 +66,30 @@ def largest_80b_row():
   return max(rows, key=lambda r: aot.parse_topology(r[1]).chips)
 
 
-def run_row(emit, row) -> None:
+def short(preset: str, topology: str) -> str:
+  """flamingo_9b, v5p-32 -> 9b_v5p32 (metric names)."""
+  return f"{preset.removeprefix('flamingo_')}_{topology.replace('-', '')}"
+
+
+def _estimate_metrics(emit, e: dict, name: str, **tags) -> None:
+  extras = dict(compute_s=round(e["compute_s"], 4), step_s=round(e["step_s"], 4),
+                comm_s=round(e["comm_s"], 4), exposed_comm_s=round(e["exposed_comm_s"], 4),
+                tokens_per_s_per_chip=round(e["tokens_per_s_per_chip"], 1),
+                tokens_per_s_per_chip_compute=round(e["tokens_per_s_per_chip_compute"], 1),
+                depths=e["depths"], fit_max_residual=round(e["fit_max_residual"], 4), **tags)
+  emit(f"est_mfu_compute_{name}", e["mfu_compute"], "fraction", **extras)
+  emit(f"est_mfu_comm_{name}", e["mfu_comm"], "fraction", **extras)
+  emit("est_wall_s", e["estimate_wall_s"], "s", row=name, method=e["method"],
+       per_compile=e["per_compile"])
+
+
+def run_row(emit, row) -> dict:
+  """Memory check (full-depth compile) and estimate of one row; returns the report."""
   preset, topology, overrides = row
   report = aot.fit_report(row_config(preset, overrides), aot.parse_topology(topology))
   tags = dict(preset=preset, topology=report["topology"], mesh=report["mesh"],
-              remat=report["remat_policy"], micro_batches=report["micro_batches"],
-              command=command(row))
+              frozen=report["frozen_policy"], remat=report["remat_policy"],
+              micro_batches=report["micro_batches"], command=command(row))
   compile_metric = "aot_80b_compile_s" if row == largest_80b_row() else "aot_compile_s"
   emit(compile_metric, report["compile_s"], "s", cpu_s=round(report["compile_cpu_s"], 1), **tags)
   parts = {k: round(report[k], 3) for k in ("frozen_params_gib", "trainable_params_gib",
@@ -67,9 +97,39 @@ def run_row(emit, row) -> None:
            if report.get(k) is not None}
   emit("aot_memory_per_chip_gib", report["total_gib"], "GiB", hbm_gib=report["hbm_gib"],
        fits=report["fits"], overflow_gib=round(report["overflow_gib"], 3), **parts, **tags)
-  if report["step_time_s"]:
-    emit("aot_step_time_s", report["step_time_s"], "s", source=report["step_time_source"], **tags)
-    emit("aot_mfu", report["mfu"], "fraction", **tags)
+  if report["fits"]:
+    report["estimate"] = estimate.estimate(row_config(preset, overrides),
+                                           aot.parse_topology(topology))
+    _estimate_metrics(emit, report["estimate"], short(preset, topology), **tags)
+  return report
+
+
+def best_rows(emit, reports: list[tuple[tuple, dict]]) -> None:
+  """est_mfu_comm_<3b|9b|80b>_v5p: the fitting v5p row of each preset with the best estimate."""
+  for preset in ("flamingo_3b", "flamingo_9b", "flamingo_80b"):
+    done = [(row, r) for row, r in reports if row[0] == preset and r.get("estimate")]
+    if done:
+      row, r = max(done, key=lambda x: x[1]["estimate"]["mfu_comm"])
+      emit(f"est_mfu_comm_{preset.removeprefix('flamingo_')}_v5p", r["estimate"]["mfu_comm"],
+           "fraction", topology=row[1], command=command(row))
+
+
+def run_calibration(emit, preset: str, compiles: int) -> None:
+  published = llama.CALIBRATION[preset]
+  config = Config.from_dict(llama.get_config(preset))
+  e = estimate.estimate(config, aot.parse_topology(published.topology), compiles)
+  name = f"calibration_{preset}_{published.topology.split('-')[0]}"
+  emit(name, e["mfu_comm"] / published.mfu, "ratio", published_mfu=published.mfu,
+       estimated_mfu_comm=round(e["mfu_comm"], 4), estimated_mfu_compute=round(e["mfu_compute"], 4),
+       tokens_per_s_per_chip_estimated=round(e["tokens_per_s_per_chip"], 1),
+       tokens_per_s_per_chip_compute=round(e["tokens_per_s_per_chip_compute"], 1),
+       tokens_per_s_per_chip_published=published.tokens_per_s_per_chip,
+       compute_s=round(e["compute_s"], 4), step_s=round(e["step_s"], 4),
+       comm_s=round(e["comm_s"], 4), exposed_comm_s=round(e["exposed_comm_s"], 4),
+       depths=e["depths"], per_compile=e["per_compile"], topology=published.topology,
+       source=published.source, estimate_wall_s=round(e["estimate_wall_s"], 1),
+       command=f"python -m launch.aot_check --config experiments/llama.py:{preset} "
+               f"--topology {published.topology} --compiles={compiles}")
 
 
 def main() -> None:
@@ -77,7 +137,17 @@ def main() -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--all", action="store_true", help="Every row of the table.")
   parser.add_argument("--row", help="One row, as <preset>:<slice>, e.g. flamingo_3b:v5p-16.")
+  parser.add_argument("--calibration", action="store_true",
+                      help="The estimate against MaxText's published Llama runs.")
+  parser.add_argument("--only", help="--calibration of one model: llama2_70b or llama31_8b.")
   args = parser.parse_args()
+  emit = emitter("aot")
+  environment(emit)
+  if args.calibration:
+    for preset, compiles in CALIBRATIONS:
+      if not args.only or args.only == preset:
+        run_calibration(emit, preset, compiles)
+    return
   if args.row:
     rows = [r for r in ROWS if f"{r[0]}:{r[1]}" == args.row]
     if not rows:
@@ -85,10 +155,9 @@ def main() -> None:
                    f"{', '.join(f'{r[0]}:{r[1]}' for r in ROWS)}.")
   else:
     rows = list(ROWS) if args.all else [largest_80b_row()]
-  emit = emitter("aot")
-  environment(emit)
-  for row in rows:
-    run_row(emit, row)
+  reports = [(row, run_row(emit, row)) for row in rows]
+  if args.all:
+    best_rows(emit, reports)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 r"""Will this config fit a TPU slice, and how fast will it step? Answered on a CPU-only machine.
 
   python -m launch.aot_check --config experiments/flamingo.py:flamingo_80b --topology v5p-256 \
-      --config.mesh.fsdp=64 --config.mesh.tensor=2 [--json]
+      --config.mesh.fsdp=64 --config.mesh.tensor=2 [--json] [--noestimate] [--compiles=3]
 
 Builds the trainer's mesh and abstract state for the slice's compile-only devices (libtpu), compiles
-the real train step and prints per-chip memory (parameters, optimiser state, temporaries, total vs
-HBM), whether it fits, model FLOPs per step, the estimated step time, MFU and the compile time
-(`flamingo_jax.training.aot`). Exit status 0 when it fits, 3 when it does not, 1 when it cannot be checked
-(libtpu missing, a GPU target, a bad slice name or config).
+the real train step at full depth and prints per-chip memory (parameters, optimiser state,
+temporaries, total vs HBM), whether it fits, the frozen-tower sharding policy (`mesh.frozen`), the
+remat policy and the compile time (`flamingo_jax.training.aot`). Then the calibrated step estimate
+(`flamingo_jax.training.estimate`, `--compiles` reduced-depth unrolled compiles extrapolated to full
+depth): step time, MFU and tokens/s per chip compute-only and with exposed ICI communication, and the
+method. Exit status 0 when it fits, 3 when it does not, 1 when it cannot be checked (libtpu missing, a
+GPU target, a bad slice name or config).
 """
 
 from __future__ import annotations
@@ -19,23 +22,28 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from flamingo_jax.config import Config
-from flamingo_jax.training import aot
+from flamingo_jax.training import aot, estimate
 
 GPU_NAMES = ("gpu", "cuda", "h100", "h200", "a100", "b200")
 
 
-def check(config: Config, topology: str) -> dict:
-  """The report of `config` on `topology` (see `flamingo_jax.training.aot.fit_report`)."""
+def check(config: Config, topology: str, with_estimate: bool = False, compiles: int = 3) -> dict:
+  """The report of `config` on `topology` (`aot.fit_report`), with `report["estimate"]`
+  (`estimate.estimate`) when asked for and the step fits."""
   if topology.lower().startswith(GPU_NAMES):
     raise RuntimeError(aot.GPU_UNSUPPORTED)
-  return aot.fit_report(config, aot.parse_topology(topology))
+  slice_ = aot.parse_topology(topology)
+  report = aot.fit_report(config, slice_)
+  if with_estimate and report["fits"]:
+    report["estimate"] = estimate.estimate(config, slice_, compiles)
+  return report
 
 
 def main(argv) -> int:
   del argv
   f = flags.FLAGS
   try:
-    report = check(Config.from_dict(f.config), f.topology)
+    report = check(Config.from_dict(f.config), f.topology, f.estimate, f.compiles)
   except (RuntimeError, ValueError) as e:  # No libtpu, a GPU target, a bad slice or config.
     print(e, file=sys.stderr)
     return 1
@@ -48,5 +56,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("topology", None, "TPU slice: v4-8, v5litepod-16, v5p-256, v6e-64, or a shape "
                       "such as v5p:4x4x8 / v5e:2x2.")
   flags.DEFINE_bool("json", False, "Print the report as one JSON object.")
+  flags.DEFINE_bool("estimate", True, "Estimate the step time (--compiles more compiles).")
+  flags.DEFINE_integer("compiles", 3, "Reduced-depth compiles the estimate fits (at least one more "
+                       "than the depth variables: 2 for task=lm, 3 for flamingo).")
   flags.mark_flags_as_required(["config", "topology"])
   app.run(main)

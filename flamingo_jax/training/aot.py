@@ -3,9 +3,9 @@
 `libtpu` gives JAX compile-only devices for a TPU topology (`jax.experimental.topologies`); the
 trainer's own setup (mesh, shardings, abstract state: `setup.build_setup`) and jitted update
 (`setup.jit_train_step`) are lowered on them with abstract inputs (ShapeDtypeStructs: nothing is
-allocated) and compiled by the TPU compiler. The compiled program says how much HBM a chip needs and
-how many FLOPs / bytes it runs; `fit_report` turns that into the per-chip table the CLI prints
-(`launch/aot_check.py`).
+allocated) and compiled by the TPU compiler. The compiled program says how much HBM a chip needs;
+`fit_report` turns that into the per-chip table the CLI prints (`launch/aot_check.py`), with the
+step-time estimate of `training.estimate` when it is attached (`report["estimate"]`).
 
 Slice names (`parse_topology`): Cloud TPU names `v4-N`, `v5p-N` (N TensorCores, 2 per chip),
 `v5litepod-N` / `v5e-N`, `v6e-N` (N chips), or explicit shapes `v4:2x2x4`, `v5p:4x4x8`, `v5e:4x8`,
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from flamingo_jax import sharding
 from flamingo_jax.config import Config
-from flamingo_jax.training import flops
+from flamingo_jax.training import flops, xla_flags
 from flamingo_jax.training.metrics import PEAK_FLOPS
 from flamingo_jax.training.setup import build_setup, jit_train_step
 
@@ -52,13 +52,40 @@ class Chip:
   dims: int  # 3: 3-D torus (shape AxBxC); 2: 2-D (AxB).
   cores_per_name_unit: int  # The N of `<name>-N` counts TensorCores (2 per chip) or chips (1).
   megacore: bool  # Two TensorCores driven as one JAX device.
+  ici_bidirectional_bytes_per_s: float  # Inter-chip interconnect per chip, both directions.
+  ici_ports: int  # ICI links per chip (2 per torus axis).
+  full_torus_from: int  # An axis of this many chips or more closes into a ring (wraparound).
+
+  @property
+  def ici_link_bytes_per_s(self) -> float:
+    """One direction of one link: the chip's bidirectional figure over its ports and directions."""
+    return self.ici_bidirectional_bytes_per_s / self.ici_ports / 2
+
+  def wraparound(self, shape: tuple[int, ...]) -> tuple[bool, ...]:
+    """Per torus axis of a slice: whether its ring closes. v4 / v5p: every axis of a slice of whole
+    4x4x4 cubes (the optical switches close them); v5e / v6e: an axis spanning the 16-chip pod."""
+    whole = all(s >= self.full_torus_from and s % self.full_torus_from == 0 for s in shape)
+    if self.dims == 3:
+      return (whole,) * len(shape)
+    return tuple(s >= self.full_torus_from for s in shape)
 
 
+# Data sheets (Cloud TPU system architecture pages): peak bf16 FLOP/s, HBM capacity and bandwidth,
+# bidirectional ICI bandwidth per chip and ICI ports per chip.
+#  v4:  https://cloud.google.com/tpu/docs/v4 ("TPU v4": 275 TFLOPs, 32 GiB, 1200 GBps; 3-D torus on
+#       slices whose sides are multiples of 4; no per-chip ICI figure: its "all-reduce bandwidth per
+#       Pod 1.1 PB/s" over 4096 chips is 269 GB/s one way per chip, 537 GB/s both ways, 6 ports).
+#  v5e: https://cloud.google.com/tpu/docs/v5e ("TPU v5e": bidirectional ICI 400 GBps per chip, 4 ICI
+#       ports per chip, 2-D torus, 256-chip pod).
+#  v5p: https://cloud.google.com/tpu/docs/v5p ("TPU v5p": bidirectional ICI 1200 GBps per chip,
+#       3-D torus; "all 4x4x4 and larger slices have full 3-D torus connectivity").
+#  v6e: https://cloud.google.com/tpu/docs/v6e ("TPU v6e": bidirectional ICI 800 GBps per chip, 4 ICI
+#       ports per chip, 2-D torus, 256-chip pod).
 CHIPS = {
-    "v4": Chip("v4", 32, 1200e9, PEAK_FLOPS["TPU v4"], 3, 2, True),
-    "v5e": Chip("v5e", 16, 819e9, PEAK_FLOPS["TPU v5e"], 2, 1, False),
-    "v5p": Chip("v5p", 95, 2765e9, PEAK_FLOPS["TPU v5p"], 3, 2, True),
-    "v6e": Chip("v6e", 32, 1640e9, PEAK_FLOPS["TPU v6e"], 2, 1, False),
+    "v4": Chip("v4", 32, 1200e9, PEAK_FLOPS["TPU v4"], 3, 2, True, 2 * 1.1e15 / 4096, 6, 4),
+    "v5e": Chip("v5e", 16, 819e9, PEAK_FLOPS["TPU v5e"], 2, 1, False, 400e9, 4, 16),
+    "v5p": Chip("v5p", 95, 2765e9, PEAK_FLOPS["TPU v5p"], 3, 2, True, 1200e9, 6, 4),
+    "v6e": Chip("v6e", 32, 1640e9, PEAK_FLOPS["TPU v6e"], 2, 1, False, 800e9, 4, 16),
 }
 GENERATION_ALIASES = {"v4": "v4", "v5e": "v5e", "v5litepod": "v5e", "v5lite": "v5e", "v5p": "v5p",
                       "v6e": "v6e"}
@@ -118,7 +145,10 @@ def parse_topology(name: str) -> Topology:
 
 
 def topology_devices(topology: Topology) -> list[jax.Device]:
-  """Compile-only devices of the slice (one per chip); needs libtpu."""
+  """Compile-only devices of the slice (one per chip); needs libtpu. The trainer's TPU flags
+  (`xla_flags.set_tpu_flags`) are set first, so the compiled step is the one the run compiles (if
+  libtpu is already loaded in this process, the flags it loaded with stay)."""
+  xla_flags.set_tpu_flags()
   try:
     import libtpu  # noqa: F401
   except ImportError as e:
@@ -145,22 +175,33 @@ def abstract_batches(config: Config, batch_sharding: jax.sharding.Sharding) -> d
   (`config.data.selected()`: `data.exclude` honoured; with `data.accumulation=round_robin` the step
   of all datasets together is compiled, an upper bound of each single-dataset step) in the
   mixture's keys, shapes and dtypes (tokens / labels / phi [B, T] int32, loss_mask [B, T] float32,
-  images [B, N, F, H, W, 3] uint8, image_mask [B, N] bool), on `batch_sharding`."""
+  images [B, N, F, H, W, 3] uint8, image_mask [B, N] bool), on `batch_sharding`. A dataset packed k
+  examples to a row (`pack`, data_pipelines/packing.py) has B / k rows of k * T tokens and k * N
+  slots, with segments and positions [B / k, k * T] int32."""
   size = config.model.vision.image_size
   mesh = batch_sharding.mesh
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   out = {}
   for name, spec in config.data.selected().items():
-    b, t, n, f = spec.batch_size, spec.seq_len, spec.max_images, spec.num_frames
+    k = spec.pack
+    b, t, n, f = spec.batch_size // k, spec.seq_len * k, spec.max_images * k, spec.num_frames
     if b % shards:
-      raise ValueError(f"data.datasets.{name}.batch_size={b} cannot be split over mesh.data x "
-                       f"mesh.fsdp = {shards} devices: change the batch size or the mesh.")
+      raise ValueError(f"data.datasets.{name}.batch_size={spec.batch_size} ({b} rows of pack={k}) "
+                       f"cannot be split over mesh.data x mesh.fsdp = {shards} devices: change the "
+                       "batch size, its pack or the mesh.")
     shapes = {"tokens": ((b, t), jnp.int32), "labels": ((b, t), jnp.int32),
               "loss_mask": ((b, t), jnp.float32), "images": ((b, n, f, size, size, 3), jnp.uint8),
               "image_mask": ((b, n), jnp.bool_), "phi": ((b, t), jnp.int32)}
-    out[name] = {k: jax.ShapeDtypeStruct(s, d, sharding=batch_sharding)
-                 for k, (s, d) in shapes.items()}
+    if k > 1:
+      shapes.update(segments=((b, t), jnp.int32), positions=((b, t), jnp.int32))
+    out[name] = {key: jax.ShapeDtypeStruct(s, d, sharding=batch_sharding)
+                 for key, (s, d) in shapes.items()}
   return out
+
+
+def dataset_packs(config: Config) -> dict[str, int]:
+  """{dataset: examples per row} of the datasets the trainer reads (for Task.step_matmuls)."""
+  return {name: spec.pack for name, spec in config.data.selected().items()}
 
 
 def bytes_per_device(tree: Any) -> int:
@@ -201,6 +242,7 @@ def fit_report(config: Config, topology: Topology) -> dict[str, Any]:
       "device_kind": devices[0].device_kind,
       "mesh": dict(zip(setup.mesh.axis_names, map(int, setup.mesh.devices.shape))),
       "remat_policy": setup.model_config.execution.remat_policy,
+      "frozen_policy": config.mesh.frozen,
       "micro_batches": config.train.micro_batches,
       "frozen_params_gib": bytes_per_device(setup.abstract_frozen) / GIB,
       "trainable_params_gib": bytes_per_device(setup.abstract_state.trainable) / GIB,
@@ -208,12 +250,10 @@ def fit_report(config: Config, topology: Topology) -> dict[str, Any]:
       "batch_gib": bytes_per_device(batches) / GIB,
       "hbm_gib": float(chip.hbm_gib),
   }
-  matmuls = setup.task.step_matmuls(setup.model_config, batches, process_count=1)
-  model_flops = flops.train_step_flops(matmuls)
-  executed_flops = model_flops + flops.remat_recompute_flops(
-      matmuls, setup.model_config.execution.remat_policy)
-  report["model_flops_per_step"] = float(model_flops)
-  report["executed_flops_per_chip"] = executed_flops / topology.chips
+  matmuls = setup.task.step_matmuls(
+      setup.model_config, batches, process_count=1,
+      packs={name: spec.pack for name, spec in config.data.selected().items()})
+  report["model_flops_per_step"] = float(flops.train_step_flops(matmuls))
 
   start, start_cpu = time.perf_counter(), time.process_time()
   with sharding.active(setup.mesh):
@@ -233,8 +273,7 @@ def fit_report(config: Config, topology: Topology) -> dict[str, Any]:
       report.update(compile_s=time.perf_counter() - start,
                     compile_cpu_s=time.process_time() - start_cpu, temporaries_gib=temporaries,
                     total_gib=total, fits=False, overflow_gib=total - chip.hbm_gib,
-                    compiler_hbm_gib=available / GIB, step_time_s=None, step_time_source=None,
-                    mfu=None, compiler_error=str(e).splitlines()[0][:300])
+                    compiler_hbm_gib=available / GIB, compiler_error=str(e).splitlines()[0][:300])
       return report
   # Wall time, and CPU time of all this process's threads (what a busy machine does not inflate).
   report.update(compile_s=time.perf_counter() - start, compile_cpu_s=time.process_time() - start_cpu)
@@ -246,35 +285,7 @@ def fit_report(config: Config, topology: Topology) -> dict[str, Any]:
   report.update(temporaries_gib=memory.temp_size_in_bytes / GIB, total_gib=total / GIB,
                 fits=total <= chip.hbm_gib * GIB,
                 overflow_gib=max(0.0, total / GIB - chip.hbm_gib))
-  report.update(step_time(compiled, chip, executed_flops / topology.chips))
-  report["mfu"] = model_flops / (report["step_time_s"] * chip.peak_flops * topology.chips)
   return report
-
-
-def step_time(compiled, chip: Chip, executed_flops_per_chip: float) -> dict[str, Any]:
-  """The step time the compiler estimates (cost_analysis "optimal_seconds"; else a roofline of its
-  FLOPs and bytes over the chip's peak and HBM bandwidth).
-
-  XLA's cost analysis counts the body of a loop once, whatever its trip count, and the layers run
-  under `nn.scan`: when the compiler counts fewer FLOPs than the step executes
-  (`executed_flops_per_chip`: the analytic matmuls of flops.py plus the remat recomputation), its
-  estimate is scaled by their ratio, i.e. the loop bodies are assumed to have the program's mix of
-  compute and memory time. The report says which estimate it used."""
-  cost = compiled.cost_analysis() or {}
-  if isinstance(cost, list):  # Older JAX: one dict per program.
-    cost = cost[0]
-  flops_, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
-  out = {"compiler_flops_per_chip": flops_, "compiler_bytes_per_chip": accessed}
-  if cost.get("optimal_seconds", 0) > 0:
-    seconds, source = float(cost["optimal_seconds"]), "compiler (cost_analysis optimal_seconds)"
-  else:
-    seconds = max(flops_ / chip.peak_flops, accessed / chip.hbm_bytes_per_s)
-    source = "roofline of the compiler's flops and bytes (peak, HBM bandwidth)"
-  if 0 < flops_ < executed_flops_per_chip:
-    scale = executed_flops_per_chip / flops_
-    seconds *= scale
-    source += f" x {scale:.1f} (executed / compiler FLOPs: loop bodies counted once)"
-  return {**out, "step_time_s": seconds, "step_time_source": source}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -282,7 +293,7 @@ def format_report(report: dict[str, Any]) -> str:
   gib = lambda key: "n/a" if report.get(key) is None else f"{report[key]:.2f} GiB"  # noqa: E731
   lines = [
       f"{report['preset']} on {report['topology']} ({report['chips']} x {report['device_kind']}), "
-      f"mesh {report['mesh']}, remat {report['remat_policy']}, "
+      f"mesh {report['mesh']}, frozen {report['frozen_policy']}, remat {report['remat_policy']}, "
       f"micro_batches {report['micro_batches']}",
       f"  per chip: frozen params {gib('frozen_params_gib')}, trainable params "
       f"{gib('trainable_params_gib')}, optimiser state {gib('optimizer_state_gib')}, batch "
@@ -291,9 +302,15 @@ def format_report(report: dict[str, Any]) -> str:
       + ("fits" if report["fits"] else f"DOES NOT FIT (over by {report['overflow_gib']:.2f} GiB)"),
       f"  model FLOPs per step {report['model_flops_per_step']:.3e}",
   ]
-  if report.get("step_time_s"):
-    lines.append(f"  estimated step time {report['step_time_s'] * 1e3:.1f} ms "
-                 f"({report['step_time_source']}), MFU {report['mfu']:.1%}")
+  if report.get("estimate"):
+    e = report["estimate"]
+    lines += [
+        f"  estimated step: compute only {e['compute_s'] * 1e3:.1f} ms (MFU {e['mfu_compute']:.1%}, "
+        f"{e['tokens_per_s_per_chip_compute']:.0f} tokens/s/chip); with exposed communication "
+        f"{e['step_s'] * 1e3:.1f} ms (MFU {e['mfu_comm']:.1%}, {e['tokens_per_s_per_chip']:.0f} "
+        f"tokens/s/chip; ICI {e['comm_s'] * 1e3:.1f} ms, {e['exposed_comm_s'] * 1e3:.1f} ms exposed)",
+        f"  method: {e['method']}; depths {e['depths']} -> {e['full_depth']} (fit residual "
+        f"{e['fit_max_residual']:.1%}), {e['estimate_wall_s']:.0f} s"]
   if report.get("compiler_error"):
     lines.append(f"  compiler: {report['compiler_error']}")
   lines.append(f"  compile time {report['compile_s']:.1f} s ({report['compile_cpu_s']:.1f} s of CPU)")

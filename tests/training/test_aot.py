@@ -49,17 +49,16 @@ def test_tiny_compiles_for_v5e_2x2_and_reports_positive_numbers():
   assert report["device_kind"].startswith("TPU v5")
   assert report["chips"] == 4 and report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
   for key in ("frozen_params_gib", "trainable_params_gib", "optimizer_state_gib", "batch_gib",
-              "temporaries_gib", "total_gib", "model_flops_per_step", "step_time_s", "mfu",
-              "compile_s", "compile_cpu_s", "compiler_flops_per_chip", "executed_flops_per_chip"):
+              "temporaries_gib", "total_gib", "model_flops_per_step", "compile_s", "compile_cpu_s"):
     assert report[key] > 0, key
   # Adam keeps two moments of the float32 trainable tree: twice its bytes (fsdp-sharded alike).
   assert report["optimizer_state_gib"] == pytest.approx(2 * report["trainable_params_gib"],
                                                         rel=0.05)
   assert report["total_gib"] > report["temporaries_gib"]
   assert report["fits"] and report["overflow_gib"] == 0 and report["hbm_gib"] == 16
-  assert 0 < report["mfu"] < 1
+  assert report["frozen_policy"] == "fsdp" and report["remat_policy"] == "none"
   text = aot.format_report(report)
-  assert "fits" in text and "v5e:2x2" in text and "MFU" in text
+  assert "fits" in text and "v5e:2x2" in text and "frozen fsdp" in text
 
 
 def test_huge_batch_on_one_chip_is_reported_as_not_fitting_with_the_overflow():
@@ -94,10 +93,10 @@ def test_both_forms_of_the_tpu_compilers_out_of_hbm_error_are_read():
 
 
 def test_a_batch_the_mesh_cannot_split_is_rejected_naming_the_fields():
-  config = _tiny(**{"data.datasets.video.batch_size": 6})
-  setup = build_setup(config)  # 8 CPU devices: data=8.
-  with pytest.raises(ValueError, match=r"data.datasets.video.batch_size=6 .* mesh.data x mesh.fsdp"):
-    aot.abstract_batches(config, setup.batch_sharding)
+  # The config check (8 CPU devices: data=8) or, for a mesh it cannot see, abstract_batches.
+  with pytest.raises(ValueError, match=r"data.datasets.video.batch_size=6.* mesh.data x mesh.fsdp"):
+    config = _tiny(**{"data.datasets.video.batch_size": 6})
+    aot.abstract_batches(config, build_setup(config).batch_sharding)
 
 
 def test_the_fit_check_compiles_only_the_datasets_the_trainer_reads():
