@@ -39,6 +39,11 @@ ROWS = (
     ("flamingo_3b", "v5p-32", {"mesh.data": 1, "mesh.fsdp": 16, **_VIDEO_UNPACKED}),
     ("flamingo_9b", "v5p-32", {"mesh.data": 1, "mesh.fsdp": 16,
                                "model.execution.remat_policy": "dots", **_VIDEO_UNPACKED}),
+    # One LM pass (the preset's joint pass), frozen towers split over tensor only (never gathered),
+    # remat by name: 8 batch devices so that video's 8 packed rows split.
+    ("flamingo_9b", "v5p-32", {"mesh.data": 1, "mesh.fsdp": 8, "mesh.tensor": 2,
+                               "mesh.frozen": "tensor",
+                               "model.execution.remat_policy": "save_dot_except_mlp_in"}),
     ("flamingo_9b", "v5p-64", {"mesh.data": 1, "mesh.fsdp": 32,
                                "model.execution.remat_policy": "dots", **_VIDEO_UNPACKED}),
     ("flamingo_80b", "v5p-128", {"mesh.data": 1, "mesh.fsdp": 64, **_VIDEO_UNPACKED}),

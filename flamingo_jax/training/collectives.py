@@ -6,7 +6,7 @@ known_trip_count, else its condition's bound), everything else once per call. `c
 lists every all-gather, reduce-scatter, all-reduce, all-to-all and collective-permute (sync, `-start`,
 in an `async-start` or in the TPU's async collective fusions) with its payload, replica groups and
 run count; `communication_seconds` charges each the ring algorithm's bytes per chip over the ICI
-links of the torus axes its groups span (`Interconnect`, from the data sheets). `loop_reruns` and
+links of the torus axes its groups span (`Interconnect`, from the data sheets). `loop_seconds` and
 `custom_kernels` tell the cost model what XLA's cost analysis counts once or not at all.
 """
 
@@ -334,19 +334,28 @@ def matmul_flops(module: Module) -> dict[str, float]:
   return out
 
 
-def loop_reruns(module: Module) -> float:
-  """The share of the program's once-counted matmul FLOPs that its while loops run again: sum over
-  loops of (trip count - 1) x runs of the loop x (FLOPs of the body and what it calls / FLOPs of
-  the program, every computation counted once as XLA's cost analysis does)."""
+MAIN_LOOP_SHARE = 0.5  # A loop body with at least this share of the matmul FLOPs is the step's.
+
+
+def loop_seconds(module: Module, compiler_s: float, peak_flops: float) -> float:
+  """Seconds the while loops' further trips add to a program that XLA's cost analysis counted with
+  every body once (`compiler_s`): per loop, (trip count - 1) x runs of the loop x its body's time.
+  A body holding most of the program's matmul FLOPs (>= MAIN_LOOP_SHARE: micro-batches, a layer
+  scan) takes its FLOP share of `compiler_s`, the program's own mix of compute and memory time; a
+  body holding a slice of them (the windowed-einsum loops the SPMD partitioner makes for FSDP
+  matmuls: a matmul chunk beside a collective-permute) takes its matmul FLOPs over `peak_flops`, so
+  the memory-bound work outside it is not multiplied by its trips."""
   flops = matmul_flops(module)
   total = sum(flops.values())
   if not total:
     return 0.0
-  share = 0.0
+  seconds = 0.0
   for body, trip, runs in while_loops(module):
-    inside = _reachable(module.computations, body)
-    share += (trip - 1) * runs * sum(flops[c] for c in inside) / total
-  return share
+    body_flops = sum(flops[c] for c in _reachable(module.computations, body))
+    share = body_flops / total
+    once = share * compiler_s if share >= MAIN_LOOP_SHARE else body_flops / peak_flops
+    seconds += (trip - 1) * runs * once
+  return seconds
 
 
 def custom_kernels(module: Module) -> int:

@@ -99,7 +99,7 @@ def program_cost(config: Config, topology: aot.Topology, devices,
       collectives.collectives(module, topology.chips), interconnect(topology, setup.mesh))
   kernels = collectives.custom_kernels(module)
   return cost_model.ProgramCost(
-      depth=depth, compiler_s=compiler_s, loop_s=compiler_s * collectives.loop_reruns(module),
+      depth=depth, compiler_s=compiler_s, loop_s=collectives.loop_seconds(module, compiler_s, chip.peak_flops),
       kernel_s=kernel_seconds(setup.task, setup.model_config, batches, aot.dataset_packs(reduced),
                               chip, topology.chips) if kernels else 0.0,
       flops=flop, bytes=accessed, comm_async_s=comm["async"], comm_sync_s=comm["sync"],

@@ -68,8 +68,11 @@ def test_unknown_field_is_named():
      "optimizer.decay_steps=5: must exceed optimizer.warmup_steps=10"),
     ({"train.num_steps": 0}, "train.num_steps=0: must be > 0"),
     ({"train.frozen_dtype": "int8"}, "train.frozen_dtype='int8'"),
-    ({"train.micro_batches": 3}, "data.datasets.interleaved.batch_size=8: must be divisible by "
-                                 "train.micro_batches=3"),
+    ({"train.micro_batches": 3}, "data.datasets.interleaved.batch_size=8: must give a number of "
+                                 "packed rows"),
+    ({"data.datasets.pairs.pack": 3}, "data.datasets.pairs.batch_size=8: must be a multiple of "
+                                      "data.datasets.pairs.pack=3"),
+    ({"train.lm_pass": "joint"}, "data.datasets.pairs.pack=1: gives rows of 12 tokens"),
     ({"task": "contrastive", "train.micro_batches": 2}, "train.micro_batches=2: must be 1 for "
                                                         "task=contrastive"),
     ({"init.flamingo_checkpoint": "/a", "init.lm_checkpoint": "/b"},

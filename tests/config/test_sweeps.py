@@ -60,8 +60,8 @@ def test_sweep_expands_to_named_runs_with_overrides_and_workdirs():
     expand(_preset("tiny"), sweep("model.xattn.every", [1, 1]), "w")
   # Every run's whole config is checked when the sweep expands, before any run starts.
   with pytest.raises(ValueError, match="run 'micro_batches=3': Invalid config: "
-                     "data.datasets.interleaved.batch_size=8: must be divisible by "
-                     "train.micro_batches=3"):
+                     "data.datasets.interleaved.batch_size=8: must give a number of packed "
+                     "rows"):
     expand(_preset("tiny"), chain([{}], sweep("train.micro_batches", [3])), "w")
 
 

@@ -137,4 +137,22 @@ def test_trip_count_of_a_compiled_scan_is_read_from_the_hlo():
   module = collectives.parse_module(compiled.as_text())
   loops = collectives.while_loops(module)
   assert [trip for _, trip, _ in loops] == [7]
-  assert collectives.loop_reruns(module) == pytest.approx(6.0)
+  # The scan holds all of the program's matmuls: its 6 further trips at the program's own time.
+  assert collectives.loop_seconds(module, 1.0, peak_flops=1e12) == pytest.approx(6.0)
+
+
+def test_a_small_loop_reruns_at_its_matmul_flops_over_peak():
+  devices = aot.topology_devices(aot.parse_topology("v5e:2x2"))
+
+  def f(x, big):
+    small = jax.lax.scan(lambda c, _: (c @ c, None), x, None, length=5)[0]
+    return small.sum() + (big @ big).sum()
+  sharding = jax.sharding.SingleDeviceSharding(devices[0])
+  compiled = jax.jit(f).lower(jax.ShapeDtypeStruct((128, 128), jnp.float32, sharding=sharding),
+                              jax.ShapeDtypeStruct((1024, 1024), jnp.float32,
+                                                   sharding=sharding)).compile()
+  module = collectives.parse_module(compiled.as_text())
+  assert [trip for _, trip, _ in collectives.while_loops(module)] == [5]
+  # 4 further trips of one 128^3 matmul (2 * 128^3 FLOPs) at 1e12 FLOP/s, whatever compiler_s is.
+  assert collectives.loop_seconds(module, 1.0, peak_flops=1e12) == pytest.approx(
+      4 * 2 * 128 ** 3 / 1e12)
