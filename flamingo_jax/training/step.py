@@ -47,8 +47,8 @@ def _split_micro(batch: Batch, micro_batches: int) -> Batch:
 
 
 def _accumulate(grad_fn, trainable, micro) -> tuple[Any, Any]:
-  """Sums grad_fn(trainable, m) -> ((loss, aux), grads) over the leading micro-batch axis of
-  `micro` with lax.scan; returns ((loss, aux), grads) summed."""
+  """Sums grad_fn(trainable, m) -> (value, grads) (any pytrees) over the leading micro-batch axis
+  of `micro` with lax.scan."""
   def body(acc, m):
     out = grad_fn(trainable, m)
     return jax.tree.map(jnp.add, acc, out), None
@@ -69,20 +69,16 @@ def make_grads_fn(task: Task, loss_weights: Mapping[str, float], *, micro_batche
   divide by it (`setup.check_batch_split`).
   """
 
-  def weighted(values_weights, totals):
-    """[(values, weights)] per dataset -> (sum_d lambda_d * loss_d, {dataset: loss_d})."""
-    losses = {name: jnp.sum(v * w.astype(jnp.float32)) / totals[name]
-              for name, (v, w) in zip(sorted(totals), values_weights)}
-    return sum(loss_weights[name] * loss for name, loss in losses.items()), losses
-
   def joint_grads(trainable, frozen, batches):
     names = sorted(batches)
     totals = {name: task.total_weight(batches[name]) for name in names}
 
-    def loss(trainable, micro):
+    def loss(trainable, micro):  # -> (sum_d lambda_d * loss_d, {d: loss_d}) of this micro-batch.
       params = ptree.merge(frozen, trainable)
-      return weighted(task.joint_losses(task.model, params, [micro[n] for n in names],
-                                        batch_shards), totals)
+      per_dataset = task.joint_losses(task.model, params, [micro[n] for n in names], batch_shards)
+      losses = {name: jnp.sum(v * w.astype(jnp.float32)) / totals[name]
+                for name, (v, w) in zip(names, per_dataset)}
+      return sum(loss_weights[name] * losses[name] for name in names), losses
     micro = {name: _split_micro(batches[name], micro_batches) for name in names}
     return _accumulate(jax.value_and_grad(loss, has_aux=True), trainable, micro)
 
@@ -90,15 +86,16 @@ def make_grads_fn(task: Task, loss_weights: Mapping[str, float], *, micro_batche
     total, losses = jnp.zeros((), jnp.float32), {}
     grads = jax.tree.map(jnp.zeros_like, trainable)
     for name in sorted(batches):
-      totals = {name: task.total_weight(batches[name])}
+      total_weight = task.total_weight(batches[name])
 
-      def loss(trainable, micro):
-        values = task.losses(task.model, ptree.merge(frozen, trainable), micro)
-        return weighted([values], totals)
-      (l, aux), g = _accumulate(jax.value_and_grad(loss, has_aux=True), trainable,
-                                _split_micro(batches[name], micro_batches))
-      total, losses[name] = total + l, aux[name]
-      grads = jax.tree.map(jnp.add, grads, g)
+      def loss(trainable, micro):  # loss_d's share of this micro-batch (lambda applied after).
+        values, weights = task.losses(task.model, ptree.merge(frozen, trainable), micro)
+        return jnp.sum(values * weights.astype(jnp.float32)) / total_weight
+      losses[name], g = _accumulate(jax.value_and_grad(loss), trainable,
+                                    _split_micro(batches[name], micro_batches))
+      weight = loss_weights[name]
+      grads = jax.tree.map(lambda acc, x: acc + weight * x, grads, g)
+      total += weight * losses[name]
     return (total, losses), grads
 
   if lm_pass == "joint" and task.joint_losses is None:
