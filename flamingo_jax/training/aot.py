@@ -174,29 +174,13 @@ def abstract_batches(config: Config, batch_sharding: jax.sharding.Sharding) -> d
   """{dataset: {key: ShapeDtypeStruct}}: one global batch of every dataset the trainer reads
   (`config.data.selected()`: `data.exclude` honoured; with `data.accumulation=round_robin` the step
   of all datasets together is compiled, an upper bound of each single-dataset step) in the
-  mixture's keys, shapes and dtypes (tokens / labels / phi [B, T] int32, loss_mask [B, T] float32,
-  images [B, N, F, H, W, 3] uint8, image_mask [B, N] bool), on `batch_sharding`. A dataset packed k
-  examples to a row (`pack`, data_pipelines/packing.py) has B / k rows of k * T tokens and k * N
-  slots, with segments and positions [B / k, k * T] int32."""
+  mixture's keys, shapes and dtypes (`DatasetConfig.batch_shapes`: a dataset packed k examples to a
+  row has B / k rows of k * T tokens and k * N slots, with segments and positions), on
+  `batch_sharding` (`setup.check_batch_split` has checked that the rows split over it)."""
   size = config.model.vision.image_size
-  mesh = batch_sharding.mesh
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  out = {}
-  for name, spec in config.data.selected().items():
-    k = spec.pack
-    b, t, n, f = spec.batch_size // k, spec.seq_len * k, spec.max_images * k, spec.num_frames
-    if b % shards:
-      raise ValueError(f"data.datasets.{name}.batch_size={spec.batch_size} ({b} rows of pack={k}) "
-                       f"cannot be split over mesh.data x mesh.fsdp = {shards} devices: change the "
-                       "batch size, its pack or the mesh.")
-    shapes = {"tokens": ((b, t), jnp.int32), "labels": ((b, t), jnp.int32),
-              "loss_mask": ((b, t), jnp.float32), "images": ((b, n, f, size, size, 3), jnp.uint8),
-              "image_mask": ((b, n), jnp.bool_), "phi": ((b, t), jnp.int32)}
-    if k > 1:
-      shapes.update(segments=((b, t), jnp.int32), positions=((b, t), jnp.int32))
-    out[name] = {key: jax.ShapeDtypeStruct(s, d, sharding=batch_sharding)
-                 for key, (s, d) in shapes.items()}
-  return out
+  return {name: {k: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=batch_sharding)
+                 for k, (shape, dtype) in spec.batch_shapes(size).items()}
+          for name, spec in config.data.selected().items()}
 
 
 def dataset_packs(config: Config) -> dict[str, int]:

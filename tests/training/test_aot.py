@@ -93,10 +93,9 @@ def test_both_forms_of_the_tpu_compilers_out_of_hbm_error_are_read():
 
 
 def test_a_batch_the_mesh_cannot_split_is_rejected_naming_the_fields():
-  # The config check (8 CPU devices: data=8) or, for a mesh it cannot see, abstract_batches.
+  # build_setup (8 CPU devices: data=8) checks it before anything is compiled.
   with pytest.raises(ValueError, match=r"data.datasets.video.batch_size=6.* mesh.data x mesh.fsdp"):
-    config = _tiny(**{"data.datasets.video.batch_size": 6})
-    aot.abstract_batches(config, build_setup(config).batch_sharding)
+    build_setup(_tiny(**{"data.datasets.video.batch_size": 6}))
 
 
 def test_the_fit_check_compiles_only_the_datasets_the_trainer_reads():
