@@ -103,6 +103,10 @@ class DataConfig(Section):
   exclude: str = ""
   datasets: dict[str, DatasetConfig] = dataclasses.field(default_factory=dict)
 
+  def packs(self) -> dict[str, int]:
+    """{dataset: examples per packed row} of the datasets training reads."""
+    return {name: spec.pack for name, spec in self.selected().items()}
+
   def selected(self) -> dict[str, DatasetConfig]:
     """The datasets training reads: `datasets` without those named in `exclude`."""
     excluded = {name.strip() for name in self.exclude.split(",") if name.strip()}

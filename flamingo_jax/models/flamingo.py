@@ -61,10 +61,9 @@ class Flamingo(nn.Module):
     """
     flat = [x.reshape(-1, *x.shape[3:]) for x in images]  # [R_d * N_d * F_d, H, W, 3]
     features = jax.lax.stop_gradient(self.vision(join_rows(flat, shards)[:, None, None]))
-    visual = []
-    for x, part in zip(images, split_rows(features[:, 0, 0], [len(f) for f in flat], shards)):
-      media = self.resampler(part.reshape(*x.shape[:3], *part.shape[1:]))  # [R_d, N_d, R, D]
-      visual.append(media)
+    parts = split_rows(features[:, 0, 0], [len(f) for f in flat], shards)
+    visual = [self.resampler(part.reshape(*x.shape[:3], *part.shape[1:]))  # [R_d, N_d, R, D]
+              for x, part in zip(images, parts)]
     slots = max(v.shape[1] for v in visual)
     visual = [jnp.pad(v, ((0, 0), (0, slots - v.shape[1]), (0, 0), (0, 0))) for v in visual]
     return self.lm(tokens, join_rows(visual, shards), phi, positions, segments=segments)

@@ -183,11 +183,6 @@ def abstract_batches(config: Config, batch_sharding: jax.sharding.Sharding) -> d
           for name, spec in config.data.selected().items()}
 
 
-def dataset_packs(config: Config) -> dict[str, int]:
-  """{dataset: examples per row} of the datasets the trainer reads (for Task.step_matmuls)."""
-  return {name: spec.pack for name, spec in config.data.selected().items()}
-
-
 def bytes_per_device(tree: Any) -> int:
   """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard per leaf)."""
   return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
@@ -236,7 +231,7 @@ def fit_report(config: Config, topology: Topology) -> dict[str, Any]:
   }
   matmuls = setup.task.step_matmuls(
       setup.model_config, batches, process_count=1,
-      packs={name: spec.pack for name, spec in config.data.selected().items()})
+      packs=config.data.packs())
   report["model_flops_per_step"] = float(flops.train_step_flops(matmuls))
 
   start, start_cpu = time.perf_counter(), time.process_time()

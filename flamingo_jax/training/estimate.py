@@ -100,7 +100,7 @@ def program_cost(config: Config, topology: aot.Topology, devices,
   kernels = collectives.custom_kernels(module)
   return cost_model.ProgramCost(
       depth=depth, compiler_s=compiler_s, loop_s=collectives.loop_seconds(module, compiler_s, chip.peak_flops),
-      kernel_s=kernel_seconds(setup.task, setup.model_config, batches, aot.dataset_packs(reduced),
+      kernel_s=kernel_seconds(setup.task, setup.model_config, batches, reduced.data.packs(),
                               chip, topology.chips) if kernels else 0.0,
       flops=flop, bytes=accessed, comm_async_s=comm["async"], comm_sync_s=comm["sync"],
       comm_bytes=comm["bytes"], roofline=optimal <= 0)
@@ -118,7 +118,7 @@ def estimate(config: Config, topology: aot.Topology, compiles: int = 3) -> dict[
   setup = build_setup(config, devices=devices)
   batches = aot.abstract_batches(config, setup.batch_sharding)
   model_flops = flops.train_step_flops(
-      setup.task.step_matmuls(setup.model_config, batches, 1, aot.dataset_packs(config)))
+      setup.task.step_matmuls(setup.model_config, batches, 1, config.data.packs()))
   peak = topology.chip.peak_flops * topology.chips
   tokens = sum(b * s for b, s in ((v["tokens"].shape) for v in batches.values()))
   full = model.at(depth)

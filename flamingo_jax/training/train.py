@@ -91,6 +91,7 @@ def train(config: Config, workdir: str, devices=None) -> TrainState:
     train_step = jit_train_step(config, setup, mixture.loss_weights)
 
     peak, peak_source = peak_flops_per_device()
+    packs = config.data.packs()  # Examples per row, for examples/s and model FLOPs.
     flops_by_datasets = {}  # FLOPs of one update per set of datasets (fixed shapes: computed once).
     step = int(state.step)
     last_log_time, last_log_step = time.perf_counter(), step
@@ -104,7 +105,6 @@ def train(config: Config, workdir: str, devices=None) -> TrainState:
       if step % config.train.log_every == 0 or step == config.train.num_steps or stop:
         metrics = jax.device_get(metrics)
         seconds = (time.perf_counter() - last_log_time) / (step - last_log_step)
-        packs = {name: spec.pack for name, spec in config.data.selected().items()}
         examples = sum(b["tokens"].shape[0] * packs[name]
                        for name, b in local.items()) * jax.process_count()
         tokens = sum(b["tokens"].size for b in local.values()) * jax.process_count()
