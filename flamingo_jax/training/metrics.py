@@ -8,6 +8,7 @@ process 0 writes.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -16,8 +17,11 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-# Dense bf16 peak FLOP/s per chip, from the vendors' data sheets.
+# Dense (not sparse) bf16 peak FLOP/s per chip, from the vendors' data sheets. A key is a device
+# kind (`jax.Device.device_kind`) or its start up to a space or dash ("NVIDIA A100" covers
+# "NVIDIA A100-SXM4-80GB", not "NVIDIA A10"); the longest matching key wins (`data_sheet_kind`).
 PEAK_FLOPS = {
     "TPU v4": 275e12,
     "TPU v5 lite": 197e12,  # v5e
@@ -26,10 +30,17 @@ PEAK_FLOPS = {
     "TPU v5p": 459e12,
     "TPU v6 lite": 918e12,  # v6e (Trillium)
     "TPU v6e": 918e12,
-    "NVIDIA H100 80GB HBM3": 989e12,
-    "NVIDIA H200": 989e12,
-    "NVIDIA A100-SXM4-80GB": 312e12,
-    "NVIDIA A100-SXM4-40GB": 312e12,
+    # NVIDIA's data sheets give BF16 Tensor Core TFLOPS "with sparsity"; dense is half of: H100 SXM
+    # 1,979, H100 PCIe 1,513, H100 NVL 1,671, H200 SXM 1,979, H200 NVL 1,671, A100 (SXM4 and PCIe,
+    # 40 and 80 GB) 624, A10 250, L4 242. The A10G (AWS) has no NVIDIA data sheet: not listed.
+    "NVIDIA H100 80GB HBM3": 989e12,  # H100 SXM
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H100 NVL": 835e12,
+    "NVIDIA H200": 989e12,  # H200 SXM
+    "NVIDIA H200 NVL": 835e12,
+    "NVIDIA A100": 312e12,
+    "NVIDIA A10": 125e12,
+    "NVIDIA L4": 121e12,
 }
 
 
@@ -45,16 +56,32 @@ def measured_cpu_flops(size: int = 1024, seconds: float = 0.5) -> float:
   return 2 * size ** 3 * runs / (time.perf_counter() - start)
 
 
-def peak_flops_per_device() -> tuple[float, str]:
-  """(peak FLOP/s of one local device, where the figure comes from)."""
-  device = jax.local_devices()[0]
+def data_sheet_kind(device_kind: str) -> str | None:
+  """The PEAK_FLOPS key of `device_kind` (see PEAK_FLOPS), or None when none matches."""
+  matches = [key for key in PEAK_FLOPS
+             if device_kind == key or device_kind.startswith((f"{key} ", f"{key}-"))]
+  return max(matches, key=len, default=None)
+
+
+@functools.cache
+def _warn_mfu_unavailable(device_kind: str) -> None:
+  """Warns once per process and device kind."""
+  logging.warning("MFU unavailable: no peak FLOP/s known for device kind %r, so MFU is not logged. "
+                  "Add its dense bf16 peak (from the vendor's data sheet) to "
+                  "flamingo_jax.training.metrics.PEAK_FLOPS.", device_kind)
+
+
+def peak_flops_per_device(device: jax.Device | None = None) -> tuple[float, str] | None:
+  """(peak FLOP/s of `device`, default the first local one; where the figure comes from), or None
+  for an accelerator missing from PEAK_FLOPS (a warning says so, once): MFU is then not logged."""
+  device = device or jax.local_devices()[0]
   if device.platform == "cpu":
     return measured_cpu_flops() / len(jax.local_devices()), "measured f32 matmul"
-  for kind, peak in PEAK_FLOPS.items():
-    if device.device_kind.startswith(kind):
-      return peak, f"data sheet ({kind})"
-  raise ValueError(f"No peak FLOP/s known for device kind {device.device_kind!r}; add it to "
-                   "flamingo_jax.training.metrics.PEAK_FLOPS.")
+  kind = data_sheet_kind(device.device_kind)
+  if kind is None:
+    _warn_mfu_unavailable(device.device_kind)
+    return None
+  return PEAK_FLOPS[kind], f"data sheet ({kind})"
 
 
 class MetricWriter:

@@ -90,7 +90,7 @@ def train(config: Config, workdir: str, devices=None) -> TrainState:
 
     train_step = jit_train_step(config, setup, mixture.loss_weights)
 
-    peak, peak_source = peak_flops_per_device()
+    peak = peak_flops_per_device()  # (FLOP/s, source), or None: MFU not logged (warned once).
     packs = config.data.packs()  # Examples per row, for examples/s and model FLOPs.
     flops_by_datasets = {}  # FLOPs of one update per set of datasets (fixed shapes: computed once).
     step = int(state.step)
@@ -115,14 +115,16 @@ def train(config: Config, workdir: str, devices=None) -> TrainState:
         model_flops = flops_by_datasets[names]
         metrics.update({
             "examples_per_s": examples / seconds, "tokens_per_s": tokens / seconds,
-            "mfu": model_flops / seconds / (peak * jax.device_count()),
             **{f"data/{k}": v for k, v in mixture.counters().items()},
         })
+        if peak:
+          metrics["mfu"] = model_flops / seconds / (peak[0] * jax.device_count())
         writer.write(step, metrics)
         if jax.process_index() == 0:
+          mfu = f"  mfu {metrics['mfu']:.3f} (peak: {peak[1]})" if peak else ""
           print(f"step {step}/{config.train.num_steps}  loss {metrics['loss']:.4f}  grad_norm "
-                f"{metrics['grad_norm']:.3f}  {metrics['examples_per_s']:.1f} examples/s  "
-                f"mfu {metrics['mfu']:.3f} (peak: {peak_source})", flush=True)
+                f"{metrics['grad_norm']:.3f}  {metrics['examples_per_s']:.1f} examples/s{mfu}",
+                flush=True)
         last_log_time, last_log_step = time.perf_counter(), step
       if step % config.train.checkpoint_every == 0 or step == config.train.num_steps or stop:
         checkpointer.save(step, state, mixture.get_state())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import shutil
 from typing import Any, Iterable
 
 import orbax.checkpoint as ocp
@@ -61,10 +60,28 @@ class Checkpointer:
     self._manager.close()
 
 
+# The file orbax writes into every checkpoint directory: what marks a tree `save_params` may replace.
+_ORBAX_METADATA = "_CHECKPOINT_METADATA"
+
+
+def _replaceable(path: str) -> bool:
+  """Whether `save_params` may write over `path`: absent, an empty directory or an orbax checkpoint."""
+  if not os.path.lexists(path):
+    return True
+  return os.path.isdir(path) and (not os.listdir(path) or
+                                  os.path.isfile(os.path.join(path, _ORBAX_METADATA)))
+
+
 def save_params(path: str, params: Any) -> None:
-  """Writes a parameter tree (e.g. a pretrained tower) as a standalone orbax checkpoint."""
+  """Writes a parameter tree (e.g. a pretrained tower) as a standalone orbax checkpoint, replacing
+  an earlier orbax checkpoint at `path` (a re-run's export); anything else there is a ValueError,
+  never deleted."""
+  path = os.path.abspath(path)
+  if not _replaceable(path):
+    raise ValueError(f"{path} exists and is not an orbax checkpoint (no {_ORBAX_METADATA}); move "
+                     "it away (it is never deleted) or write elsewhere.")
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.abspath(path), params, force=True)
+    checkpointer.save(path, params, force=True)
 
 
 # Where orbax's partial saves (`save_params_in_batches`) put the tree inside the checkpoint directory.
@@ -74,10 +91,12 @@ _BATCHED_TREE = "state"
 def save_params_in_batches(path: str, batches: Iterable[Any]) -> None:
   """Writes one parameter tree given as disjoint subtrees (nested dicts of numpy arrays, produced
   one after the other) with orbax's partial saves: memory holds one subtree and its write buffers,
-  not the whole tree (the weight importer's peak). `load_params` reads the result like `save_params`'."""
+  not the whole tree (the weight importer's peak). `load_params` reads the result like `save_params`'.
+  `path` must not exist (FileExistsError); orbax builds the tree beside it (`<path>.partial_save`)
+  and renames it to `path` when complete."""
   path = os.path.abspath(path)
-  if os.path.exists(path):
-    shutil.rmtree(path)
+  if os.path.lexists(path):
+    raise FileExistsError(f"{path} exists; save_params_in_batches writes a new directory only.")
   for batch in batches:
     ocp_v1.partial.save(path, batch)
     del batch  # Freed before the next one is made.

@@ -225,9 +225,11 @@ def test_pickled_checkpoint_is_refused(tmp_path):
 
 
 def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
+  (tmp_path / "empty").mkdir()
   with pytest.raises(SystemExit) as exit_info:
-    import_weights.run(["clip", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "out")])
-  assert exit_info.value.code == 1
+    import_weights.run(["clip", "--checkpoint", str(tmp_path / "empty"), "--out",
+                        str(tmp_path / "out")])
+  assert exit_info.value.code == 2
   error = capsys.readouterr().err
   assert "No safetensors checkpoint" in error and "Traceback" not in error
 

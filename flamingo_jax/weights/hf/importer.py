@@ -27,6 +27,10 @@ transcribed by hand. The import checks that every expected tensor is found, ever
 used (except the documented `IGNORED` ones) and every shape matches; a mismatch is a ValueError
 naming the tensor and the config field to change.
 
+OUT is new (or an empty directory); `--overwrite` replaces an earlier import only, never another
+directory, and an OUT that overlaps DIR is refused (`weights.hf.output`). OUT appears complete or
+not at all: it is written beside itself under a hidden name and renamed into place.
+
 Memory: tensors are read one at a time from their shard (plain file reads, no memory map) and
 written into preallocated output arrays. `import_*` convert the whole tree (the output plus the
 largest tensor); the CLI converts and writes `WRITE_BATCH_BYTES` at a time (`ImportPlan.batches`,
@@ -56,6 +60,7 @@ from flamingo_jax.models.flamingo import abstract_params
 from flamingo_jax.models.lm import DecoderLM
 from flamingo_jax.models.vision import VisionTransformer
 from flamingo_jax.weights import layout
+from flamingo_jax.weights.hf import output
 from flamingo_jax.weights.hf.hf_config import (TOKENIZER_FILES, checkpoint_token_ids,
                                                idefics_config, llama_config, read_hf_config,
                                                read_json, vision_config)
@@ -293,6 +298,7 @@ def import_idefics(checkpoint_dir: str, config: FlamingoConfig | None = None,
 # Bytes of converted parameters the CLI holds at a time (a parameter larger than this is one batch).
 WRITE_BATCH_BYTES = 64 * 2**20
 PROG = "python -m flamingo_jax.weights.hf.importer"
+EXIT_REFUSED = 2  # The CLI's status when it refuses an import (one line on stderr, no traceback).
 # Per family: the config field that loads the import and the config section of its settings.
 SETTINGS = {"llama": ("config.init.lm_checkpoint", "config.model.lm"),
             "clip": ("config.init.vision_checkpoint", "config.model.vision"),
@@ -313,8 +319,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """The CLI's flags: on `flags.FLAGS` under `app.run`, on a fresh FlagValues in `run`."""
   flags.DEFINE_string("checkpoint", None, "save_pretrained directory", required=True,
                       flag_values=flag_values)
-  flags.DEFINE_string("out", None, "orbax output directory (overwritten)", required=True,
-                      flag_values=flag_values)
+  flags.DEFINE_string("out", None, "orbax output directory: new, or empty (see --overwrite)",
+                      required=True, flag_values=flag_values)
+  flags.DEFINE_bool("overwrite", False, "replace an --out written by an earlier import (never "
+                    "another directory)", flag_values=flag_values)
   flags.DEFINE_enum("dtype", "float32", DTYPES, "stored parameter dtype", flag_values=flag_values)
 
 
@@ -326,9 +334,24 @@ def _print_settings(family: str, out: str, config) -> None:
   print(json.dumps(dataclasses.asdict(config), indent=2))
 
 
+def write_import(family: str, checkpoint: str, out: str, dtype: str,
+                 overwrite: bool = False) -> ImportPlan:
+  """Imports the checkpoint of `family` to `out` (see `output.write`) and returns its plan. Raises
+  ValueError (or OSError) naming what to change; `out` is then as it was."""
+  output.check_apart(out, checkpoint)
+  import_plan = plan_family(family, checkpoint, dtype)
+  settings = {"family": family, "checkpoint": os.path.realpath(checkpoint), "dtype": dtype}
+
+  def write_tree(path: str) -> None:
+    save_params_in_batches(path, import_plan.batches(WRITE_BATCH_BYTES))
+  output.write(out, write_tree, settings, overwrite=overwrite)
+  return import_plan
+
+
 def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """The CLI (`app.run`'s main): argv = [program, family], the flags parsed into `flag_values`. A
-  checkpoint that cannot be imported is a one-line error (exit status 1), no traceback."""
+  refused import (a checkpoint that cannot be imported, an --out that cannot be written) is a
+  one-line error on stderr, no traceback, exit status `EXIT_REFUSED`."""
   if flag_values is flags.FLAGS and not flag_values["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Keep the console to the result (as the trainer).
   if len(argv) != 2 or argv[1] not in SETTINGS:
@@ -336,11 +359,10 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> No
                          f"{' '.join(argv[1:]) or 'none'}.")
   family, f = argv[1], flag_values
   try:
-    import_plan = plan_family(family, f.checkpoint, f.dtype)
-  except ValueError as e:
+    import_plan = write_import(family, f.checkpoint, f.out, f.dtype, f.overwrite)
+  except (ValueError, OSError) as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
-    sys.exit(1)
-  save_params_in_batches(f.out, import_plan.batches(WRITE_BATCH_BYTES))
+    sys.exit(EXIT_REFUSED)
   _print_settings(family, f.out, import_plan.config)
 
 
