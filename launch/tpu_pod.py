@@ -55,6 +55,16 @@ def _runtime(accelerator: str) -> str:
   return RUNTIMES[prefix]
 
 
+def _clone_or_update(url: str) -> str:
+  """Shell: clone the repo into REMOTE_DIR, or fast-forward the clone already there. Nothing is
+  deleted: a REMOTE_DIR that is not a clone, or a clone with local changes, stops the launch."""
+  return (f"if [ -d {REMOTE_DIR}/.git ]; then git -C {REMOTE_DIR} fetch {url} HEAD && "
+          f"git -C {REMOTE_DIR} merge --ff-only FETCH_HEAD; "
+          f"elif [ -e {REMOTE_DIR} ]; then echo '{REMOTE_DIR} exists and is not a git clone; move it "
+          f"away or launch without --git' >&2; exit 1; "
+          f"else git clone --depth=1 {url} {REMOTE_DIR}; fi")
+
+
 def launch_plan(args) -> list[list[str]]:
   """Create or reuse, wait, copy + install, start on all workers, follow worker 0's log."""
   plan = []
@@ -67,8 +77,8 @@ def launch_plan(args) -> list[list[str]]:
                     *_where(args)]) + ' --format="value(state.state)"'
   plan.append(["bash", "-c", f'until [ "$({describe})" = ACTIVE ]; do sleep 30; done'])
   if args.git:
-    plan.append(_ssh(args, "all", f"rm -rf {REMOTE_DIR} && git clone --depth=1 {shell([args.git])} "
-                                  f"{REMOTE_DIR} && cd {REMOTE_DIR} && {INSTALL}"))
+    plan.append(_ssh(args, "all", f"{_clone_or_update(shell([args.git]))} && cd {REMOTE_DIR} && "
+                                  f"{INSTALL}"))
   else:
     plan += [["tar", "czf", ARCHIVE, "--exclude=.git", "--exclude=.venv", "--exclude=workdirs",
               "."],
@@ -77,7 +87,7 @@ def launch_plan(args) -> list[list[str]]:
              _ssh(args, "all", f"mkdir -p {REMOTE_DIR} && tar xzf {ARCHIVE} -C {REMOTE_DIR} && "
                                f"cd {REMOTE_DIR} && {INSTALL}")]
   trainer = shell(train_command(args.train_args, distributed="auto"))
-  plan.append(_ssh(args, "all", f"cd {REMOTE_DIR} && nohup {trainer} > {LOG} 2>&1 < /dev/null &"))
+  plan.append(_ssh(args, "all", f"cd {REMOTE_DIR} && nohup {trainer} >> {LOG} 2>&1 < /dev/null &"))
   plan.append(_ssh(args, "0", f"tail -F {LOG}"))
   return plan
 

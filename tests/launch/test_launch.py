@@ -49,12 +49,41 @@ def test_pod_launch_runs_the_trainer_on_all_four_workers_and_reads_worker_0():
   start = [line for line in lines if "nohup" in line]
   assert len(start) == 1 and "--worker=all" in start[0]
   assert "python3 -m flamingo_jax.training.train --config experiments/flamingo.py:flamingo_9b" in start[0]
-  assert start[0].rstrip("'").endswith("--distributed=auto > ~/flamingo_jax/train.log 2>&1 "
+  assert start[0].rstrip("'").endswith("--distributed=auto >> ~/flamingo_jax/train.log 2>&1 "
                                        "< /dev/null &")
   assert "--worker=0" in lines[-1] and "tail -F" in lines[-1]
   assert lines[0].startswith("gcloud compute tpus queued-resources create flamingo")
   reused = tpu_pod.launch_plan(tpu_pod.parse_args(["--reuse", *argv[3:]]))
   assert not any("create" in cmd for cmd in reused)
+
+
+def test_pod_launch_from_git_never_deletes_the_workers_directory(tmp_path):
+  """The clone-or-update step, run by bash on a stand-in home: a directory that is not a clone
+  stops the launch with its files intact; an existing clone is fast-forwarded."""
+  argv, _ = EXAMPLES[0]
+  plan = tpu_pod.launch_plan(tpu_pod.parse_args(["--git", str(tmp_path / "origin"), *argv[3:]]))
+  (remote,) = [cmd[-1] for cmd in plan if "git clone" in cmd[-1]]
+  step = remote.split(" && cd ")[0]
+  git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+  origin = tmp_path / "origin"
+  subprocess.run([*git, "init", "-q", str(origin)], check=True)
+  (origin / "a.txt").write_text("one")
+  subprocess.run([*git, "-C", str(origin), "add", "a.txt"], check=True)
+  subprocess.run([*git, "-C", str(origin), "commit", "-qm", "1"], check=True)
+  home = tmp_path / "home"
+  (home / "flamingo_jax").mkdir(parents=True)
+  (home / "flamingo_jax" / "notes.txt").write_text("mine")
+  env = dict(os.environ, HOME=str(home))
+  refused = subprocess.run(["bash", "-c", step], env=env, capture_output=True, text=True)
+  assert refused.returncode == 1 and "is not a git clone" in refused.stderr
+  assert (home / "flamingo_jax" / "notes.txt").read_text() == "mine"
+  (home / "flamingo_jax" / "notes.txt").unlink()
+  (home / "flamingo_jax").rmdir()
+  subprocess.run(["bash", "-c", step], env=env, check=True, capture_output=True)
+  (origin / "a.txt").write_text("two")
+  subprocess.run([*git, "-C", str(origin), "commit", "-qam", "2"], check=True)
+  subprocess.run(["bash", "-c", step], env=env, check=True, capture_output=True)
+  assert (home / "flamingo_jax" / "a.txt").read_text() == "two"
 
 
 def test_slurm_script_sets_coordinator_count_and_index_for_each_task(tmp_path):
