@@ -8,21 +8,29 @@ size x size with bilinear filtering (`PIL.Image.resize(box=...)`, one pass; JPEG
 smallest DCT scale that still covers size x size). Training adds a random horizontal flip (p = 0.5) and
 colour jitter (brightness, contrast, saturation, each a factor in [1 - JITTER, 1 + JITTER]). The
 frames of one video share one draw.
+
+Colour (`to_rgb`): EXIF orientation is applied; 16-bit greyscale is scaled to 8 bits (v / 257);
+transparent pixels are composited onto white; CMYK (Adobe-inverted too), YCbCr, LAB, "1" and "L"
+become RGB.
+
+Decompression bombs: `decode(max_pixels=...)` refuses images over a per-call w * h limit, read from
+the header before decoding. PIL's own process-wide limit (`Image.MAX_IMAGE_PIXELS`, by default
+89,478,485 pixels: a DecompressionBombWarning above it, a DecompressionBombError above twice it) is
+left in place as a second net; either, when raised, is reported as BadImage "enormous_image".
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 JITTER = 0.2
 DEFAULT_MAX_PIXELS = 64_000_000  # Larger images (w * h) are refused before decoding (bombs).
-
-# We refuse large images ourselves (BadImage "enormous_image"), before PIL's own, later check.
-Image.MAX_IMAGE_PIXELS = None
+WHITE = (255, 255, 255)
 
 
 class BadImage(Exception):
@@ -54,21 +62,12 @@ class Augmentation:
 def decode(data: bytes, size: int, aug: Augmentation = Augmentation(),
            max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
   """Encoded JPEG / PNG / ... bytes -> [size, size, 3] uint8. Raises BadImage with reason
-  "empty_image", "enormous_image" (more than max_pixels, checked from the header before decoding) or
-  "corrupt_image" (unreadable or truncated)."""
-  if not data:
-    raise BadImage("empty_image")
-  try:
-    im = Image.open(io.BytesIO(data))  # Reads the header only.
-    w, h = im.size
-    if w * h > max_pixels:
-      raise BadImage("enormous_image", f"{w}x{h} > {max_pixels} pixels")
+  "empty_image", "enormous_image" (more than max_pixels, checked from the header before decoding, or
+  over PIL's own limit) or "corrupt_image" (unreadable or truncated)."""
+  with _bad_image_reasons():
+    im = _open(data, max_pixels)
     im.draft("RGB", (size, size))  # JPEG: decode at the smallest DCT scale still >= size.
-    im = im.convert("RGB")  # Decodes; raises on truncated or corrupt data.
-  except BadImage:
-    raise
-  except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...) on bad data.
-    raise BadImage("corrupt_image", repr(e)) from e
+    im = to_rgb(im)  # Decodes; raises on truncated or corrupt data.
   w, h = im.size
   side = min(w, h)
   x0, y0 = round(aug.crop_x * (w - side)), round(aug.crop_y * (h - side))
@@ -78,6 +77,73 @@ def decode(data: bytes, size: int, aug: Augmentation = Augmentation(),
   if (aug.brightness, aug.contrast, aug.saturation) != (1.0, 1.0, 1.0):
     im = colour_jitter(im, aug)
   return np.asarray(im)
+
+
+def check(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+  """Raises BadImage as `decode` would, without resizing (the converters' check): every byte is
+  decoded, JPEGs at their smallest DCT scale, which still reads the whole stream."""
+  with _bad_image_reasons():
+    im = _open(data, max_pixels)
+    im.draft(im.mode, (1, 1))
+    im.load()
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+  """The lazily opened image (header read), checked against max_pixels."""
+  if not data:
+    raise BadImage("empty_image")
+  im = Image.open(io.BytesIO(data))
+  check_pixels(im.size, max_pixels)
+  return im
+
+
+@contextlib.contextmanager
+def _bad_image_reasons():
+  """Turns PIL's errors on bad data into BadImage with its reason."""
+  try:
+    yield
+  except BadImage:
+    raise
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise BadImage("enormous_image", str(e)) from e
+  except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...) on bad data.
+    raise BadImage("corrupt_image", repr(e)) from e
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int, frames: int = 1) -> None:
+  """Raises BadImage("enormous_image") if frames images of size (w, h) hold more than max_pixels
+  pixels in all; call it before decoding (animations: frames decoded so far)."""
+  w, h = size
+  if frames * w * h > max_pixels:
+    raise BadImage("enormous_image", f"{frames} x {w}x{h} > {max_pixels} pixels; raise max_pixels "
+                   "to accept it")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+  """A PIL image of any mode -> RGB, EXIF orientation applied. Decodes a lazily opened image and
+  transposes im itself in place.
+
+  16-bit ("I;16*", "I") greyscale -> 8 bits as v / 257 (clipped to [0, 255]); "F" as v * 255 when
+  all values are in [0, 1], else v (clipped); transparency (alpha or a "transparency" colour or
+  palette index) composited onto white; every other mode by PIL's `convert("RGB")`."""
+  ImageOps.exif_transpose(im, in_place=True)
+  if im.mode.startswith("I") or im.mode == "F":
+    im = _to_8bit_grey(im)
+  if im.has_transparency_data:
+    rgba = im.convert("RGBA")
+    im = Image.new("RGB", im.size, WHITE)
+    im.paste(rgba, mask=rgba.getchannel("A"))
+  return im.convert("RGB")
+
+
+def _to_8bit_grey(im: Image.Image) -> Image.Image:
+  """An "I;16*", "I" or "F" greyscale image -> "L" (see to_rgb)."""
+  values = np.nan_to_num(np.asarray(im, dtype=np.float32))
+  if im.mode == "F":
+    values = values * 255 if values.size and 0 <= values.min() and values.max() <= 1 else values
+  else:
+    values = values / 257
+  return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8))
 
 
 def colour_jitter(im: Image.Image, aug: Augmentation) -> Image.Image:
