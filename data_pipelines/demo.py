@@ -14,8 +14,9 @@ model that looks at the images beats a text-only LM on the held-out loss.
 
 Train and held-out ("eval") splits use disjoint digit scans (the first 1500 / the other 297).
 Layout under DIR: tokenizer.model (512 pieces, trained on the corpus text plus the standard
-library's docstrings so that 512 pieces exist),
-{train,eval}/{interleaved,pairs,video}/*.array_record.
+library's docstrings so that 512 pieces exist), and one dataset directory per split
+(data_pipelines/manifest.py): {train,eval}/manifest.json and
+{train,eval}/{interleaved,pairs,video}/*.array_record; a dataset's path is DIR/<split>/<kind>.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from sklearn.datasets import load_digits
 from tqdm import tqdm
 
 from data_pipelines import images as image_ops
-from data_pipelines import records, tokenizer
+from data_pipelines import manifest, records, tokenizer
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 240),
            "yellow": (235, 220, 40)}
@@ -109,9 +110,9 @@ def build(out_dir: str, seed: int = 0) -> dict:
   info, corpus_text = {"tokenizer": os.path.join(out_dir, "tokenizer.model")}, []
   for split, sizes in SIZES.items():
     scans, targets = split_scans[split]
-    info[split] = {}
+    info[split], shards, split_dir = {}, {}, os.path.join(out_dir, split)
     for kind, count in sizes.items():
-      kind_dir = os.path.join(out_dir, split, kind)
+      kind_dir = os.path.join(split_dir, kind)
       with records.ShardWriter(kind_dir, kind, max_shard_bytes=1 << 20) as writer:
         for n in tqdm(range(count), desc=f"{split}/{kind}", leave=False):
           if kind == "pairs":
@@ -128,6 +129,9 @@ def build(out_dir: str, seed: int = 0) -> dict:
             writer.write(records.interleaved(f"demo/{split}/{kind}/{n}", parts))
             corpus_text.append(" ".join(texts))
       info[split][kind] = kind_dir
+      shards[kind] = [os.path.relpath(p, split_dir) for p in writer.paths]
+    manifest.write(split_dir, shards, {"written": sum(sizes.values())}, [],
+                   f"python -m data_pipelines.demo --out {out_dir} --seed {seed}")
   docs = [pydoc.render_doc(name, renderer=pydoc.plaintext) for name in TOKENIZER_DOC_MODULES]
   # Default values render with their memory address ("<object object at 0x7f..>"): dropped, so
   # every build of the corpus trains the same tokenizer.

@@ -6,8 +6,9 @@ Every example is a dict (T = seq_len, N = max_images, F = num_frames, H = W = im
   images [N, F, H, W, 3] uint8 (zeros in padded slots), image_mask [N] bool,
   phi [T] int32 (`flamingo_jax.models.masking.media_index`), counts [len(COUNTERS)] int64.
 
-A skipped record becomes `{"counts": ...}` alone; `streams.SkipInvalid` drops it and carries its
-counts into the next example, so counters survive worker processes and checkpoints.
+A skipped record becomes `{"counts": ...}` alone (+ `"unreadable": shard path` for a
+records.Unreadable); `streams.SkipInvalid` drops it and carries its counts into the next example, so
+counters survive worker processes and checkpoints.
 
 Token layout
 * interleaved: `<BOS> text <EOC><image> text <EOC><image> text ... <EOC><EOS>`: `<EOC>` before every
@@ -33,6 +34,8 @@ Skip and truncation rules (counter names in COUNTERS):
 * video with fewer than F frames (after drops): skipped ("too_few_frames"); longer: F consecutive
   frames (random start in training, centred in evaluation).
 * a record that does not parse: skipped ("malformed_record").
+* a record its shard could not give (records.Unreadable: a corrupt chunk, a shard truncated or
+  replaced since the stream started; `streams.ShardSource` logs it): skipped ("unreadable_record").
 * more than streams.MAX_CONSECUTIVE_SKIPS (1000) skipped records in a row: an error naming the dataset.
 """
 
@@ -50,7 +53,7 @@ from flamingo_jax.models import masking
 
 COUNTERS = ("records", "skipped", "empty_image", "corrupt_image", "enormous_image", "non_utf8_text",
             "no_images", "no_text", "images_over_cap", "text_truncated", "too_few_frames",
-            "malformed_record")
+            "malformed_record", "unreadable_record")
 _INDEX = {name: i for i, name in enumerate(COUNTERS)}
 
 
@@ -88,9 +91,12 @@ class ToExample(grain.transforms.RandomMap):
   def __init__(self, spec: ExampleSpec, tokenizer: Tokenizer):
     self.spec, self.tok = spec, tokenizer
 
-  def random_map(self, data: bytes, rng: np.random.Generator) -> dict:
+  def random_map(self, data: bytes | records.Unreadable, rng: np.random.Generator) -> dict:
     counts = np.zeros(len(COUNTERS), np.int64)
     counts[_INDEX["records"]] = 1
+    if isinstance(data, records.Unreadable):
+      counts[[_INDEX["unreadable_record"], _INDEX["skipped"]]] += 1
+      return {"counts": counts, "unreadable": data.shard}
     try:
       try:
         record = records.decode_record(data)

@@ -70,7 +70,9 @@ class Mixture:
       raise ValueError(f"The saved data state holds datasets {sorted(state['streams'])} but the "
                        f"config has {sorted(self._iterators)}; restore with the same datasets.")
     self._step = int(state["step"])
-    self._counters = {k: int(v) for k, v in state["counters"].items()}
+    # Merged into zeros: a state saved before a counter was added resumes with it at 0.
+    self._counters = {k: 0 for k in self._counters} | {
+        k: int(v) for k, v in state["counters"].items()}
     for name, it in self._iterators.items():
       it.set_state(state["streams"][name])
 

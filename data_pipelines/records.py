@@ -17,7 +17,8 @@ Kinds and their parts:
 
 Nothing is pickled: a record is parsed by `decode_record` only. Shards are named
 `<prefix>-NNNNN.array_record`; `ShardWriter` writes each to `<name>.tmp` and renames it when the shard
-is complete, so a crash never leaves a truncated shard under a final name.
+is complete, so a crash never leaves a truncated shard under a final name. A dataset directory
+(manifest.py) lists its shards in a manifest; `shard_paths` reads it, and globs older datasets.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import struct
 
 from array_record.python import array_record_module
 
+from data_pipelines import manifest
+
 MAGIC = b"FJR1"
 KINDS = ("interleaved", "pairs", "video")
 SHARD_SUFFIX = ".array_record"
@@ -37,6 +40,14 @@ SHARD_SUFFIX = ".array_record"
 
 class SchemaError(ValueError):
   """A record that does not follow the schema above."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Unreadable:
+  """Stands in for a record its shard could not give (a corrupt chunk, a shard truncated or replaced
+  since the stream started): `streams.ShardSource` returns it, `examples.ToExample` skips it."""
+  shard: str  # The shard's path.
+  index: int  # The record's index within the shard.
 
 
 @dataclasses.dataclass
@@ -167,30 +178,53 @@ class ShardWriter:
 
 
 def shard_paths(path: str) -> list[str]:
-  """A directory (all its `*.array_record` files), a glob, or one file -> sorted shard paths.
-  Raises FileNotFoundError naming `path` when nothing matches."""
-  pattern = os.path.join(path, "*" + SHARD_SUFFIX) if os.path.isdir(path) else path
-  paths = sorted(glob.glob(pattern))
+  """Shard paths of `path`: a dataset directory with one kind, or a `<kind>` sub-directory of one
+  (manifest.py) -> the shards its manifest lists, each checked to have the size it was written with
+  (manifest.DatasetError naming the shard otherwise); a directory without a manifest (all its
+  `*.array_record` files), a glob or one file -> the sorted matches. Raises FileNotFoundError naming
+  `path` when there is no shard."""
+  found = manifest.find(path)
+  if found is not None:
+    paths, looked_for = manifest.shards(*found), f"the shards listed in {found[0].root}"
+  else:
+    pattern = os.path.join(path, "*" + SHARD_SUFFIX) if os.path.isdir(path) else path
+    paths, looked_for = sorted(glob.glob(pattern)), repr(pattern)
   if not paths:
-    raise FileNotFoundError(f"No ArrayRecord shards at {path!r} (looked for {pattern!r}); build them "
-                            "with data_pipelines.convert or data_pipelines.demo, or fix the path.")
+    raise FileNotFoundError(f"No ArrayRecord shards at {path!r} (looked for {looked_for}); build "
+                            "them with data_pipelines.convert or data_pipelines.demo, or fix the "
+                            "path.")
   return paths
 
 
-def check_shards(paths: list[str], kind: str):
-  """Reads the first record of every shard; raises SchemaError naming the file on a wrong kind or a
-  record that is not ours, and ValueError naming the file on an empty shard."""
+def check_shards(paths: list[str], kind: str) -> list[int]:
+  """Reads the first record of every shard; returns the number of records of each [len(paths)].
+  Raises ValueError naming the file on a file that is not a readable ArrayRecord shard or an empty
+  shard, and SchemaError naming the file on a wrong kind or a record that is not ours."""
+  counts = []
   for path in paths:
+    num_records, first = _first_record(path)
+    try:
+      record = decode_record(first)
+    except SchemaError as e:
+      raise SchemaError(f"{path}: {e}") from e
+    if record.kind != kind:
+      raise SchemaError(f"{path} holds {record.kind!r} records but the dataset is configured as "
+                        f"kind={kind!r}; fix the dataset's kind or path.")
+    counts.append(num_records)
+  return counts
+
+
+def _first_record(path: str) -> tuple[int, bytes]:
+  """(number of records, the first record's bytes) of the shard at `path`; ValueError naming it if
+  it holds no records or is not an ArrayRecord file array_record can read."""
+  try:
     reader = array_record_module.ArrayRecordReader(path)
     try:
-      if reader.num_records() == 0:
+      if reader.ok() and reader.num_records() == 0:
         raise ValueError(f"Shard {path} holds no records; remove it or rebuild it.")
-      try:
-        record = decode_record(reader.read([0])[0])
-      except SchemaError as e:
-        raise SchemaError(f"{path}: {e}") from e
-      if record.kind != kind:
-        raise SchemaError(f"{path} holds {record.kind!r} records but the dataset is configured as "
-                          f"kind={kind!r}; fix the dataset's kind or path.")
+      return reader.num_records(), reader.read([0])[0]  # Not ok(): raises array_record's reason.
     finally:
       reader.close()
+  except RuntimeError as e:
+    raise ValueError(f"{path} is not a readable ArrayRecord shard ({e}); rebuild it with "
+                     "data_pipelines.convert, or remove it from the dataset.") from e

@@ -1,4 +1,5 @@
-"""Record schema, shard writer (size sharding, atomic publication) and the shard checks."""
+"""Record schema, shard writer (size sharding, atomic publication) and the shard checks (files that
+are not shards, empty shards, record counts)."""
 
 import os
 
@@ -79,3 +80,38 @@ def test_foreign_shard_error_names_the_file(tmp_path):
   writer.close()
   with pytest.raises(records.SchemaError, match="foreign-00000.array_record"):
     records.check_shards([path], "pairs")
+
+
+
+def text_file(directory) -> str:
+  path = directory / "notes-00000.array_record"
+  path.write_text("hello")
+  return str(path)
+
+
+def truncated_shard(directory) -> str:
+  path = os.path.join(write_shard(directory, "pairs", [records.pair("p", jpeg(), "c")]),
+                      "pairs-00000.array_record")
+  with open(path, "r+b") as f:
+    f.truncate(5000)
+  return path
+
+
+@pytest.mark.parametrize("make", [text_file, truncated_shard])
+def test_a_file_that_is_not_a_shard_is_an_error_naming_it(tmp_path, make):
+  path = make(tmp_path)
+  with pytest.raises(ValueError, match=f"{path} is not a readable ArrayRecord shard.*rebuild it"):
+    records.check_shards([path], "pairs")
+
+
+def test_an_empty_shard_is_an_error_naming_it(tmp_path):
+  path = str(tmp_path / "empty-00000.array_record")
+  array_record_module.ArrayRecordWriter(path, "group_size:1").close()
+  with pytest.raises(ValueError, match="empty-00000.array_record holds no records"):
+    records.check_shards([path], "pairs")
+
+
+def test_check_shards_counts_the_records_of_each_shard(tmp_path):
+  write_shard(tmp_path, "pairs", [records.pair(str(i), jpeg(i), "c") for i in range(3)], "a")
+  write_shard(tmp_path, "pairs", [records.pair(str(i), jpeg(i), "c") for i in range(2)], "b")
+  assert records.check_shards(records.shard_paths(str(tmp_path)), "pairs") == [3, 2]

@@ -1,7 +1,11 @@
 """Grain streams and the mixture: fixed shapes, determinism, per-process sharding, exact resume
-(in-process and with 2 worker processes), round-robin, counters, and config errors."""
+(in-process and with 2 worker processes), round-robin, counters, unreadable records (corrupt chunks,
+shards truncated after the start) and config errors."""
 
 import json
+import logging
+import os
+import pickle
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -181,3 +185,62 @@ def test_config_errors_name_what_to_change(tmp_path, tokenizer, change, message)
   with pytest.raises((ValueError, FileNotFoundError), match=message):
     config = config.replace({f"datasets.pairs.{k}": v for k, v in change.items()}, "data")
     build_mixture(config, image_size=8, tokenizer=tokenizer, process_count=2)
+
+
+def corrupt(shard: str, image: bytes):
+  """Flips 16 bytes of the second half of `image` where `shard` stores them as they are, and nowhere
+  else (zstd leaves most of a noise JPEG so): that record's chunk then fails array_record's hash
+  check, and only it."""
+  with open(shard, "r+b") as f:
+    data = f.read()
+    at = next(data.find(image[k:k + 16]) for k in range(len(image) // 2, len(image) - 16)
+              if data.count(image[k:k + 16]) == 1)
+    f.seek(at)
+    f.write(bytes(b ^ 0xFF for b in data[at:at + 16]))
+
+
+def captions(batch, tokenizer) -> list[str]:
+  return [tokenizer.decode(t[2:t.tolist().index(tokenizer.eoc_id)]) for t in batch["tokens"]]
+
+
+def test_unreadable_records_are_skipped_counted_once_and_logged(tmp_path, tokenizer, caplog):
+  images = [jpeg(i, (20, 20)) for i in range(8)]
+  recs = [records.pair(str(i), image, f"record {i}") for i, image in enumerate(images)]
+  shard_a = os.path.join(write_shard(tmp_path, "pairs", recs[:4], "a"), "a-00000.array_record")
+  shard_b = os.path.join(write_shard(tmp_path, "pairs", recs[4:], "b"), "b-00000.array_record")
+  corrupt(shard_a, images[1])
+  corrupt(shard_b, images[6])
+  mixture = build_mixture(single("pairs", str(tmp_path), batch_size=3), image_size=8,
+                          tokenizer=tokenizer, split="eval")
+  with caplog.at_level(logging.WARNING):
+    seen = [c for step in take(mixture, 2) for c in captions(step["pairs"], tokenizer)]
+  assert seen == [f"record {i}" for i in (0, 2, 3, 4, 5, 7)]
+  counters = {k.split("/")[1]: v for k, v in mixture.counters().items() if v}
+  assert counters == {"records": 8, "skipped": 2, "unreadable_record": 2}
+  assert f"Skipping record 1 of shard {shard_a}" in caplog.text
+  assert f"Skipping record 2 of shard {shard_b}" in caplog.text
+
+
+def test_a_run_of_unreadable_records_is_an_error_naming_the_shard(tmp_path, tokenizer, monkeypatch):
+  monkeypatch.setattr(streams, "MAX_CONSECUTIVE_SKIPS", 3)
+  images = [jpeg(i, (20, 20)) for i in range(5)]
+  write_shard(tmp_path, "pairs", [records.pair(str(i), im, "c") for i, im in enumerate(images)])
+  shard = str(tmp_path / "pairs-00000.array_record")
+  for image in images[1:]:  # The first record stays readable: the shard check passes.
+    corrupt(shard, image)
+  mixture = build_mixture(single("pairs", str(tmp_path)), image_size=8, tokenizer=tokenizer,
+                          split="eval")
+  with pytest.raises(RuntimeError, match=f"'unreadable_record': 4.*unreadable shards.*{shard}"):
+    next(mixture)
+
+
+def test_a_shard_truncated_after_the_start_gives_unreadable_records(tmp_path):
+  write_shard(tmp_path, "pairs", [records.pair(str(i), jpeg(i, (20, 20)), "c") for i in range(4)])
+  shard = str(tmp_path / "pairs-00000.array_record")
+  source = streams.ShardSource([shard], [4])
+  assert len(source) == 4 and records.decode_record(source[0]).source == "0"
+  with open(shard, "r+b") as f:
+    f.truncate(2000)
+  assert source[3] == records.Unreadable(shard, 3)  # Its open reader reads past the end.
+  worker_copy = pickle.loads(pickle.dumps(source))  # A worker process opens the shard anew.
+  assert worker_copy[1] == records.Unreadable(shard, 1)
