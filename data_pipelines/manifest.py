@@ -69,13 +69,14 @@ def file_sha256(path: str) -> str:
 
 def source_entry(path: str) -> dict:
   """{"path", "bytes", "sha256"} of an input file, for the manifest's `sources`."""
-  return {"path": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+  return {"path": os.path.abspath(path), "bytes": os.path.getsize(path),
+          "sha256": file_sha256(path)}
 
 
 def staging(out_dir: str, overwrite: bool) -> str:
   """Checks that OUT may be written (before any work) and creates the temporary directory beside
   it; returns its path."""
-  out_dir = os.path.abspath(out_dir)
+  out_dir = os.path.realpath(out_dir)
   if os.path.exists(out_dir):
     if not os.path.isdir(out_dir):
       raise DatasetError(f"--out {out_dir} is a file, not a directory; choose another --out.")
@@ -118,7 +119,7 @@ def publish(tmp_dir: str, out_dir: str, overwrite: bool) -> str:
   """Renames the finished tmp_dir to out_dir; returns out_dir. An existing empty out_dir is
   replaced; an existing dataset (overwrite=True) is moved aside, its listed files removed, and what
   is left (files not ours) moved back to its place in the new out_dir."""
-  out_dir = os.path.abspath(out_dir)
+  out_dir = os.path.realpath(out_dir)
   old = None
   if os.path.isdir(out_dir) and os.listdir(out_dir):
     if not overwrite:
@@ -168,8 +169,9 @@ def remove_dataset(root: str) -> None:
   manifest = read(root)
   listed = [shard.path for shards in manifest.kinds.values() for shard in shards]
   for name in listed + [REJECTS, MANIFEST]:
-    with contextlib.suppress(FileNotFoundError):  # Already gone (a user removed it): nothing to do.
-      os.remove(os.path.join(root, name))
+    path = os.path.join(root, name)
+    if os.path.isfile(path) and not os.path.islink(path):  # Gone, or not what we wrote: left be.
+      os.remove(path)
   for directory in [os.path.join(root, kind) for kind in manifest.kinds] + [root]:
     with contextlib.suppress(OSError):  # Not empty: something of somebody else's is in it.
       os.rmdir(directory)
@@ -192,7 +194,8 @@ def read(root: str) -> Manifest:
     raise DatasetError(f"{root} has no {MANIFEST}: it is not a dataset written by "
                        "data_pipelines.convert (or data_pipelines.demo).") from None
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-    raise DatasetError(f"{path} is not a valid dataset manifest ({e}); re-run the converter.") from e
+    raise DatasetError(f"{path} is not a valid dataset manifest ({e}); re-run the "
+                       "converter.") from e
 
 
 def _inside(rel: str) -> str:
@@ -222,8 +225,9 @@ def shards(manifest: Manifest, kind: str | None) -> list[str]:
   the size the manifest records; DatasetError naming the shard otherwise."""
   if kind is None:
     if len(manifest.kinds) != 1:
+      example = os.path.join(manifest.root, min(manifest.kinds))
       raise DatasetError(f"{manifest.root} holds {sorted(manifest.kinds)}; point the dataset at one "
-                         f"of its sub-directories, e.g. {os.path.join(manifest.root, min(manifest.kinds))}.")
+                         f"of its sub-directories, e.g. {example}.")
     kind = next(iter(manifest.kinds))
   paths = []
   for shard in manifest.kinds[kind]:

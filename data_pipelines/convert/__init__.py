@@ -1,0 +1,7 @@
+"""Converters to dataset directories of ArrayRecord shards, as Apache Beam pipelines.
+
+  __main__.py  the CLI (`python -m data_pipelines.convert SOURCE --out DIR ...`)
+  pipeline.py  the Beam pipeline and the summary; sources.py  inputs -> units -> records;
+  rows.py      row layouts (OBELICS, MMC4, pair, video) and their checks; media.py  media reading;
+  outcome.py   what one unit gives: records, counts, reject-log lines.
+"""
