@@ -19,6 +19,7 @@ SOURCES = ("synthetic", "arrayrecord")
 ACCUMULATION = ("all", "round_robin")
 KINDS = ("interleaved", "pairs", "video")
 SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adamw", "sgd")
 FROZEN_SHARDING = ("fsdp", "tensor", "replicated")
 LM_PASSES = ("joint", "per_dataset")
 
@@ -149,8 +150,13 @@ class DataConfig(Section):
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig(Section):
-  """AdamW on the trainable tree (FLAMINGO.md, Optimisation); training/optimizer.py builds it."""
+  """AdamW (or SGD) on the trainable tree (FLAMINGO.md, Optimisation); training/optimizer.py builds
+  it."""
 
+  # One of OPTIMIZERS: "adamw" (paper), or "sgd": plain SGD, the update -learning_rate x gradient
+  # (after clipping), e.g. for tests where Adam's normalised updates would hide a gradient's scale;
+  # weight_decay, b1, b2 and eps are AdamW's only.
+  name: str = "adamw"
   learning_rate: float = 1e-3  # Peak learning rate (paper: 1e-4).
   warmup_steps: int = 10  # Linear warm-up from 0 (paper: 5,000).
   schedule: str = "constant"  # After warm-up, one of SCHEDULES (paper: constant).
@@ -166,6 +172,7 @@ class OptimizerConfig(Section):
   def check(self, prefix: str) -> None:
     positive(prefix, self, "learning_rate", "clip_norm", "eps", "max_consecutive_skips")
     non_negative(prefix, self, "warmup_steps", "end_learning_rate", "weight_decay")
+    one_of(prefix, self, "name", OPTIMIZERS)
     one_of(prefix, self, "schedule", SCHEDULES)
     for name in ("b1", "b2"):
       if not 0 <= getattr(self, name) < 1:

@@ -1,9 +1,10 @@
 """The optimiser of the trainable tree (FLAMINGO.md, Optimisation).
 
 AdamW with global-norm clipping and a warm-up schedule; weight decay on everything trainable except
-the Perceiver Resampler. Wrapped in `optax.apply_if_finite`: an update whose gradients are not finite
-(NaN / inf, which is what a non-finite loss produces) is skipped and counted (`skipped_updates`). The
-frozen tree never reaches the optimiser, so it has no optimiser state at all.
+the Perceiver Resampler (`optimizer.name="sgd"`: plain SGD in place of AdamW). Wrapped in
+`optax.apply_if_finite`: an update whose gradients are not finite (NaN / inf, which is what a
+non-finite loss produces) is skipped and counted (`skipped_updates`). The frozen tree never reaches
+the optimiser, so it has no optimiser state at all.
 """
 
 from __future__ import annotations
@@ -35,12 +36,15 @@ def decay_mask(trainable: Params) -> Any:
 
 
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
-  return optax.apply_if_finite(
-      optax.chain(
-          optax.clip_by_global_norm(config.clip_norm),
-          optax.adamw(learning_rate_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps,
-                      weight_decay=config.weight_decay, mask=decay_mask)),
-      max_consecutive_errors=config.max_consecutive_skips)
+  """`config.name`: AdamW, or plain SGD; clipped, on the schedule, non-finite updates skipped."""
+  schedule = learning_rate_schedule(config)
+  if config.name == "sgd":
+    update = optax.sgd(schedule)
+  else:
+    update = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
+                         weight_decay=config.weight_decay, mask=decay_mask)
+  return optax.apply_if_finite(optax.chain(optax.clip_by_global_norm(config.clip_norm), update),
+                               max_consecutive_errors=config.max_consecutive_skips)
 
 
 def skipped_updates(opt_state) -> jax.Array:
