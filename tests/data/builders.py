@@ -2,6 +2,7 @@
 
 import io
 
+import av
 import numpy as np
 from PIL import Image
 
@@ -15,6 +16,38 @@ def jpeg(seed=0, size=(50, 40)) -> bytes:
   buf = io.BytesIO()
   Image.fromarray(pixels).save(buf, format="JPEG")
   return buf.getvalue()
+
+
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255)]
+
+
+def encoded_video(container: str = "mp4", codec: str = "mpeg4", seconds: float = 3.5, fps: int = 10,
+                  size: int = 32) -> bytes:
+  """A video (PyAV) of size x size frames at fps for `seconds`, COLOURS[second] during each
+  second."""
+  buf = io.BytesIO()
+  with av.open(buf, "w", format=container) as out:
+    stream = out.add_stream(codec, rate=fps)
+    stream.width = stream.height = size
+    stream.pix_fmt = "yuv420p"
+    for i in range(round(seconds * fps)):
+      pixels = np.full((size, size, 3), COLOURS[i // fps], np.uint8)
+      out.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+    out.mux(stream.encode())
+  return buf.getvalue()
+
+
+def mean_colours(frames: list[bytes]) -> np.ndarray:
+  """Encoded frames -> [N, 3] mean colour of each."""
+  return np.array([np.asarray(Image.open(io.BytesIO(f)).convert("RGB")).reshape(-1, 3).mean(0)
+                   for f in frames])
+
+
+def assert_1fps_colours(record, seconds: int = 4) -> None:
+  """A video record of encoded_video(): frames at 0, 1, ... s, each of its second's colour."""
+  assert [p.time for p in record.images] == list(range(seconds))
+  np.testing.assert_allclose(mean_colours([p.data for p in record.images]), COLOURS[:seconds],
+                             atol=16)
 
 
 def write_shard(path_dir, kind, recs, prefix=None) -> str:

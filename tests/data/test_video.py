@@ -11,31 +11,18 @@ import pytest
 from PIL import Image
 
 from data_pipelines import video
+from tests.data import builders
+from tests.data.builders import encoded_video, mean_colours
 
-COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]  # One per second.
+COLOURS = builders.COLOURS[:4]  # One per second.
 LIMITS = dict(max_pixels=64_000_000, max_frames=16)
 
 
-def colours(jpegs: list[bytes]) -> np.ndarray:
-  """JPEG frames -> [N, 3] mean colour of each."""
-  return np.array([np.asarray(Image.open(io.BytesIO(j)).convert("RGB")).reshape(-1, 3).mean(0)
-                   for j in jpegs])
-
-
 def encode_video(container: str, codec: str, seconds=3.5, fps=10, size=32) -> bytes:
-  """size x size frames at fps for `seconds`, in COLOURS[second]."""
+  """builders.encoded_video, skipping the test where this PyAV wheel lacks the encoder."""
   if codec not in av.codecs_available:
     pytest.skip(f"this PyAV wheel has no {codec} encoder (av.codecs_available)")
-  buf = io.BytesIO()
-  with av.open(buf, "w", format=container) as out:
-    stream = out.add_stream(codec, rate=fps)
-    stream.width = stream.height = size
-    stream.pix_fmt = "yuv420p"
-    for i in range(round(seconds * fps)):
-      pixels = np.full((size, size, 3), COLOURS[i // fps], np.uint8)
-      out.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
-    out.mux(stream.encode())
-  return buf.getvalue()
+  return encoded_video(container, codec, seconds, fps, size)
 
 
 def encode_animation(fmt: str, durations_ms, size=16, **kw) -> bytes:
@@ -65,13 +52,13 @@ def reason(data: bytes, **limits) -> str:
 def test_video_frame_shown_each_second(container, codec):
   jpegs, times = video.sample_1fps(encode_video(container, codec), **LIMITS)
   assert times == [0.0, 1.0, 2.0, 3.0]  # 3.5 s: the frame at 3 s, none at 4 s.
-  np.testing.assert_allclose(colours(jpegs), COLOURS, atol=12)
+  np.testing.assert_allclose(mean_colours(jpegs), COLOURS, atol=12)
 
 
 def test_video_cut_at_max_frames():
   jpegs, times = video.sample_1fps(encode_video("mp4", "libx264"), max_pixels=32 * 32, max_frames=2)
   assert times == [0.0, 1.0]
-  np.testing.assert_allclose(colours(jpegs), COLOURS[:2], atol=12)
+  np.testing.assert_allclose(mean_colours(jpegs), COLOURS[:2], atol=12)
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
@@ -81,7 +68,7 @@ def test_animation_frame_shown_each_second(fmt):
   assert video.is_animated(data)
   jpegs, times = video.sample_1fps(data, **LIMITS)
   assert times == [0.0, 1.0, 2.0, 3.0]
-  np.testing.assert_allclose(colours(jpegs), [COLOURS[0], COLOURS[2], COLOURS[2], COLOURS[3]],
+  np.testing.assert_allclose(mean_colours(jpegs), [COLOURS[0], COLOURS[2], COLOURS[2], COLOURS[3]],
                              atol=12)
 
 
@@ -90,14 +77,14 @@ def test_animation_frame_without_duration_lasts_a_second():
   gif = re.sub(rb"\x21\xf9\x04.{4}\x00", b"", gif, flags=re.S)  # Drop each frame's delay (GCE).
   jpegs, times = video.sample_1fps(gif, **LIMITS)
   assert times == [0.0, 1.0, 2.0]
-  np.testing.assert_allclose(colours(jpegs), COLOURS[:3], atol=12)
+  np.testing.assert_allclose(mean_colours(jpegs), COLOURS[:3], atol=12)
 
 
 def test_animation_cut_at_max_frames():
   data = encode_animation("GIF", [1000] * 4)
   jpegs, times = video.sample_1fps(data, max_pixels=256, max_frames=3)
   assert times == [0.0, 1.0, 2.0]
-  np.testing.assert_allclose(colours(jpegs), COLOURS[:3], atol=12)
+  np.testing.assert_allclose(mean_colours(jpegs), COLOURS[:3], atol=12)
 
 
 @pytest.mark.parametrize("data", [encode_animation("GIF", [1000, 1000], size=64),
@@ -132,7 +119,7 @@ def test_truncated_webm_keeps_its_whole_seconds():
   assert reason(data[:len(data) // 4]) in ("corrupt_video", "no_frames")
   jpegs, times = video.sample_1fps(data[:len(data) * 3 // 4], **LIMITS)  # WebM streams: no index.
   assert 1 <= len(times) < 4 and times == [float(t) for t in range(len(times))]
-  np.testing.assert_allclose(colours(jpegs), COLOURS[:len(times)], atol=12)
+  np.testing.assert_allclose(mean_colours(jpegs), COLOURS[:len(times)], atol=12)
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF"])

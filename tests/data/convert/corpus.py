@@ -18,16 +18,14 @@ import os
 import zlib
 from pathlib import Path
 
-import av
 import numpy as np
 import zstandard
 from PIL import Image
 
 from data_pipelines.convert import media
-from tests.data.builders import jpeg
+from tests.data.builders import COLOURS, encoded_video, jpeg
 
 BOM = b"\xef\xbb\xbf"
-COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255)]
 MAX_FILE_BYTES = 64 << 10
 
 
@@ -58,23 +56,8 @@ def gif(frames: int, screen: tuple[int, int] | None = None, duration_ms: int = 5
 
 @functools.cache
 def mp4(seconds: float = 3.5, fps: int = 10, size: int = 32) -> bytes:
-  """An MPEG-4 video (PyAV) of size x size frames, COLOURS[second] during each second."""
-  buf = io.BytesIO()
-  with av.open(buf, "w", format="mp4") as out:
-    stream = out.add_stream("mpeg4", rate=fps)
-    stream.width = stream.height = size
-    stream.pix_fmt = "yuv420p"
-    for i in range(round(seconds * fps)):
-      pixels = np.full((size, size, 3), COLOURS[i // fps], np.uint8)
-      out.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
-    out.mux(stream.encode())
-  return buf.getvalue()
-
-
-def mean_colours(frames: list[bytes]) -> np.ndarray:
-  """Encoded frames -> [N, 3] mean colour of each."""
-  return np.array([np.asarray(Image.open(io.BytesIO(f)).convert("RGB")).reshape(-1, 3).mean(0)
-                   for f in frames])
+  """An MPEG-4 video of size x size frames, COLOURS[second] during each second."""
+  return encoded_video("mp4", "mpeg4", seconds, fps, size)
 
 
 OK, OK2 = jpeg(1), jpeg(2)
