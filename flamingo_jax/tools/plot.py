@@ -1,5 +1,6 @@
-r"""Plots a run's logs: tanh(alpha) of every gated block over training (the paper's gate plot) and
-the loss curves, as one PNG.
+r"""Plots a run's logs as one PNG: tanh(alpha) of every gated block over training (the paper's gate
+plot), |tanh(alpha)| of each block at the end of training by the depth of the LM layer it precedes
+(attention and dense gates side by side, the paper's Figure 6 view), and the loss curves.
 
   python -m flamingo_jax.tools.plot --workdir /tmp/run [--out /tmp/run/training.png]
 """
@@ -12,6 +13,17 @@ import numpy as np
 from absl import app, flags
 
 from flamingo_jax.training.metrics import read_metrics
+from flamingo_jax.weights import store
+
+
+def final_gates_by_depth(workdir: str, record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(LM layer index each gated block precedes [K], |tanh(alpha)| of its attention gate [K], of its
+  dense gate [K]) at `record` (a metrics line). Depths come from the run's recorded placement
+  (`model.xattn.every` / `offset`, run.json); without a record, the block index."""
+  attn, ffw = (np.abs(np.asarray(record.get(f"gates/{g}", []), float)) for g in ("attn", "ffw"))
+  run = store.read_run_record(workdir)
+  xattn = run["config"]["model"]["xattn"] if run else {"every": 1, "offset": 0}
+  return xattn["offset"] + xattn["every"] * np.arange(len(attn)), attn, ffw
 
 
 def plot_training(workdir: str, out: str) -> str:
@@ -23,7 +35,7 @@ def plot_training(workdir: str, out: str) -> str:
   if not records:
     raise ValueError(f"{workdir}/metrics.jsonl has no records yet.")
   steps = np.array([r["step"] for r in records])
-  fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+  fig, axes = plt.subplots(1, 4, figsize=(21, 4.5))
   for ax, gate in zip(axes[:2], ("attn", "ffw")):
     values = np.array([r.get(f"gates/{gate}", []) for r in records])
     if values.size:
@@ -32,11 +44,17 @@ def plot_training(workdir: str, out: str) -> str:
         ax.plot(steps, values[:, layer], color=colours[layer], label=f"block {layer}")
       ax.legend(fontsize=7, ncol=2)
     ax.set(title=f"tanh(alpha) of the {gate} gates", xlabel="step")
+  depths, attn, ffw = final_gates_by_depth(workdir, records[-1])
+  width = 0.4 * (depths[1] - depths[0] if len(depths) > 1 else 1)
+  axes[2].bar(depths - width / 2, attn, width, label="attention")
+  axes[2].bar(depths + width / 2, ffw, width, label="dense")
+  axes[2].set(title=f"|tanh(alpha)| at step {steps[-1]}", xlabel="LM layer depth", xticks=depths)
+  axes[2].legend(fontsize=8)
   losses = sorted(k for k in records[-1] if k == "loss" or k.startswith("loss/"))
   for name in losses:
-    axes[2].plot(steps, [r.get(name, np.nan) for r in records], label=name)
-  axes[2].set(title="training loss", xlabel="step", yscale="log")
-  axes[2].legend(fontsize=8)
+    axes[3].plot(steps, [r.get(name, np.nan) for r in records], label=name)
+  axes[3].set(title="training loss", xlabel="step", yscale="log")
+  axes[3].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(out, dpi=100)
   plt.close(fig)
