@@ -25,14 +25,16 @@ from ml_collections import config_flags
 
 from data_pipelines.tokenizer import Tokenizer
 from flamingo_jax.config import EvaluationConfig, FlamingoConfig
-from flamingo_jax.evaluation.runner import METRIC_NAMES, TaskRunner
+from flamingo_jax.evaluation.runner import METRIC_NAMES, ModelCalls, TaskRunner
 from flamingo_jax.weights.pretrained import load_trained
 
 
 def evaluate(settings: EvaluationConfig, model_config: FlamingoConfig, params,
-             tokenizer: Tokenizer, workdir: str, log: Callable[[str], None] = print) -> dict:
-  """Runs every task of `settings.tasks` at every `settings.shots`; writes results.json and
-  results.md into `workdir` and returns the results dict."""
+             tokenizer: Tokenizer, workdir: str, log: Callable[[str], None] = print,
+             calls: ModelCalls = ModelCalls()) -> dict:
+  """Runs every task of `settings.tasks` at every `settings.shots` (the model reached through
+  `calls`: runner.ModelCalls); writes results.json and results.md into `workdir` and returns the
+  results dict."""
   if tokenizer.vocab_size != model_config.lm.vocab_size:
     raise ValueError(f"The tokenizer {tokenizer.model_path} has {tokenizer.vocab_size} pieces but "
                      f"model.lm.vocab_size={model_config.lm.vocab_size}: it is not the model's.")
@@ -41,7 +43,7 @@ def evaluate(settings: EvaluationConfig, model_config: FlamingoConfig, params,
   for name, task in settings.tasks.items():
     start = time.perf_counter()
     runner = TaskRunner(name, task, settings, model_config, params, tokenizer,
-                        os.path.join(workdir, "rices"), log)
+                        os.path.join(workdir, "rices"), log, calls)
     scores = {}
     for k in settings.shots:
       scores[str(k)] = runner.run(k)

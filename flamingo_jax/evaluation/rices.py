@@ -3,9 +3,10 @@ vision features are most similar to the query's, most similar LAST in the prompt
 
 Features: the frozen vision tower's output [B, 1, 1, S, D] mean-pooled over its S tokens and L2
 normalised -> [B, D]; similarity is the cosine (a dot product of normalised features). Features are
-cached on disk as `<cache_dir>/<dataset>-<split>-<model>.npy`, where `model` fingerprints the vision
-config and weights, so a second evaluation (another shot count, another task on the same images)
-reads them instead of running the tower again.
+cached on disk as `<cache_dir>/<dataset>-<split>[:<n>]-<data>-<model>.npy`, where `data` fingerprints
+the n examples (`data_fingerprint`: keys and images) and `model` the vision config and weights, so a
+second evaluation of the same images (another shot count) reads them instead of running the tower
+again, and another support set (source, data_dir, split, size or a rebuilt corpus) never does.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from flamingo_jax.config import FlamingoConfig
 from flamingo_jax.models.vision import VisionTransformer
 from flamingo_jax.weights import tree as ptree
 
+IMAGE_SAMPLES = 256  # Values of each image that `data_fingerprint` hashes (at fixed positions).
+
 
 def most_similar(query_features: np.ndarray, support_features: np.ndarray, k: int) -> np.ndarray:
   """query [Q, D], support [S, D] (L2-normalised) -> [Q, k] support indices, ordered from the k-th
@@ -40,6 +43,19 @@ def model_fingerprint(config: FlamingoConfig, vision_params) -> str:
   """A short hash of the vision config and weights: the cache key of the features they produce."""
   digest = hashlib.blake2b(repr(config.vision).encode(), digest_size=8)
   digest.update(ptree.fingerprint(vision_params).encode())
+  return digest.hexdigest()
+
+
+def data_fingerprint(examples: Sequence[EvalExample]) -> str:
+  """A short hash of the examples in order: each one's key, image shape (or encoded length) and
+  IMAGE_SAMPLES of its image bytes at fixed positions (as `ptree.fingerprint` samples weights)."""
+  digest = hashlib.blake2b(digest_size=8)
+  for ex in examples:
+    data = np.frombuffer(ex.image, np.uint8) if isinstance(ex.image, bytes) else np.asarray(ex.image)
+    flat = data.reshape(-1)
+    positions = np.linspace(0, flat.size - 1, min(flat.size, IMAGE_SAMPLES)).astype(np.int64)
+    digest.update(f"{ex.key}{data.shape}".encode())
+    digest.update(flat[positions].tobytes())
   return digest.hexdigest()
 
 
@@ -64,10 +80,12 @@ def vision_features(config: FlamingoConfig, vision_params, examples: Sequence[Ev
   return np.concatenate(out) if out else np.zeros((0, config.vision.width), np.float32)
 
 
-def cached_features(cache_dir: str, dataset: str, split: str, model: str,
-                    compute: Callable[[], np.ndarray]) -> np.ndarray:
-  """Features from `<cache_dir>/<dataset>-<split>-<model>.npy`, or `compute()` written there first."""
-  name = re.sub(r"[^A-Za-z0-9_.]+", "_", f"{dataset}-{split}-{model}")
+def cached_features(cache_dir: str, dataset: str, split: str, examples: Sequence[EvalExample],
+                    model: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+  """Features of `examples` (of `dataset`'s `split`) from
+  `<cache_dir>/<dataset>-<split>[:<n>]-<data>-<model>.npy`, or `compute()` written there first."""
+  key = f"{dataset}-{split}[:{len(examples)}]-{data_fingerprint(examples)}-{model}"
+  name = re.sub(r"[^A-Za-z0-9_.]+", "_", key)
   path = os.path.join(cache_dir, f"{name}.npy")
   if os.path.exists(path):
     return np.load(path)

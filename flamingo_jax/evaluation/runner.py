@@ -4,11 +4,16 @@
 `mapping` is the in-context task: per query the classes get shuffled names (`mapping_words`, or the
 class names permuted), the shots show them (one shot per class at least), and the answer is the name
 of the query's class, so only the shots tell it (chance = 1 / #classes).
+
+The model is reached through `ModelCalls` only (generate, score, RICES features): another
+implementation with the same signatures (a served model, a stub with known outputs) runs the same
+harness.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 from typing import Callable
 
 import jax
@@ -21,6 +26,17 @@ from flamingo_jax.evaluation import fewshot, metrics, rices
 from flamingo_jax.inference import decoding
 
 METRIC_NAMES = {"cider": "CIDEr", "vqa_accuracy": "VQA acc.", "roc_auc": "ROC-AUC", "top1": "top-1"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCalls:
+  """The model functions the harness calls, with the signatures of the defaults:
+  generate(config, params, tokens, prompt_mask, images, sampling, stop_tokens) -> (new_tokens [B, N],
+  lengths [B]); score(config, params, tokens, prompt_mask, images, candidates, candidate_mask) ->
+  [B, C] log-likelihoods; features(config, vision_params, examples) -> [len(examples), D] (RICES)."""
+  generate: Callable = decoding.generate
+  score: Callable = decoding.score
+  features: Callable = rices.vision_features
 
 
 def shot_answer(example: EvalExample) -> str:
@@ -47,13 +63,15 @@ def _balanced_shots(labels: np.ndarray, num_queries: int, num_shots: int, num_cl
 
 
 class TaskRunner:
-  """Runs one task at every shot count on one model (config, params) and tokenizer."""
+  """Runs one task at every shot count on one model (config, params, reached through `calls`) and
+  tokenizer; RICES features are cached under `cache_dir`."""
 
   def __init__(self, name: str, task: EvalTaskConfig, settings: EvaluationConfig,
                model_config: FlamingoConfig, params, tokenizer: Tokenizer, cache_dir: str,
-               log: Callable[[str], None] = print):
+               log: Callable[[str], None] = print, calls: ModelCalls = ModelCalls()):
     self.name, self.task, self.settings = name, task, settings
     self.model_config, self.params, self.tokenizer, self.log = model_config, params, tokenizer, log
+    self.calls = calls
     self.support, class_names = load_task_split(task, task.support_split, task.support_size)
     self.queries, _ = load_task_split(task, task.query_split, task.num_queries)
     self.class_names = tuple(class_names)
@@ -68,15 +86,15 @@ class TaskRunner:
     if task.kind in ("classification", "mapping") and len(self.class_names) < 2:
       raise ValueError(f"tasks.{name}: a {task.kind} task needs class names (tasks.{name}.class_names).")
     if task.selection == "rices":
-      fingerprint = rices.model_fingerprint(model_config, params["vision"])
-      features = lambda examples: lambda: rices.vision_features(  # noqa: E731
-          model_config, params["vision"], examples)
-      self.support_features = rices.cached_features(
-          cache_dir, name, f"{task.support_split}[:{len(self.support)}]", fingerprint,
-          features(self.support))
-      self.query_features = rices.cached_features(
-          cache_dir, name, f"{task.query_split}[:{len(self.queries)}]", fingerprint,
-          features(self.queries))
+      model = rices.model_fingerprint(model_config, params["vision"])
+      self.support_features = self._features(cache_dir, model, task.support_split, self.support)
+      self.query_features = self._features(cache_dir, model, task.query_split, self.queries)
+
+  def _features(self, cache_dir: str, model: str, split: str, examples) -> np.ndarray:
+    """RICES features of `examples` (the task's `split`), cached under `cache_dir` for the vision
+    tower fingerprinted `model`."""
+    return rices.cached_features(cache_dir, self.name, split, examples, model, lambda: (
+        self.calls.features(self.model_config, self.params["vision"], examples)))
 
   # ------------------------------------------------------------------------------------------ shots
   def shots(self, num_shots: int) -> tuple[np.ndarray, bool]:
@@ -127,8 +145,8 @@ class TaskRunner:
     prompts = [self._prompt(q, shot_indices[q], text_only) for q in range(len(self.queries))]
     texts = []
     for real, (tokens, mask, images) in self._batches(prompts):
-      new, lengths = jax.device_get(decoding.generate(self.model_config, self.params, tokens, mask,
-                                                      images, sampling, stops))
+      new, lengths = jax.device_get(self.calls.generate(self.model_config, self.params, tokens,
+                                                        mask, images, sampling, stops))
       texts += [self.tokenizer.decode(new[b, :lengths[b]]).strip() for b in range(real)]
     return texts
 
@@ -166,8 +184,8 @@ class TaskRunner:
       row = 0
       for real, (tokens, mask, images) in self._batches(prompts):
         picked = [candidates[min(row + b, len(candidates) - 1)] for b in range(len(tokens))]
-        scores = decoding.score(self.model_config, self.params, tokens, mask, images,
-                                np.stack([c for c, _ in picked]), np.stack([m for _, m in picked]))
+        scores = self.calls.score(self.model_config, self.params, tokens, mask, images,
+                                  np.stack([c for c, _ in picked]), np.stack([m for _, m in picked]))
         total[row:row + real] += np.asarray(scores)[:real]
         row += real
     return total / len(orders)

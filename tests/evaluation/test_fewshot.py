@@ -1,4 +1,6 @@
-"""Few-shot harness: prompts and shot order, RICES, and the whole evaluation on tfds mock data."""
+"""Few-shot harness: prompts and shot order, RICES, and the whole evaluation of the tiny model on
+tfds mock data and the demo corpus (scores equal the metrics of the model's recorded outputs); the
+golden tests with a stub model are in test_harness.py."""
 
 import json
 import os
@@ -9,27 +11,16 @@ import numpy as np
 import pytest
 
 from data_pipelines import tokenizer as tokenizer_lib
-from data_pipelines.eval_sets import EvalExample
+from data_pipelines.eval_sets import EvalExample, load_task_split
 from experiments import evaluation as evaluation_presets
 from flamingo_jax.config import EvaluationConfig
-from flamingo_jax.evaluation import evaluate, fewshot, rices
+from flamingo_jax.evaluation import evaluate, fewshot, metrics, rices
 from flamingo_jax.evaluation import runner as runner_lib
+from flamingo_jax.inference import decoding
 from flamingo_jax.models.vision import VisionTransformer
 from tests.builders import init_params, tiny_config
 
 SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-  """A 300-piece sentencepiece model (byte fallback: every string encodes)."""
-  path = str(tmp_path_factory.mktemp("tok") / "tok.model")
-  words = ("a the dog cat red blue green what is on table output question answer yes no "
-           "colour image man woman sits runs two three abcdefghij").split()
-  rng = np.random.default_rng(0)
-  sentences = [" ".join(rng.choice(words, 8)) for _ in range(2000)]
-  tokenizer_lib.train(sentences, path, vocab_size=300)
-  return tokenizer_lib.Tokenizer(path)
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +55,12 @@ def test_zero_shot_prompt_has_two_text_only_examples(tokenizer):
   support = [_example(f"s{i}", 0, answers=(f"caption {i}",)) for i in range(6)]
   query = _example("q", 1)
   indices = fewshot.random_shots(num_queries=3, support_size=6, num_shots=2, seed=0)
-  assert indices.shape == (3, 2) and all(len(set(row)) == 2 for row in indices)
+  assert indices.tolist() == [[4, 3], [2, 5], [0, 4]]  # Distinct per query, seeded per query.
   shots = [(support[i], support[i].answers[0]) for i in indices[0]]
   prompt = fewshot.build_prompt(tokenizer, "<image>Output: {answer}<EOC>", query, shots, SIZE,
                                 text_only=True)
   text = tokenizer.decode(prompt.ids[1:])
-  assert text == "".join(f"Output: {a}<EOC>" for _, a in shots) + "<image>Output:"
+  assert text == "Output: caption 4<EOC>Output: caption 3<EOC><image>Output:"
   assert len(prompt.images) == 1  # The query's image only.
 
 
@@ -83,9 +74,9 @@ def test_pad_batch_left_pads_and_places_images(tokenizer):
 
 
 def test_order_permutations_are_distinct():
-  orders = fewshot.order_permutations(4, 6, seed=0)
-  assert len(set(orders)) == 6 and orders[0] == (0, 1, 2, 3)
-  assert len(fewshot.order_permutations(2, 6, seed=0)) == 2  # Only 2! orders exist.
+  assert fewshot.order_permutations(4, 6, seed=0) == [  # The identity first.
+      (0, 1, 2, 3), (3, 0, 1, 2), (0, 3, 1, 2), (3, 1, 2, 0), (1, 3, 0, 2), (1, 3, 2, 0)]
+  assert fewshot.order_permutations(2, 6, seed=0) == [(0, 1), (1, 0)]  # Only 2! orders exist.
 
 
 def test_template_without_answer_is_rejected():
@@ -124,8 +115,8 @@ def test_rices_features_are_cached(tmp_path):
     calls.append(1)
     return rices.vision_features(config, vision, examples, batch_size=4)
 
-  first = rices.cached_features(str(tmp_path), "demo", "train", fingerprint, compute)
-  second = rices.cached_features(str(tmp_path), "demo", "train", fingerprint, compute)
+  first = rices.cached_features(str(tmp_path), "demo", "train", examples, fingerprint, compute)
+  second = rices.cached_features(str(tmp_path), "demo", "train", examples, fingerprint, compute)
   assert len(calls) == 1 and first.shape == (5, config.vision.width)
   np.testing.assert_array_equal(first, second)
   np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, rtol=1e-5)
@@ -133,6 +124,28 @@ def test_rices_features_are_cached(tmp_path):
   assert rices.most_similar(first[:1], first[1:], k=1)[0, 0] == 2
   other = rices.model_fingerprint(config, _vision_params(config, seed=1))
   assert other != fingerprint and len(os.listdir(tmp_path)) == 1
+
+
+class Recorder:
+  """`decoding.generate` and `decoding.score` through `runner.ModelCalls`, every output kept."""
+
+  def __init__(self):
+    self.outputs = []
+
+  def calls(self) -> runner_lib.ModelCalls:
+    return runner_lib.ModelCalls(self._kept(decoding.generate), self._kept(decoding.score))
+
+  def _kept(self, fn):
+    def call(*args):
+      self.outputs.append(jax.device_get(fn(*args)))
+      return self.outputs[-1]
+    return call
+
+
+def _texts(tokenizer, outputs, count: int) -> list[str]:
+  """The first `count` texts that generate `outputs` [(new tokens, lengths)] hold."""
+  return [tokenizer.decode(new[b, :lengths[b]]).strip() for new, lengths in outputs
+          for b in range(len(new))][:count]
 
 
 def test_harness_end_to_end_on_tfds_mock_data(tmp_path, demo_corpus):
@@ -148,17 +161,25 @@ def test_harness_end_to_end_on_tfds_mock_data(tmp_path, demo_corpus):
       "tasks.vqav2.selection": "rices",
       **{f"tasks.{name}.{field}": value for name in ("coco", "vqav2") for field, value in
          (("num_queries", 5), ("support_size", 6), ("data_dir", str(tmp_path / "tfds")))}})
-  lines = []
+  lines, recorder = [], Recorder()
   with tfds.testing.mock_data(num_examples=8):
     results = evaluate.evaluate(settings, config, params, tokenizer, str(tmp_path / "out"),
-                                log=lines.append)
+                                lines.append, recorder.calls())
+    coco_refs, _ = load_task_split(settings.tasks["coco"], "val", 5)
+    vqa_refs, _ = load_task_split(settings.tasks["vqav2"], "validation", 5)
+  # Two batches (5 queries, 4 a batch) per task and shot count, in the order coco 0, 2, vqav2 0, 2.
+  texts = [_texts(tokenizer, recorder.outputs[i:i + 2], 5) for i in range(0, 8, 2)]
+  cider = [100 * metrics.cider_d({q: [metrics.tokenize_caption(a) for a in ex.answers]
+                                  for q, ex in enumerate(coco_refs)},
+                                 {q: metrics.tokenize_caption(t) for q, t in enumerate(p)})[0]
+           for p in texts[:2]]
+  accuracy = [100 * np.mean([metrics.vqa_accuracy(t, ex.answers) for t, ex in zip(p, vqa_refs)])
+              for p in texts[2:]]
   coco, vqa = results["tasks"]["coco"], results["tasks"]["vqav2"]
+  assert coco["scores"] == {"0": cider[0], "2": cider[1]}
+  assert vqa["scores"] == {"0": accuracy[0], "2": accuracy[1]}
   assert (coco["metric"], vqa["metric"]) == ("cider", "vqa_accuracy")
   assert coco["num_queries"] == vqa["num_queries"] == 5 and vqa["selection"] == "rices"
-  for task in (coco, vqa):
-    assert sorted(task["scores"]) == ["0", "2"]
-    assert all(np.isfinite(v) and v >= 0 for v in task["scores"].values())
-  assert vqa["scores"]["2"] <= 100
   assert json.load(open(tmp_path / "out" / "results.json"))["tasks"]["coco"]["scores"] == coco["scores"]
   table = open(tmp_path / "out" / "results.md").read().splitlines()
   assert table[0] == "| shots | coco (CIDEr) | vqav2 (VQA acc.) |"
@@ -175,8 +196,9 @@ def test_in_context_mapping_task_on_the_demo_corpus(tmp_path, demo_corpus):
       demo_corpus["tokenizer"]), "tasks.colours.num_queries": 4, "tasks.colours.support_size": 24,
       "tasks.colours.num_permutations": 2})
   task = settings.tasks["colours"]
+  recorder = Recorder()
   runner = runner_lib.TaskRunner("colours", task, settings, config, init_params(config), tokenizer,
-                               str(tmp_path / "rices"), log=lambda _: None)
+                                 str(tmp_path / "rices"), lambda _: None, recorder.calls())
   assert runner.class_names == ("red", "green", "blue", "yellow")
   assert runner.shown_names == ("dax", "wug", "blick", "fep")
   assert all(ex.answers[0].split()[1] == runner.class_names[ex.label] for ex in runner.support)
@@ -188,21 +210,26 @@ def test_in_context_mapping_task_on_the_demo_corpus(tmp_path, demo_corpus):
     renaming = runner._renaming(q)
     shown = [runner.shown_names[renaming[runner.support[i].label]] for i in row]
     assert prompt == "".join(f"<image>This one is {c}.<EOC>" for c in shown) + "<image>This one is"
-  assert len({tuple(runner._renaming(q)) for q in range(4)}) > 1  # Renamings differ per query.
-  for shots in (0, 4):
-    assert 0 <= runner.run(shots) <= 100
+  assert [runner._renaming(q).tolist() for q in range(4)] == [  # Seeded, one per query.
+      [3, 0, 2, 1], [1, 3, 2, 0], [3, 2, 0, 1], [3, 2, 1, 0]]
+  labels = [ex.label for ex in runner.queries]
+  for shots, orders in ((0, 1), (4, 2)):  # 0 shots: one order of the text-only examples.
+    recorder.outputs.clear()
+    score = runner.run(shots)
+    # One batch of the 4 queries per order: top-1 of the scores averaged over the orders.
+    assert len(recorder.outputs) == orders
+    average = np.mean(np.asarray(recorder.outputs, np.float64), axis=0)
+    assert score == 100 * np.mean(np.argmax(average, -1) == labels)
 
 
 def test_official_vqa_files_through_our_tfds_builder(tmp_path):
   from PIL import Image
-
-  from data_pipelines.eval_sets import load_task_split
   root = tmp_path / "vqav2"
   for split, image_ids in (("train", (1, 2)), ("val", (7,))):
     os.makedirs(root / f"{split}2014")
     for i in image_ids:
-      Image.new("RGB", (50, 40), (10 * i, 0, 0)).save(root / f"{split}2014" /
-                                                      f"COCO_{split}2014_{i:012d}.jpg")
+      Image.new("RGB", (50, 40), (10 * i,) * 3).save(root / f"{split}2014" /
+                                                    f"COCO_{split}2014_{i:012d}.jpg")
     questions = [{"image_id": i, "question": f"q{i}?", "question_id": 100 + i} for i in image_ids]
     annotations = [{"question_id": 100 + i, "image_id": i,
                     "answers": [{"answer": f"a{i}", "answer_id": j + 1} for j in range(10)]}
@@ -218,7 +245,7 @@ def test_official_vqa_files_through_our_tfds_builder(tmp_path):
   (query,), _ = load_task_split(task, "validation", 0)
   assert sorted((ex.question, ex.answers[0]) for ex in train) == [("q1?", "a1"), ("q2?", "a2")]
   assert query.question == "q7?" and len(query.answers) == 10
-  assert query.image.shape == (40, 50, 3) and abs(int(query.image[..., 0].mean()) - 70) <= 2
+  assert query.image.shape == (40, 50, 3) and (query.image == 70).all()  # Grey: JPEG keeps it.
 
 
 def test_official_file_readers(tmp_path):
