@@ -2,13 +2,14 @@
 
 * `cider_d(references, candidates)`: the COCO caption evaluation's CIDEr-D (pycocoevalcap `Cider`,
   sigma 6, n-grams 1..4, clipped candidate counts, document frequencies over the references of the
-  evaluated set), computed on `tokenize_caption`'s output. pycocoevalcap tokenises with Stanford's
-  Java PTBTokenizer; `tokenize_caption` is its rule for captions (lower case, punctuation tokens
-  dropped, clitics split). On the same tokenised inputs the score equals pycocoevalcap's exactly.
+  evaluated set), computed on tokenised captions. `tokenize_captions` / `tokenize_caption` (module
+  `ptb`) equal pycocoevalcap's Java PTBTokenizer, so PTBTokenizer -> Cider end to end is matched
+  (tests/evaluation/golden: > 7,000 captions, scores to 1e-9).
 * `vqa_accuracy(prediction, answers)`: the official VQA evaluation (GT-Vision-Lab/VQA vqaEval.py at
   a013f00): `normalize_vqa_answer` (punctuation, digits, articles, contractions) on the prediction
   and the human answers (when the humans disagree), then min(#matching humans / 3, 1) averaged over
-  the 10 leave-one-out subsets of nine humans.
+  the 10 leave-one-out subsets of nine humans. Non-ASCII answers are normalised as the official
+  Python 2 code does (see `normalize_vqa_answer`).
 * `roc_auc(labels, scores)` (HatefulMemes) and `top1(logits_or_scores, labels)` (ImageNet-style).
 """
 
@@ -21,18 +22,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from flamingo_jax.evaluation.ptb import tokenize_caption, tokenize_captions  # noqa: F401 (API)
+
 # ----------------------------------------------------------------------------------------- CIDEr-D
-
-_PTB_PUNCTUATION = {"''", "'", "``", "`", "-lrb-", "-rrb-", "-lcb-", "-rcb-", ".", "?", "!", ",", ":",
-                    "-", "--", "...", ";"}
-_PTB_TOKEN = re.compile(r"n't\b|'(?:s|m|d|ll|re|ve)\b|\.\.\.|--|[\w]+(?=n't\b)|[\w]+|[^\w\s]")
-
-
-def tokenize_caption(text: str) -> str:
-  """A caption as the COCO evaluation tokenises it: lower case, PTB tokens separated by single
-  spaces, punctuation tokens removed ("A dog's ball." -> "a dog 's ball")."""
-  tokens = _PTB_TOKEN.findall(text.replace("\n", " ").lower())
-  return " ".join(t for t in tokens if t not in _PTB_PUNCTUATION)
 
 
 def _ngram_counts(sentence: str, n: int) -> collections.Counter:
@@ -134,11 +126,23 @@ _NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "fou
             "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 _ARTICLES = ("a", "an", "the")
 # Kept verbatim: the first expression's "(?!<=" is a typo for a look-behind there, and the official
-# call passes re.UNICODE (= 32) as `count`, so at most 32 periods are stripped.
-_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-_COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
+# call passes re.UNICODE (= 32) as `count`, so at most 32 periods are stripped. The official
+# patterns are Python 2 byte strings compiled without re.UNICODE: \d is [0-9] (re.ASCII here).
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)", re.ASCII)
+_COMMA_STRIP = re.compile(r"(\d)(\,)(\d)", re.ASCII)
 _PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@",
                 "`", ",", "?", "!")
+
+
+def cider_d_of_texts(references: Sequence[Sequence[str]], candidates: Sequence[str]
+                     ) -> tuple[float, dict[int, float]]:
+  """CIDEr-D of raw captions (references[i]: image i's, candidates[i] its caption), tokenised as
+  COCOEvalCap does: every reference in one `tokenize_captions` call, every candidate in another (the
+  lexer looks ahead across a caption's end)."""
+  flat = tokenize_captions([r for refs in references for r in refs])
+  starts = np.cumsum([0] + [len(refs) for refs in references])
+  tokenized = {i: flat[starts[i]:starts[i + 1]] for i in range(len(references))}
+  return cider_d(tokenized, dict(enumerate(tokenize_captions(list(candidates)))))
 
 
 def _strip_whitespace(text: str) -> str:
@@ -155,10 +159,23 @@ def _vqa_punctuation(text: str) -> str:
   return _PERIOD_STRIP.sub("", out, count=int(re.UNICODE))
 
 
+def _python2_lower(text: str) -> str:
+  """Python 2's unicode.lower(): each character's simple lower-case mapping, so "İ" -> "i" (Python
+  3: "i̇") and no final sigma ("ΟΔΟΣ" -> "οδοσ"; Python 3: "οδος")."""
+  return "".join("i" if ch == "\u0130" else ch.lower() for ch in text)
+
+
 def normalize_vqa_answer(answer: str) -> str:
   """An answer as the official evaluation normalises it: whitespace, punctuation, number words ->
-  digits, articles dropped, contractions restored ("Two dogs!" -> "2 dogs")."""
-  words = [_NUMBERS.get(w, w) for w in _vqa_punctuation(_strip_whitespace(answer)).lower().split()]
+  digits, articles dropped, contractions restored ("Two dogs!" -> "2 dogs").
+
+  The official code is Python 2, on unicode answers; this follows it where Python 3 differs: \\d is
+  ASCII in the period and comma rules ("٣.٥" -> "٣٥", "١,٠٠٠" -> "١ ٠٠٠"; Python 3: "٣.٥",
+  "١٠٠٠") and lower-casing is Python 2's (`_python2_lower`). Left as Python 3 has it: Unicode 14's
+  tables, not 5.2's (404 code points lower-cased only since, e.g. Cherokee and Georgian Mtavruli
+  capitals; U+180E no longer a space)."""
+  text = _vqa_punctuation(_strip_whitespace(answer))
+  words = [_NUMBERS.get(w, w) for w in _python2_lower(text).split()]
   return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
 
 

@@ -200,10 +200,8 @@ class TaskRunner:
         self.log(f"  {self.name} {num_shots}-shot: {predictions[q]!r} (reference "
                  f"{self.queries[q].answers[0]!r})")
       if self.metric == "cider":
-        refs = {q: [metrics.tokenize_caption(a) for a in ex.answers]
-                for q, ex in enumerate(self.queries)}
-        cands = {q: metrics.tokenize_caption(p) for q, p in enumerate(predictions)}
-        return 100 * metrics.cider_d(refs, cands)[0]
+        references = [ex.answers for ex in self.queries]
+        return 100 * metrics.cider_d_of_texts(references, predictions)[0]
       return 100 * float(np.mean([metrics.vqa_accuracy(p, ex.answers)
                                   for p, ex in zip(predictions, self.queries)]))
     scores = self._score(shot_indices, text_only)

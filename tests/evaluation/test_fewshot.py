@@ -169,9 +169,7 @@ def test_harness_end_to_end_on_tfds_mock_data(tmp_path, demo_corpus):
     vqa_refs, _ = load_task_split(settings.tasks["vqav2"], "validation", 5)
   # Two batches (5 queries, 4 a batch) per task and shot count, in the order coco 0, 2, vqav2 0, 2.
   texts = [_texts(tokenizer, recorder.outputs[i:i + 2], 5) for i in range(0, 8, 2)]
-  cider = [100 * metrics.cider_d({q: [metrics.tokenize_caption(a) for a in ex.answers]
-                                  for q, ex in enumerate(coco_refs)},
-                                 {q: metrics.tokenize_caption(t) for q, t in enumerate(p)})[0]
+  cider = [100 * metrics.cider_d_of_texts([ex.answers for ex in coco_refs], p)[0]
            for p in texts[:2]]
   accuracy = [100 * np.mean([metrics.vqa_accuracy(t, ex.answers) for t, ex in zip(p, vqa_refs)])
               for p in texts[2:]]

@@ -1,5 +1,8 @@
-"""Metric parity: CIDEr-D vs pycocoevalcap, VQA accuracy vs the official evaluation's outputs,
-ROC-AUC and top-1 vs scikit-learn."""
+"""Metric parity: PTB tokenisation and CIDEr-D vs pycocoevalcap with Java (golden files), VQA
+accuracy vs the official evaluation's outputs, ROC-AUC and top-1 vs scikit-learn."""
+
+import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -7,6 +10,10 @@ from pycocoevalcap.cider.cider import Cider
 from sklearn.metrics import roc_auc_score
 
 from flamingo_jax.evaluation import metrics as eval_metrics
+
+# Made with the real tools by tests/evaluation/golden/make_ptb_golden.py and
+# make_vqa_python2_golden.py.
+GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
 
 # (prediction, the ten human answers, official accuracy in percent). The accuracies are the official
 # GT-Vision-Lab/VQA evaluation's (commit a013f00) evalQA values; tests/evaluation/vqa_reference_values.py
@@ -93,6 +100,18 @@ def test_vqa_normalisation():
     eval_metrics.vqa_accuracy("yes", [])
 
 
+def test_vqa_non_ascii_answers_are_normalised_as_the_official_python2_code():
+  # Python 3 would give "٣.٥", "١٠٠٠ dogs", "i̇stanbul" and "οδος".
+  assert eval_metrics.normalize_vqa_answer("\u0663.\u0665") == "\u0663\u0665"
+  assert (eval_metrics.normalize_vqa_answer("\u0661,\u0660\u0660\u0660 dogs")
+          == "\u0661 \u0660\u0660\u0660 dogs")
+  assert eval_metrics.normalize_vqa_answer("\u0130stanbul") == "istanbul"
+  assert eval_metrics.normalize_vqa_answer("\u039f\u0394\u039f\u03a3") == "\u03bf\u03b4\u03bf\u03c3"
+  cases = json.loads((GOLDEN / "vqa_non_ascii.json").read_text(encoding="utf-8"))
+  ours = [100 * eval_metrics.vqa_accuracy(case["prediction"], case["answers"]) for case in cases]
+  np.testing.assert_allclose(ours, [case["accuracy"] for case in cases], atol=1e-9)
+
+
 def _random_captions(rng, words, count, length=(3, 12)):
   return [" ".join(rng.choice(words, rng.integers(*length))) for _ in range(count)]
 
@@ -117,9 +136,46 @@ def test_cider_d_rejects_mismatched_ids():
     eval_metrics.cider_d({"a": ["x"]}, {"b": "x"})
 
 
-def test_caption_tokenisation_matches_the_ptb_rules():
-  assert eval_metrics.tokenize_caption("A dog's ball, isn't it?") == "a dog 's ball is n't it"
-  assert eval_metrics.tokenize_caption("Two people -- on a BUS...") == "two people on a bus"
+def test_caption_tokenisation_examples():
+  captions = ["A man in a T-shirt (red) holds a 3.5 lb sign.",
+              "1,000 people in the U.S. at 10:30 and/or later.",
+              "I don\u2019t know, it\u2019s \u201cgreat\u201d -- they cannot go \u2014 gonna "
+              "stay\u2026",
+              "A dog \U0001f436 on a skate-board; price: $5, \u00a33 or \u20ac2 \u00bd.",
+              "Mr. Smith's caf\u00e9 is at www.example.com :)", "I saw Z.", "A dog."]
+  assert eval_metrics.tokenize_captions(captions) == [
+      "a man in a t-shirt -lrb- red -rrb- holds a 3.5 lb sign",
+      "1,000 people in the u.s. at 10:30 and/or later",
+      "i do n't know it 's great they can not go gon na stay",
+      "a dog on a skate-board price $ 5 # 3 or $ 2 1/2",
+      "mr. smith 's caf\u00e9 is at www.example.com :-rrb-", "i saw z", "a dog"]
+  # The lexer looks ahead across a caption's end: alone (last), "Z." and ":)" tokenise otherwise.
+  assert eval_metrics.tokenize_caption("I saw Z.") == "i saw z."
+  assert eval_metrics.tokenize_caption("a smile :)") == "a smile -rrb-"
+  # Deliberately unlike pycocoevalcap, which would shift the later captions by a line.
+  assert eval_metrics.tokenize_captions(["a\rdog\u2028runs", "next"]) == ["a dog runs", "next"]
+
+
+def test_ptb_tokenisation_equals_the_java_tokenizer_on_the_golden_captions():
+  golden = json.loads((GOLDEN / "ptb_captions.json").read_text(encoding="utf-8"))
+  ours = eval_metrics.tokenize_captions(golden["captions"])
+  differing = [(caption, java, mine) for caption, java, mine
+               in zip(golden["captions"], golden["tokens"], ours) if java != mine]
+  assert len(golden["captions"]) > 7000
+  assert differing == []
+
+
+def test_cider_d_end_to_end_equals_pycocoevalcap_with_java():
+  golden = json.loads((GOLDEN / "cider_d.json").read_text(encoding="utf-8"))
+  captions = json.loads((GOLDEN / "ptb_captions.json").read_text(encoding="utf-8"))["captions"]
+  k, num_images = golden["references_per_image"], golden["images"]
+  images = [captions[i * (k + 1):(i + 1) * (k + 1)] for i in range(num_images)]
+  # cider_d_of_texts tokenises as COCOEvalCap.evaluate: references in one call, candidates in another.
+  score, scores = eval_metrics.cider_d_of_texts([image[:k] for image in images],
+                                                [image[k] for image in images])
+  assert abs(score - golden["score"]) < 1e-9
+  np.testing.assert_allclose([scores[i] for i in range(num_images)], golden["scores"], rtol=0,
+                             atol=1e-9)
 
 
 def test_roc_auc_and_top1_equal_sklearn():
