@@ -12,6 +12,7 @@ from experiments import flamingo
 from experiments import sweeps as experiment_sweeps
 from flamingo_jax.config import Config
 from flamingo_jax.config.sweeps import apply_overrides, chain, expand, product, run_name, sweep, zip_
+from flamingo_jax.evaluation.heldout import heldout_losses
 from flamingo_jax.training import metrics
 from launch import sweep as launcher
 from tests.configs import train_small
@@ -95,12 +96,16 @@ def test_sweep_run_trains_scores_and_tabulates_every_run(tmp_path):
                       for record in metrics.read_metrics(r.workdir)] for r in runs}
   assert trained == {"exclude=pairs": [["loss/interleaved"]] * 2,
                      "exclude=interleaved": [["loss/pairs"]] * 2}
+  losses = {}
   for run in runs:
     scored = json.load(open(os.path.join(run.workdir, "heldout.json")))
     assert scored["overrides"] == run.overrides
-    assert set(scored["heldout_loss"]) == {"interleaved", "pairs"}
-    assert all(v > 0 for v in scored["heldout_loss"].values())
+    # What the run's own checkpoint scores, again: the record holds the scorer's exact values.
+    assert scored["heldout_loss"] == heldout_losses(run.workdir, 1)
+    losses[run.name] = scored["heldout_loss"]
+  first, second = losses["exclude=pairs"], losses["exclude=interleaved"]
   lines = open(tmp_path / "results.md").read().splitlines()
-  assert lines[0] == "| run | interleaved | pairs |" and table.splitlines() == lines
-  assert lines[2].startswith("| exclude=pairs | ")
-  assert lines[3].startswith("| exclude=interleaved | ") and ("(+" in lines[3] or "(-" in lines[3])
+  assert table.splitlines() == lines and lines[:2] == ["| run | interleaved | pairs |", "|---|---|---|"]
+  assert lines[2] == f"| exclude=pairs | {first['interleaved']:.3f} | {first['pairs']:.3f} |"
+  assert lines[3] == "| exclude=interleaved | " + " | ".join(
+      f"{second[d]:.3f} ({second[d] - first[d]:+.3f})" for d in ("interleaved", "pairs")) + " |"
