@@ -61,6 +61,11 @@ def text_bytes(value, field: str) -> bytes:
     raise Reject("invalid_text", f"{field}: {e.reason} at {e.start}") from None
 
 
+def _cut(data: bytes, size: int) -> bytes:
+  """UTF-8 `data` cut to at most `size` bytes, at a character boundary."""
+  return data[:size].decode("utf-8", "ignore").encode("utf-8")
+
+
 def _list(row: dict, field: str, allow_null: bool = False) -> list:
   value = row.get(field)
   if value is None and allow_null:
@@ -84,7 +89,7 @@ class _Document:
       return
     room = self.limits.max_text_bytes - self.text_bytes
     if len(data) > room:
-      data = data[:room].decode("utf-8", "ignore").encode("utf-8")  # At a character boundary.
+      data = _cut(data, room)
       self._end("max_text_bytes")
     if data:
       self.parts.append(("text", data))
@@ -179,7 +184,7 @@ def captioned(outcome: Outcome, source: str, data: bytes, caption: bytes, limits
   if not caption:
     raise Reject("no_text", "empty caption")
   if len(caption) > limits.max_text_bytes:
-    caption = caption[:limits.max_text_bytes].decode("utf-8", "ignore").encode("utf-8")
+    caption = _cut(caption, limits.max_text_bytes)
     outcome.cut("max_text_bytes")
   if as_video:
     frames, times, cut = media.video_frames(data, limits)

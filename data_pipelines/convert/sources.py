@@ -218,11 +218,7 @@ def _tfds_caption(value) -> bytes:
 
 def _utf8(data: bytes, field: str) -> bytes:
   """`data` without a leading BOM (Windows editors write one) if it is UTF-8; Reject otherwise."""
-  try:
-    data.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise Reject("invalid_utf8", f"{field}: byte {e.start}") from None
-  return data.removeprefix(BOM)
+  return rows.text_bytes(data, field).removeprefix(BOM)
 
 
 def _is_video(name: str, data: bytes) -> bool:
