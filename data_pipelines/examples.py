@@ -68,6 +68,9 @@ class ExampleSpec:
   train: bool = True  # Augmentation, random windows, p_next and the caption space.
   random_flip: bool = True  # Training flips images with p = 0.5 (off where text says left / right).
   max_pixels: int = image_ops.DEFAULT_MAX_PIXELS
+  # False (the text-only LM stage, which never looks at them): images are not decoded, their slots
+  # stay zero, and a corrupt image is not noticed (nor counted).
+  decode_images: bool = True
 
   def __post_init__(self):
     if self.kind not in records.KINDS:
@@ -149,8 +152,7 @@ class ToExample(grain.transforms.RandomMap):
       for p in in_window:
         if item_at[p] not in decoded:
           try:
-            decoded[item_at[p]] = image_ops.decode(items[item_at[p]][1], spec.image_size,
-                                                   self._augmentation(rng), spec.max_pixels)
+            decoded[item_at[p]] = self._decode(items[item_at[p]][1], self._augmentation(rng))
           except image_ops.BadImage as bad:
             counts[_INDEX[bad.reason]] += 1
             failed.append(item_at[p])
@@ -178,6 +180,13 @@ class ToExample(grain.transforms.RandomMap):
         tokens.append(tok.image_id)
     tokens.extend([tok.eoc_id, tok.eos_id])
     return tokens, item_at
+
+  def _decode(self, data: bytes, aug: image_ops.Augmentation) -> np.ndarray:
+    """[H, W, 3] uint8 pixels of an encoded image (zeros without `decode_images`)."""
+    size = self.spec.image_size
+    if not self.spec.decode_images:
+      return np.zeros((size, size, 3), np.uint8)
+    return image_ops.decode(data, size, aug, self.spec.max_pixels)
 
   def _augmentation(self, rng: np.random.Generator) -> image_ops.Augmentation:
     if not self.spec.train:
@@ -213,7 +222,7 @@ class ToExample(grain.transforms.RandomMap):
       chosen, pixels = frames[first:first + spec.num_frames], []
       for frame in chosen:
         try:
-          pixels.append(image_ops.decode(frame.data, spec.image_size, aug, spec.max_pixels))
+          pixels.append(self._decode(frame.data, aug))
         except image_ops.BadImage as bad:
           if spec.kind == "pairs":
             raise _Skip(bad.reason) from None

@@ -84,9 +84,11 @@ class Mixture:
 
 
 def build_mixture(data: DataConfig, *, image_size: int, tokenizer: Tokenizer,
-                  process_index: int = 0, process_count: int = 1, split: str = "train") -> Mixture:
+                  process_index: int = 0, process_count: int = 1, split: str = "train",
+                  decode_images: bool = True) -> Mixture:
   """This process's streams of the ArrayRecord datasets `data.selected()` reads: `path` for
-  split="train" (shuffled, augmented), `eval_path` for "eval" (in order, no augmentation)."""
+  split="train" (shuffled, augmented), `eval_path` for "eval" (in order, no augmentation);
+  `decode_images=False` leaves the image slots zero (examples.ExampleSpec)."""
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count}).")
   built, weights = {}, {}
@@ -101,7 +103,7 @@ def build_mixture(data: DataConfig, *, image_size: int, tokenizer: Tokenizer,
     example = ExampleSpec(kind=spec.kind, seq_len=spec.seq_len, max_images=spec.max_images,
                           num_frames=spec.num_frames, image_size=image_size, p_next=spec.p_next,
                           train=split == "train", max_pixels=spec.max_pixels,
-                          random_flip=spec.random_flip)
+                          random_flip=spec.random_flip, decode_images=decode_images)
     built[name] = streams.build_stream(
         name, example, path, batch_size=spec.batch_size // process_count, tokenizer=tokenizer,
         seed=data.seed, process_index=process_index, process_count=process_count,
@@ -121,4 +123,6 @@ def from_config(config: Config, split: str = "train"):
                             image_token_id=model.image_token_id, eoc_token_id=model.eoc_token_id,
                             **common)
   tokenizer = Tokenizer(data.tokenizer, model.image_token_id, model.eoc_token_id)
-  return build_mixture(data, image_size=model.vision.image_size, tokenizer=tokenizer, **common)
+  # The text-only LM stage never looks at the images: they are not decoded.
+  return build_mixture(data, image_size=model.vision.image_size, tokenizer=tokenizer,
+                       decode_images=config.task != "lm", **common)

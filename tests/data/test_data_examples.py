@@ -227,3 +227,22 @@ def test_training_flips_half_the_images_unless_flips_are_off(tokenizer):
     return left[2] > left[0]  # Blue on the left.
   assert 0 < sum(flipped(seed, True) for seed in range(16)) < 16
   assert not any(flipped(seed, False) for seed in range(16))
+
+
+def test_text_only_lm_stage_leaves_images_undecoded(tokenizer):
+  """decode_images=False (the LM stage): the same tokens, labels, mask and phi, image slots zero but
+  marked, and nothing decoded (an undecodable image goes unnoticed)."""
+  record = doc("Look here.", 0, "A red cat.", b"not an image", "A green dog.")
+  decoded, decoded_counts = run(tokenizer, record)
+  text_only, counts = run(tokenizer, record, decode_images=False)
+  assert decoded_counts == {"records": 1, "corrupt_image": 1}  # Dropped with its <image>.
+  assert counts == {"records": 1}  # Kept: its <image> stays in the text.
+  assert text_only["image_mask"].tolist() == [True, True, False]
+  assert not text_only["images"].any()
+  image = tokenizer.image_id
+  assert text_only["tokens"].tolist().count(image) == 2 and decoded["tokens"].tolist().count(image) == 1
+  clean = doc("Look here.", 0, "A red cat.", 1, "A green dog.")
+  with_images, _ = run(tokenizer, clean)
+  without, _ = run(tokenizer, clean, decode_images=False)
+  for key in ("tokens", "labels", "loss_mask", "phi", "image_mask"):
+    np.testing.assert_array_equal(with_images[key], without[key])
