@@ -9,8 +9,8 @@ fields): load the support and query examples (data_pipelines/eval_sets.py), pick
 seeded; or RICES with features cached under <workdir>/rices), build the prompts (fewshot.py), then
 run the task (runner.py): captioning / vqa generate with beam search and score CIDEr-D or VQA
 accuracy; classification / mapping score every class's name, averaged over shot orders.
-Writes <workdir>/results.json (scores per task and shot count, with the settings) and
-<workdir>/results.md (tasks as columns, shots as rows, as the paper's Table 1).
+Writes <workdir>/results.json (scores and 95% intervals per task and shot count, with the settings)
+and <workdir>/results.md (tasks as columns, shots as rows, as the paper's Table 1).
 """
 
 from __future__ import annotations
@@ -44,14 +44,15 @@ def evaluate(settings: EvaluationConfig, model_config: FlamingoConfig, params,
     start = time.perf_counter()
     runner = TaskRunner(name, task, settings, model_config, params, tokenizer,
                         os.path.join(workdir, "rices"), log, calls)
-    scores = {}
+    scores, intervals = {}, {}
     for k in settings.shots:
-      scores[str(k)] = runner.run(k)
-      log(f"{name}: {k}-shot {METRIC_NAMES[runner.metric]} = {scores[str(k)]:.2f}")
+      score = runner.run(k)
+      scores[str(k)], intervals[str(k)] = score.value, [score.low, score.high]
+      log(f"{name}: {k}-shot {METRIC_NAMES[runner.metric]} = {score.value:.2f} "
+          f"(95% interval {score.low:.2f}-{score.high:.2f})")
     results["tasks"][name] = dict(
-        metric=runner.metric, scores=scores, num_queries=len(runner.queries),
-        num_support=len(runner.support), selection=task.selection,
-        chance=100 / len(runner.class_names) if task.kind == "mapping" else None,
+        metric=runner.metric, scores=scores, intervals=intervals, num_queries=len(runner.queries),
+        num_support=len(runner.support), selection=task.selection, chance=runner.chance(),
         seconds=round(time.perf_counter() - start, 1))
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
@@ -68,7 +69,9 @@ def results_table(results: dict) -> str:
       f"{name} ({METRIC_NAMES[t['metric']]})" for name, t in tasks.items()) + " |"
   lines = [header, "|---" * (len(tasks) + 1) + "|"]
   for k in shots:
-    cells = [f"{t['scores'][str(k)]:.1f}" if str(k) in t["scores"] else "" for t in tasks.values()]
+    cells = [f"{t['scores'][str(k)]:.1f} ({t['intervals'][str(k)][0]:.1f}-"
+             f"{t['intervals'][str(k)][1]:.1f})" if str(k) in t["scores"] else ""
+             for t in tasks.values()]
     lines.append(f"| {k} | " + " | ".join(cells) + " |")
   chance = [f"{name}: chance {t['chance']:.1f}" for name, t in tasks.items() if t.get("chance")]
   s = results["settings"]
@@ -76,7 +79,9 @@ def results_table(results: dict) -> str:
       f"{name} {t['num_queries']} / {t['num_support']} ({t['selection']})" for name, t in tasks.items()),
       f"decoding: {s['sampling']['strategy']} (beams {s['sampling']['num_beams']}, max "
       f"{s['sampling']['max_new_tokens']} new tokens); 0 shots = {s['num_text_only_shots']} "
-      f"text-only examples; seed {s['seed']}"] + chance
+      f"text-only examples; seed {s['seed']}",
+      "in brackets: 95% interval from the number of queries (Wilson for top-1; mean +- 1.96 "
+      "standard errors for CIDEr and VQA accuracy; Hanley-McNeil for ROC-AUC)"] + chance
   return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 

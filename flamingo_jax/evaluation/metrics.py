@@ -11,6 +11,8 @@
   the 10 leave-one-out subsets of nine humans. Non-ASCII answers are normalised as the official
   Python 2 code does (see `normalize_vqa_answer`).
 * `roc_auc(labels, scores)` (HatefulMemes) and `top1(logits_or_scores, labels)` (ImageNet-style).
+* 95% intervals from the number of queries: `wilson_interval` (top-1), `mean_interval` (CIDEr-D, VQA
+  accuracy: per-query values), `roc_auc_interval` (Hanley & McNeil).
 """
 
 from __future__ import annotations
@@ -224,3 +226,38 @@ def top1(scores, labels: Sequence[int]) -> float:
   """Fraction of rows of `scores` [Q, C] whose highest-scoring class is `labels` [Q] (first on ties)."""
   scores = np.asarray(scores)
   return float(np.mean(np.argmax(scores, axis=-1) == np.asarray(labels)))
+
+
+# --------------------------------------------------------------------------- 95% intervals
+
+Z_95 = 1.959963984540054  # The standard normal's 97.5% quantile.
+
+
+def wilson_interval(correct: int, total: int) -> tuple[float, float]:
+  """95% Wilson score interval of a proportion (`correct` of `total` queries), in [0, 1]."""
+  if total <= 0:
+    raise ValueError("An interval needs at least one query.")
+  p, z2 = correct / total, Z_95 ** 2
+  centre = (p + z2 / (2 * total)) / (1 + z2 / total)
+  half = Z_95 * math.sqrt(p * (1 - p) / total + z2 / (4 * total ** 2)) / (1 + z2 / total)
+  return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float]:
+  """95% normal-approximation interval of the mean of per-query `values` (CIDEr-D per image, VQA
+  accuracy per question; never negative): mean +- 1.96 x sample standard deviation / sqrt(n), the
+  low end clipped at 0."""
+  values = np.asarray(values, np.float64)
+  if len(values) < 2:
+    raise ValueError("An interval of a mean needs at least two queries.")
+  half = Z_95 * values.std(ddof=1) / math.sqrt(len(values))
+  return max(0.0, float(values.mean() - half)), float(values.mean() + half)
+
+
+def roc_auc_interval(auc: float, num_positives: int, num_negatives: int) -> tuple[float, float]:
+  """95% interval of a ROC-AUC from Hanley & McNeil's (1982) standard error, clipped to [0, 1]."""
+  q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
+  variance = (auc * (1 - auc) + (num_positives - 1) * (q1 - auc ** 2)
+              + (num_negatives - 1) * (q2 - auc ** 2)) / (num_positives * num_negatives)
+  half = Z_95 * math.sqrt(max(variance, 0.0))
+  return max(0.0, auc - half), min(1.0, auc + half)

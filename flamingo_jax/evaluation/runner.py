@@ -1,9 +1,10 @@
 """One few-shot task on one model: shots (random, balanced per class, or RICES), prompts, then
 `decoding.generate` (captioning, VQA) or `decoding.score` (classification, mapping) and the metric.
 
-`mapping` is the in-context task: per query the classes get shuffled names (`mapping_words`, or the
-class names permuted), the shots show them (one shot per class at least), and the answer is the name
-of the query's class, so only the shots tell it (chance = 1 / #classes).
+`mapping` is the in-context task: per query the classes get fresh names (drawn from `mapping_words`,
+or the class names permuted), the shots show them (k < #classes shots: k different classes; more:
+every class, the rest random), and the answer is the name of the query's class, so only the shots
+tell it (chance = 1 / #classes).
 
 The model is reached through `ModelCalls` only (generate, score, RICES features): another
 implementation with the same signatures (a served model, a stub with known outputs) runs the same
@@ -39,6 +40,19 @@ class ModelCalls:
   features: Callable = rices.vision_features
 
 
+@dataclasses.dataclass(frozen=True)
+class Score:
+  """A task's score at one shot count and its 95% interval (low, high), in the paper's units."""
+  value: float
+  low: float
+  high: float
+
+  @classmethod
+  def of(cls, fraction: float, interval: tuple[float, float]) -> Score:
+    """From a fraction in [0, 1] (CIDEr-D's raw value) and its interval: x100."""
+    return cls(100 * fraction, 100 * interval[0], 100 * interval[1])
+
+
 def shot_answer(example: EvalExample) -> str:
   """The answer a support example shows in a prompt: its most frequent answer (first on ties), i.e.
   VQA's majority answer, a caption set's first caption, a class's name."""
@@ -48,16 +62,15 @@ def shot_answer(example: EvalExample) -> str:
 
 def _balanced_shots(labels: np.ndarray, num_queries: int, num_shots: int, num_classes: int,
                     seed: int) -> np.ndarray:
-  """[Q, k] support indices with every class shown (k >= #classes), the rest random, random order."""
-  if num_shots < num_classes:
-    raise ValueError(f"A mapping task needs at least one shot per class ({num_classes}); got "
-                     f"{num_shots} (config.shots).")
+  """[Q, k] support indices, random order: one example of each of min(k, #classes) random classes
+  (every class when k >= #classes), the rest random."""
   out = []
   for q in range(num_queries):
     rng = np.random.default_rng([seed, q])
-    picked = [int(rng.choice(np.flatnonzero(labels == c))) for c in range(num_classes)]
+    classes = rng.permutation(num_classes)[:num_shots]
+    picked = [int(rng.choice(np.flatnonzero(labels == c))) for c in classes]
     rest = np.setdiff1d(np.arange(len(labels)), picked)
-    picked += [int(i) for i in rng.choice(rest, num_shots - num_classes, replace=False)]
+    picked += [int(i) for i in rng.choice(rest, num_shots - len(picked), replace=False)]
     out.append(rng.permutation(picked))
   return np.asarray(out).reshape(num_queries, num_shots)
 
@@ -78,11 +91,12 @@ class TaskRunner:
     # Two classes (HatefulMemes): ROC-AUC of the second ("yes"); more: top-1.
     self.metric = {"captioning": "cider", "vqa": "vqa_accuracy", "mapping": "top1"}.get(
         task.kind, "roc_auc" if len(self.class_names) == 2 else "top1")
-    # What the prompts call the classes: mapping tasks may use other words (task.mapping_words).
+    # The words prompts call the classes: mapping tasks draw them from task.mapping_words.
     self.shown_names = tuple(task.mapping_words) if task.kind == "mapping" and task.mapping_words \
         else self.class_names
-    if len(self.shown_names) != len(self.class_names):  # Class names a tfds builder gave just now.
-      raise ValueError(f"tasks.{name}.mapping_words needs one word per class ({len(self.class_names)}).")
+    if len(self.shown_names) < len(self.class_names):  # Class names a tfds builder gave just now.
+      raise ValueError(f"tasks.{name}.mapping_words needs a word per class at least "
+                       f"({len(self.class_names)}).")
     if task.kind in ("classification", "mapping") and len(self.class_names) < 2:
       raise ValueError(f"tasks.{name}: a {task.kind} task needs class names (tasks.{name}.class_names).")
     if task.selection == "rices":
@@ -95,6 +109,12 @@ class TaskRunner:
     tower fingerprinted `model`."""
     return rices.cached_features(cache_dir, self.name, split, examples, model, lambda: (
         self.calls.features(self.model_config, self.params["vision"], examples)))
+
+  def chance(self) -> float | None:
+    """The score of guessing: 100 / #classes (top-1), 50 (ROC-AUC); None for generation tasks."""
+    if self.metric == "top1":
+      return 100 / len(self.class_names)
+    return 50.0 if self.metric == "roc_auc" else None
 
   # ------------------------------------------------------------------------------------------ shots
   def shots(self, num_shots: int) -> tuple[np.ndarray, bool]:
@@ -111,10 +131,11 @@ class TaskRunner:
 
   def _renaming(self, query_index: int) -> np.ndarray:
     """Class c is called shown_names[renaming[c]] in this query's prompt (mapping tasks: a seeded
-    permutation per query; otherwise the identity)."""
+    draw of distinct words per query; otherwise the identity)."""
     if self.task.kind != "mapping":
       return np.arange(len(self.class_names))
-    return np.random.default_rng([self.settings.seed, 7, query_index]).permutation(len(self.class_names))
+    rng = np.random.default_rng([self.settings.seed, 7, query_index])
+    return rng.choice(len(self.shown_names), len(self.class_names), replace=False)
 
   def _answer(self, example: EvalExample, renaming: np.ndarray) -> str:
     if self.task.kind in ("classification", "mapping"):
@@ -151,25 +172,30 @@ class TaskRunner:
     return texts
 
   # --------------------------------------------------------------------------------- scoring tasks
-  def _candidates(self, renaming: np.ndarray):
-    """[C, K] right-padded ids of every class's answer (its name and the template's text after
+  def _candidates(self, renaming: np.ndarray, length: int):
+    """[C, length] right-padded ids of every class's answer (its name and the template's text after
     "{answer}", e.g. "yes<EOC>"), in class order, and the mask."""
-    suffix = self.task.prompt.split(fewshot.ANSWER)[1]
-    ids = [self.tokenizer.encode_prompt(self.shown_names[renaming[c]] + suffix)
-           for c in range(len(self.class_names))]
-    k = max(map(len, ids))
-    out = np.full((len(ids), k), self.tokenizer.pad_id, np.int32)
-    mask = np.zeros((len(ids), k), bool)
+    ids = self._candidate_ids(renaming)
+    out = np.full((len(ids), length), self.tokenizer.pad_id, np.int32)
+    mask = np.zeros((len(ids), length), bool)
     for c, row in enumerate(ids):
       out[c, :len(row)], mask[c, :len(row)] = row, True
     return out, mask
+
+  def _candidate_ids(self, renaming: np.ndarray) -> list[list[int]]:
+    suffix = self.task.prompt.split(fewshot.ANSWER)[1]
+    return [self.tokenizer.encode_prompt(self.shown_names[renaming[c]] + suffix)
+            for c in range(len(self.class_names))]
 
   def _score(self, shot_indices, text_only: bool) -> np.ndarray:
     """[Q, C] log-likelihood of each query's class c (under its name in that query's prompt),
     averaged over the shot orders of prompt ensembling."""
     num_orders = 1 if text_only else self.task.num_permutations
     orders = fewshot.order_permutations(shot_indices.shape[1], num_orders, self.settings.seed)
-    candidates = [self._candidates(self._renaming(q)) for q in range(len(self.queries))]
+    renamings = [self._renaming(q) for q in range(len(self.queries))]
+    # One candidate length for all queries (the names differ per query): one batch shape.
+    length = max(len(ids) for r in renamings for ids in self._candidate_ids(r))
+    candidates = [self._candidates(r, length) for r in renamings]
     total = np.zeros((len(self.queries), len(self.class_names)))
     decoded: dict[int, np.ndarray] = {}  # id(example) -> image: every order shows the same images.
 
@@ -191,8 +217,9 @@ class TaskRunner:
     return total / len(orders)
 
   # ------------------------------------------------------------------------------------------- run
-  def run(self, num_shots: int) -> float:
-    """The task's metric at `num_shots` shots, in the paper's units (CIDEr x100, percentages)."""
+  def run(self, num_shots: int) -> Score:
+    """The task's metric at `num_shots` shots with its 95% interval from the number of queries, in
+    the paper's units (CIDEr x100, percentages)."""
     shot_indices, text_only = self.shots(num_shots)
     if self.task.kind in ("captioning", "vqa"):
       predictions = self._generate(shot_indices, text_only)
@@ -201,13 +228,21 @@ class TaskRunner:
                  f"{self.queries[q].answers[0]!r})")
       if self.metric == "cider":
         references = [ex.answers for ex in self.queries]
-        return 100 * metrics.cider_d_of_texts(references, predictions)[0]
-      return 100 * float(np.mean([metrics.vqa_accuracy(p, ex.answers)
-                                  for p, ex in zip(predictions, self.queries)]))
+        mean, per_image = metrics.cider_d_of_texts(references, predictions)
+        per_query = [per_image[q] for q in range(len(predictions))]
+      else:
+        per_query = [metrics.vqa_accuracy(p, ex.answers)
+                     for p, ex in zip(predictions, self.queries)]
+        mean = float(np.mean(per_query))
+      return Score.of(mean, metrics.mean_interval(per_query))
     scores = self._score(shot_indices, text_only)
     # Candidates are in class order (named by the query's renaming): the right one is its class.
-    labels = [ex.label for ex in self.queries]
+    labels = np.asarray([ex.label for ex in self.queries])
     if self.metric == "roc_auc":
       positive = scores[:, 1] - np.logaddexp(scores[:, 0], scores[:, 1])  # log p(class 1 | 2 classes)
-      return 100 * metrics.roc_auc(labels, positive)
-    return 100 * metrics.top1(scores, labels)
+      auc = metrics.roc_auc(labels, positive)
+      return Score.of(auc, metrics.roc_auc_interval(auc, int(labels.sum()),
+                                                    int((labels == 0).sum())))
+    accuracy = metrics.top1(scores, labels)
+    correct = int(np.sum(np.argmax(scores, axis=-1) == labels))
+    return Score.of(accuracy, metrics.wilson_interval(correct, len(labels)))

@@ -186,30 +186,32 @@ def test_harness_end_to_end_on_tfds_mock_data(tmp_path, demo_corpus):
   assert any("coco 2-shot" in line for line in lines)
 
 
-def test_in_context_mapping_task_on_the_demo_corpus(tmp_path, demo_corpus):
+def test_in_context_renaming_task_on_the_demo_corpus(tmp_path, demo_corpus):
+  from data_pipelines.demo import nonsense_names
   tokenizer = tokenizer_lib.Tokenizer(demo_corpus["tokenizer"])
   config = tiny_config()
-  settings = EvaluationConfig.from_dict(evaluation_presets.get_config("demo,tasks=colours"))
-  settings = settings.replace({"batch_size": 4, "tasks.colours.data_dir": os.path.dirname(
-      demo_corpus["tokenizer"]), "tasks.colours.num_queries": 4, "tasks.colours.support_size": 24,
-      "tasks.colours.num_permutations": 2})
-  task = settings.tasks["colours"]
+  settings = EvaluationConfig.from_dict(evaluation_presets.get_config("demo,tasks=renaming"))
+  settings = settings.replace({"batch_size": 4, "tasks.renaming.data_dir": os.path.dirname(
+      demo_corpus["tokenizer"]), "tasks.renaming.num_queries": 4, "tasks.renaming.support_size": 24,
+      "tasks.renaming.num_permutations": 2})
   recorder = Recorder()
-  runner = runner_lib.TaskRunner("colours", task, settings, config, init_params(config), tokenizer,
-                                 str(tmp_path / "rices"), lambda _: None, recorder.calls())
+  runner = runner_lib.TaskRunner("renaming", settings.tasks["renaming"], settings, config,
+                                 init_params(config), tokenizer, str(tmp_path / "rices"),
+                                 lambda _: None, recorder.calls())
   assert runner.class_names == ("red", "green", "blue", "yellow")
-  assert runner.shown_names == ("dax", "wug", "blick", "fep")
+  assert runner.shown_names == nonsense_names("heldout")  # Never in a training page.
   assert all(ex.answers[0].split()[1] == runner.class_names[ex.label] for ex in runner.support)
-  indices, text_only = runner.shots(4)
-  assert not text_only
-  for q, row in enumerate(indices):  # Every colour shown once, under this query's renaming.
-    assert sorted(runner.support[i].label for i in row) == [0, 1, 2, 3]
-    prompt = tokenizer.decode(runner._prompt(q, row, text_only=False).ids[1:])
-    renaming = runner._renaming(q)
-    shown = [runner.shown_names[renaming[runner.support[i].label]] for i in row]
-    assert prompt == "".join(f"<image>This one is {c}.<EOC>" for c in shown) + "<image>This one is"
-  assert [runner._renaming(q).tolist() for q in range(4)] == [  # Seeded, one per query.
-      [3, 0, 2, 1], [1, 3, 2, 0], [3, 2, 0, 1], [3, 2, 1, 0]]
+  assert [runner._renaming(q).tolist() for q in range(2)] == [  # Seeded draws, one per query.
+      [325, 15, 320, 92], [374, 66, 0, 389]]
+  for k in (1, 2, 4, 8):
+    indices, text_only = runner.shots(k)
+    assert not text_only
+    for q, row in enumerate(indices):  # k < 4: k different colours; more: every colour.
+      labels = [runner.support[i].label for i in row]
+      assert len(set(labels)) == min(k, 4) and len(labels) == k
+      prompt = tokenizer.decode(runner._prompt(q, row, text_only=False).ids[1:])
+      shown = [runner.shown_names[runner._renaming(q)[label]] for label in labels]
+      assert prompt == "".join(f"<image>{name}<EOC>" for name in shown) + "<image>"
   labels = [ex.label for ex in runner.queries]
   for shots, orders in ((0, 1), (4, 2)):  # 0 shots: one order of the text-only examples.
     recorder.outputs.clear()
@@ -217,7 +219,9 @@ def test_in_context_mapping_task_on_the_demo_corpus(tmp_path, demo_corpus):
     # One batch of the 4 queries per order: top-1 of the scores averaged over the orders.
     assert len(recorder.outputs) == orders
     average = np.mean(np.asarray(recorder.outputs, np.float64), axis=0)
-    assert score == 100 * np.mean(np.argmax(average, -1) == labels)
+    correct = int(np.sum(np.argmax(average, -1) == labels))
+    assert score.value == 100 * correct / 4
+    assert (score.low, score.high) == tuple(100 * v for v in metrics.wilson_interval(correct, 4))
 
 
 def test_official_vqa_files_through_our_tfds_builder(tmp_path):

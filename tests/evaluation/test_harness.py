@@ -194,17 +194,21 @@ def test_captioning_scores_exactly(tmp_path, captions, tokenizer):
   assert (task["metric"], task["num_queries"], task["num_support"]) == ("cider", 3, 5)
   saved = json.loads((tmp_path / "out" / "results.json").read_text())
   assert saved["tasks"]["captions"]["scores"] == task["scores"]
+  # 95% intervals: mean +- 1.96 x s / sqrt(3), s = 433.0 at both shot counts; 0 is the floor.
+  assert task["intervals"] == {"0": [0.0, pytest.approx(739.99, abs=0.01)],
+                               "2": [pytest.approx(10.01, abs=0.01), pytest.approx(989.99, abs=0.01)]}
   assert (tmp_path / "out" / "results.md").read_text().splitlines()[:4] == [
-      "| shots | captions (CIDEr) |", "|---|---|", "| 0 | 250.0 |", "| 2 | 500.0 |"]
+      "| shots | captions (CIDEr) |", "|---|---|", "| 0 | 250.0 (0.0-740.0) |",
+      "| 2 | 500.0 (10.0-990.0) |"]
 
 
 def test_captions_paired_with_the_wrong_references_fail(tmp_path, captions, tokenizer):
   runner = _runner("captions", captions, StubModel(tokenizer), tokenizer, tmp_path)
-  assert runner.run(2) == pytest.approx(500)
+  assert runner.run(2).value == pytest.approx(500)
   _with_answers_of_next_query(runner)
   # "a yellow nine" / "a blue two" / "a green one" against "a blue two" / "a yellow nine" / "a
   # yellow nine": no match.
-  assert runner.run(2) == 0
+  assert runner.run(2).value == 0
 
 
 # ------------------------------------------------------------------------------------- VQA, RICES
@@ -238,11 +242,11 @@ def test_vqa_with_rices_scores_exactly(tmp_path, vqa, tokenizer):
   # with a copy of q0. The stub answers the last shot's majority answer: "yes" (0 of q1's 10
   # humans: 0), "yes" (1 of 10: each left-out set of 9 holds it once or not: (9 x 1/3) / 10 = 0.3),
   # "red" (10 of 10: 1).
-  assert runner.run(0) == pytest.approx(100 * 1.3 / 3)
+  assert runner.run(0).value == pytest.approx(100 * 1.3 / 3)
   # 2 shots: the 2 nearest by angle, most similar last: q1 (70) s1 (30 away), s2 (20); q2 (130) s2
   # (40), s3 (20); q0 (10) s1 (30), s0 (10). Answers "blue" (2 of 10: (2 x 1/3 + 8 x 2/3) / 10 =
   # 0.6), "yes" (0.3), "red" (1).
-  assert runner.run(2) == pytest.approx(100 * 1.9 / 3)
+  assert runner.run(2).value == pytest.approx(100 * 1.9 / 3)
   assert [names for _, names in stub.rows] == [
       ("q1",), ("q2",), ("q0",), ("q0",),
       ("s1", "s2", "q1"), ("s2", "s3", "q2"), ("s1", "s0", "q0"), ("s1", "s0", "q0")]
@@ -264,13 +268,13 @@ def test_vqa_with_rices_scores_exactly(tmp_path, vqa, tokenizer):
 def test_vqa_with_most_similar_first_or_the_wrong_answers_fails(tmp_path, vqa, tokenizer,
                                                                 monkeypatch):
   runner = _runner("vqav2", vqa, StubModel(tokenizer, DIRECTIONS), tokenizer, tmp_path)
-  assert runner.run(2) == pytest.approx(100 * 1.9 / 3)
+  assert runner.run(2).value == pytest.approx(100 * 1.9 / 3)
   _with_answers_of_next_query(runner)
-  assert runner.run(2) == 0  # "blue" vs "yes" / "no", "yes" vs "red", "red" vs "blue" / "two".
+  assert runner.run(2).value == 0  # "blue" vs "yes" / "no", "yes" vs "red", "red" vs "blue" / "two".
   runner = _runner("vqav2", vqa, StubModel(tokenizer, DIRECTIONS), tokenizer, tmp_path)
   nearest = rices.most_similar
   monkeypatch.setattr(rices, "most_similar", lambda *args: nearest(*args)[:, ::-1])
-  assert runner.run(2) == pytest.approx(100 / 3)  # "two", "blue", "two": 1, 0, 0.
+  assert runner.run(2).value == pytest.approx(100 / 3)  # "two", "blue", "two": 1, 0, 0.
 
 
 # --------------------------------------------------------------------- classification, ensembling
@@ -295,7 +299,7 @@ def test_classification_with_prompt_ensembling_scores_exactly(tmp_path, colours,
   runner = _runner("colours", colours, stub, tokenizer, tmp_path)
   # 0 shots (seed 0): [s4, s3] / [s2, s5] / [s0, s4] / [s2, s5], text only; the last shot showing a
   # class scores highest: red, blue, green, blue against green, blue, red, blue.
-  assert runner.run(0) == 50
+  assert runner.run(0).value == 50
   # 4 shots (seed 0 + 4) in the orders (0, 1, 2, 3) and (3, 0, 1, 2); batches of 3, the last
   # padded with two copies of q3.
   shots = {"q0": ("s2", "s3", "s4", "s5"), "q1": ("s0", "s3", "s1", "s2"),
@@ -303,20 +307,20 @@ def test_classification_with_prompt_ensembling_scores_exactly(tmp_path, colours,
   stub.rows.clear()
   # Scores (red, green, blue) summed over the orders: q0 (2, 3, 4) + (3, 4, 2) -> green; q1 (2, 3,
   # 4) + (3, 4, 1) -> green; q2 (3, 2, 4) + (4, 3, 2) -> red; q3 (4, 1, 3) + (1, 2, 4) -> blue.
-  assert runner.run(4) == 75
+  assert runner.run(4).value == 75
   assert [names for _, names in stub.rows] == [
       (*(shots[q][i] for i in order), q) for order in ((0, 1, 2, 3), (3, 0, 1, 2))
       for q in ("q0", "q1", "q2", "q3", "q3", "q3")]
   assert stub.rows[0][0] == ("<image>Output: blue<EOC><image>Output: red<EOC><image>Output: green"
                              "<EOC><image>Output: blue<EOC><image>Output:")
   _with_answers_of_next_query(runner)
-  assert runner.run(4) == 0  # green, green, red, blue against blue, red, blue, green.
+  assert runner.run(4).value == 0  # green, green, red, blue against blue, red, blue, green.
 
 
 def test_classification_without_ensembling_scores_exactly(tmp_path, colours, tokenizer):
   settings = colours.replace({"tasks.colours.num_permutations": 1})
   runner = _runner("colours", settings, StubModel(tokenizer), tokenizer, tmp_path)
-  assert runner.run(4) == 25  # The identity order alone: blue, blue, blue, red.
+  assert runner.run(4).value == 25  # The identity order alone: blue, blue, blue, red.
 
 
 def test_two_classes_score_roc_auc_exactly(tmp_path, tokenizer):
@@ -329,9 +333,9 @@ def test_two_classes_score_roc_auc_exactly(tmp_path, tokenizer):
   runner = _runner("memes", settings, StubModel(tokenizer), tokenizer, tmp_path)
   # 2 shots (seed 2): [s1, s2] / [s3, s0] / [s3, s1] / [s1, s2]: score(yes) - score(no) = 1, 1, -2,
   # 1. Positives q0, q3 (1, 1) against negatives q1 (1: a tie, 1/2), q2 (-2: 1): AUC 3/4.
-  assert runner.metric == "roc_auc" and runner.run(2) == 75
+  assert runner.metric == "roc_auc" and runner.run(2).value == 75
   _with_answers_of_next_query(runner)
-  assert runner.run(2) == 25  # Positives q2 (-2), q3 (1) against q0, q1 (1, 1): 1/4.
+  assert runner.run(2).value == 25  # Positives q2 (-2), q3 (1) against q0, q1 (1, 1): 1/4.
 
 
 # ------------------------------------------------------------------------------------ RICES cache

@@ -189,3 +189,17 @@ def test_roc_auc_and_top1_equal_sklearn():
   assert eval_metrics.top1(logits, targets) == np.mean(logits.argmax(-1) == targets)
   with pytest.raises(ValueError, match="both classes"):
     eval_metrics.roc_auc([1, 1], [0.2, 0.3])
+
+
+def test_95_percent_intervals():
+  # Wilson score intervals as published (e.g. Newcombe 1998): 8/10, 0/10, 50/100.
+  np.testing.assert_allclose(eval_metrics.wilson_interval(8, 10), (0.4902, 0.9433), atol=1e-4)
+  np.testing.assert_allclose(eval_metrics.wilson_interval(0, 10), (0.0, 0.2775), atol=1e-4)
+  np.testing.assert_allclose(eval_metrics.wilson_interval(50, 100), (0.4038, 0.5962), atol=1e-4)
+  # Mean +- 1.96 s / sqrt(n): s = 1.2910 for 1..4; the low end of a non-negative metric stops at 0.
+  np.testing.assert_allclose(eval_metrics.mean_interval([1, 2, 3, 4]), (1.2349, 3.7651), atol=1e-4)
+  np.testing.assert_allclose(eval_metrics.mean_interval([0, 0, 3]), (0.0, 2.96), atol=1e-3)
+  # Hanley-McNeil: AUC 0.75 with 2 positives and 2 negatives: Q1 = 0.6, Q2 = 0.6429, SE = 0.2763.
+  np.testing.assert_allclose(eval_metrics.roc_auc_interval(0.75, 2, 2), (0.2085, 1.0), atol=1e-4)
+  with pytest.raises(ValueError, match="at least one query"):
+    eval_metrics.wilson_interval(0, 0)
