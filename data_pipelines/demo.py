@@ -10,21 +10,33 @@ model that looks at the images beats a text-only LM on the held-out loss.
 * pairs: `<image>` + "a red seven".
 * interleaved: pages of 2-4 digits, each image followed by a sentence about it ("This one is a red
   seven."), sometimes with an introduction and a closing remark.
+* interleaved: pages of 2-4 digits, each image followed by a sentence about it: "This one is a red
+  seven." (or, for a third of them, the digit alone: "This is a seven."), sometimes with an
+  introduction and a closing remark.
 * video: 6 frames (1 fps) of a digit moving left, right, up or down: "a red seven moving left".
+* naming: pages that teach in-context binding, as web pages do at scale. Each page gives 2-4 of the
+  colours fresh nonsense names, drawn from a generated pool (`nonsense_names`), and shows 4-9 digits,
+  each followed by its colour's name ("<image>dax"; in half the pages with the colour word too:
+  "<image>red dax"). A colour's first name is new; each later one can only be read back from the
+  page, never memorised.
 
-Train and held-out ("eval") splits use disjoint digit scans (the first 1500 / the other 297).
-Layout under DIR: tokenizer.model (512 pieces, trained on the corpus text plus the standard
-library's docstrings so that 512 pieces exist), and one dataset directory per split
-(data_pipelines/manifest.py): {train,eval}/manifest.json and
-{train,eval}/{interleaved,pairs,video}/*.array_record; a dataset's path is DIR/<split>/<kind>.
+Train and held-out ("eval") splits use disjoint digit scans (the first 1500 / the other 297), and
+disjoint name pools (`nonsense_names("train")` / `nonsense_names("heldout")`; the held-out names
+appear in no training page and not in the tokenizer's text). Layout under DIR: tokenizer.model (512
+pieces, trained on the training text plus the standard library's docstrings so that 512 pieces
+exist), and dataset directories (data_pipelines/manifest.py): {train,eval}/ with the kinds
+interleaved, pairs and video (a dataset's path is DIR/<split>/<kind>), and naming/{train,eval}/ with
+the naming pages (kind interleaved; the dataset's path is DIR/naming/<split>).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import pydoc
 import re
 import time
+import zlib
 
 import numpy as np
 from absl import app, flags
@@ -38,9 +50,10 @@ COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 240),
            "yellow": (235, 220, 40)}
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MOVES = {"left": (0, -3), "right": (0, 3), "up": (-3, 0), "down": (3, 0)}
-CANVAS, GLYPH, FRAMES = 40, 24, 6
-SIZES = {"train": {"pairs": 3000, "interleaved": 800, "video": 400},
-         "eval": {"pairs": 300, "interleaved": 100, "video": 60}}
+CANVAS, GLYPH, FRAMES, JITTER = 40, 24, 6, 3
+SIZES = {"train": {"pairs": 3000, "interleaved": 800, "video": 400, "naming": 4000},
+         "eval": {"pairs": 300, "interleaved": 100, "video": 60, "naming": 200}}
+NAMING_IMAGES = (4, 9)  # Digits per naming page (inclusive).
 INTROS = ("Here are some digits I drew.", "A page from my notebook.", "Look at these numbers.")
 OUTROS = ("That is all for today.", "Thanks for reading.")
 _ADDRESS = re.compile(r" at 0x[0-9a-f]+")
@@ -64,12 +77,16 @@ def _paint(rng, glyph: np.ndarray, colour: str, top: int, left: int) -> np.ndarr
   return np.clip(canvas, 0, 255).astype(np.uint8)
 
 
+def _still_image(rng, scan: np.ndarray, colour: str) -> bytes:
+  """The scan in `colour`, JPEG: near the centre of the canvas (JITTER pixels either way)."""
+  top, left = (CANVAS - GLYPH) // 2 + rng.integers(-JITTER, JITTER + 1, 2)
+  return image_ops.encode_jpeg(_paint(rng, _glyph(scan), colour, top, left))
+
+
 def _still(rng, scans, targets) -> tuple[bytes, str]:
   i = rng.integers(len(scans))
   colour = list(COLOURS)[rng.integers(len(COLOURS))]
-  top, left = rng.integers(0, CANVAS - GLYPH + 1, 2)
-  image = image_ops.encode_jpeg(_paint(rng, _glyph(scans[i]), colour, top, left))
-  return image, f"a {colour} {DIGITS[targets[i]]}"
+  return _still_image(rng, scans[i], colour), f"a {colour} {DIGITS[targets[i]]}"
 
 
 def _clip(rng, scans, targets) -> tuple[list[bytes], str]:
@@ -86,6 +103,34 @@ def _clip(rng, scans, targets) -> tuple[list[bytes], str]:
   return frames, f"a {colour} {DIGITS[targets[i]]} moving {move}"
 
 
+def nonsense_names(pool: str) -> tuple[str, ...]:
+  """The pool's pronounceable one-syllable nonsense names ("blick", "dax"), sorted: every onset,
+  vowel and coda below (1,650 names), split by a hash into "train" (about 3/4) and "heldout" (the
+  rest; never in a training page)."""
+  if pool not in ("train", "heldout"):
+    raise ValueError(f"Unknown name pool {pool!r}; use 'train' or 'heldout'.")
+  onsets = (*"bdfgklmnprstvz", "bl", "br", "dr", "fl", "fr", "gl", "gr", "kr", "pl", "pr", "sk",
+            "sl", "sp", "st", "tr", "zw")
+  names = ("".join(p) for p in itertools.product(onsets, "aeiou", (*"bdfgkmnptx", "ck")))
+  return tuple(n for n in names if (zlib.crc32(n.encode()) % 4 == 0) == (pool == "heldout"))
+
+
+def _naming_page(rng, scans, targets, names) -> tuple[list[tuple[str, bytes]], list[str]]:
+  """A page binding fresh names to 2-4 colours: every digit followed by its colour's name, at least
+  one name asked back."""
+  colours = list(rng.choice(list(COLOURS), rng.integers(2, 5), replace=False))
+  named = dict(zip(colours, (names[i] for i in rng.choice(len(names), len(colours), replace=False))))
+  count = rng.integers(max(NAMING_IMAGES[0], len(colours) + 1), NAMING_IMAGES[1] + 1)
+  order = colours + [colours[i] for i in rng.integers(len(colours), size=count - len(colours))]
+  with_colour = rng.random() < 0.5
+  parts, texts = [], []
+  for colour in rng.permutation(order):
+    image = _still_image(rng, scans[rng.integers(len(scans))], colour)
+    texts.append(f"{colour} {named[colour]}" if with_colour else named[colour])
+    parts += [("image", image), ("text", texts[-1].encode())]
+  return parts, texts
+
+
 def _document(rng, scans, targets) -> tuple[list[tuple[str, bytes]], list[str]]:
   parts, texts = [], []
   if rng.random() < 0.5:
@@ -93,7 +138,9 @@ def _document(rng, scans, targets) -> tuple[list[tuple[str, bytes]], list[str]]:
     parts.append(("text", texts[-1].encode()))
   for k in range(rng.integers(2, 5)):
     image, caption = _still(rng, scans, targets)
-    texts.append(f"{'This one' if k else 'First'} is {caption}.")
+    digit_only = rng.random() < 1 / 3
+    texts.append(f"This is a {caption.split()[-1]}." if digit_only else
+                 f"{'This one' if k else 'First'} is {caption}.")
     parts += [("image", image), ("text", texts[-1].encode())]
   if rng.random() < 0.3:
     texts.append(OUTROS[rng.integers(len(OUTROS))])
@@ -101,42 +148,64 @@ def _document(rng, scans, targets) -> tuple[list[tuple[str, bytes]], list[str]]:
   return parts, texts
 
 
+def _record(kind: str, key: str, rng, scans, targets, names) -> tuple[bytes, str]:
+  """One record of `kind` (a SIZES key) and its text for the tokenizer."""
+  if kind == "pairs":
+    image, caption = _still(rng, scans, targets)
+    return records.pair(key, image, caption), caption
+  if kind == "video":
+    frames, caption = _clip(rng, scans, targets)
+    return records.video(key, frames, list(range(len(frames))), caption), caption
+  parts, texts = (_naming_page(rng, scans, targets, names) if kind == "naming" else
+                  _document(rng, scans, targets))
+  return records.interleaved(key, parts), " ".join(texts)
+
+
+def _write_dataset(dataset_dir: str, kinds: dict[str, int], make, command: str) -> dict[str, str]:
+  """Writes the records `make(kind, n)` for n < count of every kind into dataset_dir/<record kind>/,
+  then the manifest; returns {kind: its directory}."""
+  dirs, shards = {}, {}
+  for kind, count in kinds.items():
+    record_kind = "interleaved" if kind == "naming" else kind
+    kind_dir = os.path.join(dataset_dir, record_kind)
+    with records.ShardWriter(kind_dir, record_kind, max_shard_bytes=1 << 20) as writer:
+      for n in tqdm(range(count), desc=f"{dataset_dir}/{kind}", leave=False):
+        writer.write(make(kind, n))
+    dirs[kind] = kind_dir
+    shards[record_kind] = [os.path.relpath(p, dataset_dir) for p in writer.paths]
+  manifest.write(dataset_dir, shards, {"written": sum(kinds.values())}, [], command)
+  return dirs
+
+
 def build(out_dir: str, seed: int = 0) -> dict:
-  """Writes the corpus; returns {"tokenizer": path, "train": {kind: dir}, "eval": {kind: dir}}."""
+  """Writes the corpus; returns {"tokenizer": path, "train": {kind: dir}, "eval": {kind: dir}} with
+  kinds interleaved, pairs, video and naming (the naming pages' dataset directory)."""
   digits = load_digits()
   split_scans = {"train": (digits.images[:1500], digits.target[:1500]),
                  "eval": (digits.images[1500:], digits.target[1500:])}
+  split_names = {"train": nonsense_names("train"), "eval": nonsense_names("heldout")}
+  command = f"python -m data_pipelines.demo --out {out_dir} --seed {seed}"
   rng = np.random.default_rng(seed)
-  info, corpus_text = {"tokenizer": os.path.join(out_dir, "tokenizer.model")}, []
+  info, train_text = {"tokenizer": os.path.join(out_dir, "tokenizer.model")}, []
   for split, sizes in SIZES.items():
-    scans, targets = split_scans[split]
-    info[split], shards, split_dir = {}, {}, os.path.join(out_dir, split)
-    for kind, count in sizes.items():
-      kind_dir = os.path.join(split_dir, kind)
-      with records.ShardWriter(kind_dir, kind, max_shard_bytes=1 << 20) as writer:
-        for n in tqdm(range(count), desc=f"{split}/{kind}", leave=False):
-          if kind == "pairs":
-            image, caption = _still(rng, scans, targets)
-            writer.write(records.pair(f"demo/{split}/{kind}/{n}", image, caption))
-            corpus_text.append(caption)
-          elif kind == "video":
-            frames, caption = _clip(rng, scans, targets)
-            writer.write(records.video(f"demo/{split}/{kind}/{n}", frames,
-                                       list(range(len(frames))), caption))
-            corpus_text.append(caption)
-          else:
-            parts, texts = _document(rng, scans, targets)
-            writer.write(records.interleaved(f"demo/{split}/{kind}/{n}", parts))
-            corpus_text.append(" ".join(texts))
-      info[split][kind] = kind_dir
-      shards[kind] = [os.path.relpath(p, split_dir) for p in writer.paths]
-    manifest.write(split_dir, shards, {"written": sum(sizes.values())}, [],
-                   f"python -m data_pipelines.demo --out {out_dir} --seed {seed}")
+    args = (*split_scans[split], split_names[split])
+
+    def make(kind, n):
+      record, text = _record(kind, f"demo/{split}/{kind}/{n}", rng, *args)
+      if split == "train":  # Held-out text (its names above all) stays out of the tokenizer.
+        train_text.append(text)
+      return record
+
+    naming_dir = os.path.join(out_dir, "naming", split)
+    info[split] = _write_dataset(os.path.join(out_dir, split),
+                                 {k: v for k, v in sizes.items() if k != "naming"}, make, command)
+    _write_dataset(naming_dir, {"naming": sizes["naming"]}, make, command)
+    info[split]["naming"] = naming_dir
   docs = [pydoc.render_doc(name, renderer=pydoc.plaintext) for name in TOKENIZER_DOC_MODULES]
   # Default values render with their memory address ("<object object at 0x7f..>"): dropped, so
   # every build of the corpus trains the same tokenizer.
   lines = [_ADDRESS.sub("", line.strip()) for doc in docs for line in doc.splitlines() if line.strip()]
-  tokenizer.train(corpus_text + lines, info["tokenizer"], vocab_size=512)
+  tokenizer.train(train_text + lines, info["tokenizer"], vocab_size=512)
   return info
 
 

@@ -5,8 +5,10 @@ r"""Few-shot evaluation configs: `get_config("<preset>[,tasks=<a>+<b>...]")` for
          (CIDEr), VQAv2, OK-VQA, TextVQA, VizWiz (VQA accuracy), HatefulMemes (ROC-AUC); shots
          0/4/8/16/32, support 2048, 5000 COCO / 1024 other queries, beam search with 3 beams.
          Data under DATA_ROOT (tfds data_dir, and manual/<dataset> with the official files).
-  demo   the quickstart's tiny model on the bundled demo corpus (data_pipelines/demo.py): captioning
-         (CIDEr) and `colours`, an in-context task (the shots rename the colours; chance 25%).
+  demo   the quickstart's tiny model on the bundled demo corpus (data_pipelines/demo.py), shots
+         0/1/2/4/8 on the held-out digit scans: captioning (CIDEr), digit naming (likelihood of the
+         ten names; chance 10%) and `renaming`, in-context learning: the shots name the colours with
+         held-out nonsense names (chance 25%).
 
 `tasks=coco+vqav2` keeps the named tasks only. The model (its frozen towers included) is the one the
 trained run recorded; every field is documented in flamingo_jax/config/evaluation.py.
@@ -16,6 +18,7 @@ import os
 
 import ml_collections
 
+from data_pipelines.demo import COLOURS, DIGITS, nonsense_names
 from experiments.flamingo import DEMO_CORPUS
 from flamingo_jax.config import EvaluationConfig
 from flamingo_jax.config.args import parse_arg
@@ -56,15 +59,20 @@ PAPER_TASKS = dict(
 
 def _demo_tasks(root):
   demo = dict(source="demo", data_dir=root, support_split="train", query_split="eval")
-  # The corpus's own page layout ("<image>This one is a red seven.<EOC>"), which the tiny model knows.
-  prompt = "<image>This one is {answer}.<EOC>"
-  captioning = _task("captioning", prompt=prompt, num_queries=64, **demo)
-  colours = _task("mapping", prompt=prompt, num_queries=128,
-                  class_names=("red", "green", "blue", "yellow"), **demo)
-  # Novel words (no prior from training), so only the shots can tell which colour each names.
-  colours.update(support_size=512, num_permutations=2, mapping_words=("dax", "wug", "blick", "fep"))
-  captioning.update(support_size=512)
-  return dict(captions=captioning, colours=colours)
+  # The corpus's own page layouts ("<image>This one is a red seven.<EOC>", "<image>This is a
+  # seven.<EOC>", "<image>dax<EOC>"), which the tiny model knows.
+  captions = _task("captioning", prompt="<image>This one is {answer}.<EOC>", num_queries=64, **demo)
+  digits = _task("classification", prompt="<image>This is a {answer}.<EOC>", num_queries=150,
+                 class_names=DIGITS, **demo)
+  # Each query draws fresh names for the colours from the held-out pool (never trained on), so only
+  # the shots can tell which colour each names.
+  renaming = _task("mapping", prompt="<image>{answer}<EOC>", num_queries=150,
+                   class_names=tuple(COLOURS), **demo)
+  renaming.update(num_permutations=1, mapping_words=nonsense_names("heldout"))
+  for task in (captions, digits, renaming):
+    task.update(support_size=512)
+  digits.update(num_permutations=1)
+  return dict(captions=captions, digits=digits, renaming=renaming)
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
@@ -79,7 +87,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
                      f"{sorted(tasks)}.")
   config = EvaluationConfig().as_config_dict()
   if preset == "demo":
-    config.shots = (0, 4)
+    config.shots = (0, 1, 2, 4, 8)
     config.sampling.max_new_tokens = 8
   config.tasks = {name: spec for name, spec in tasks.items()
                   if not args["tasks"] or name in args["tasks"]}

@@ -27,7 +27,7 @@ def resampler_and_params():
 def test_output_shape(resampler_and_params, frames):
   config, resampler, params = resampler_and_params
   out = jax.jit(resampler.apply)(params, _features(config, frames))
-  assert out.shape == (2, 3, 64, config.resampler.width)
+  assert out.shape == (2, 3, config.resampler.num_latents, config.resampler.width)
   assert np.isfinite(np.asarray(out)).all()
 
 
