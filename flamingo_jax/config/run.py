@@ -228,16 +228,23 @@ class InitConfig(Section):
 
 @dataclasses.dataclass(frozen=True)
 class QuickstartConfig(Section):
-  """`python -m flamingo_jax.tools.quickstart`: the three stages' lengths and the final comparison."""
+  """`python -m flamingo_jax.tools.quickstart`: the three stages' lengths and settings that differ
+  between them, and the final comparison."""
 
-  contrastive_steps: int = 150
-  lm_steps: int = 300
+  contrastive_steps: int = 600
+  lm_steps: int = 500
   flamingo_steps: int = 600
   contrastive_dataset: str = "pairs"  # The image-text dataset the vision tower pretrains on.
+  # The contrastive stage's batch (its in-batch negatives) in place of the dataset's own.
+  contrastive_batch_size: int = 64
+  # The text-only LM stage's peak learning rate (the others use optimizer.learning_rate): copying
+  # names back from the page forms within its few hundred steps only at a higher rate.
+  lm_learning_rate: float = 5e-3
   heldout_batches: int = 4  # Held-out batches of every dataset in the final comparison.
 
   def check(self, prefix: str) -> None:
-    positive(prefix, self, "contrastive_steps", "lm_steps", "flamingo_steps", "heldout_batches")
+    positive(prefix, self, "contrastive_steps", "lm_steps", "flamingo_steps", "heldout_batches",
+             "contrastive_batch_size", "lm_learning_rate")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,9 @@ plot), |tanh(alpha)| of each block at the end of training by the depth of the LM
 (attention and dense gates side by side, the paper's Figure 6 view), and the loss curves.
 
   python -m flamingo_jax.tools.plot --workdir /tmp/run [--out /tmp/run/training.png]
+
+`plot_shots` draws a few-shot evaluation's results.json (flamingo_jax/evaluation/evaluate.py) as
+shot curves: each task's score by number of shots with its 95% interval, and chance where defined.
 """
 
 from __future__ import annotations
@@ -26,11 +29,39 @@ def final_gates_by_depth(workdir: str, record: dict) -> tuple[np.ndarray, np.nda
   return xattn["offset"] + xattn["every"] * np.arange(len(attn)), attn, ffw
 
 
-def plot_training(workdir: str, out: str) -> str:
+def _pyplot():
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  return plt
 
+
+def plot_shots(results: dict, out: str) -> str:
+  """One panel per task of `results` (evaluate.evaluate's dict): score against shots (evenly spaced,
+  labelled with the shot counts) with 95% interval bars, and a dashed line at chance; writes `out`."""
+  from flamingo_jax.evaluation.runner import METRIC_NAMES
+  plt = _pyplot()
+  tasks = results["tasks"]
+  fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+  for ax, (name, task) in zip(axes[0], tasks.items()):
+    shots = sorted(task["scores"], key=int)
+    values = np.array([task["scores"][k] for k in shots])
+    low, high = np.array([task["intervals"][k] for k in shots]).T
+    x = np.arange(len(shots))
+    ax.errorbar(x, values, yerr=[values - low, high - values], marker="o", capsize=4)
+    if task.get("chance") is not None:
+      ax.axhline(task["chance"], color="grey", linestyle="--", label="chance")
+      ax.legend(fontsize=8)
+    ax.set(title=f"{name} ({task['num_queries']} queries)", xlabel="shots", xticks=x,
+           xticklabels=shots, ylabel=METRIC_NAMES[task["metric"]])
+  fig.tight_layout()
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return out
+
+
+def plot_training(workdir: str, out: str) -> str:
+  plt = _pyplot()
   records = read_metrics(workdir)
   if not records:
     raise ValueError(f"{workdir}/metrics.jsonl has no records yet.")

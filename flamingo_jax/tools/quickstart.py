@@ -8,8 +8,10 @@ r"""The quickstart: the paper's three stages end to end, then held-out results.
 3. flamingo:    freeze both, train resampler + gated blocks on the mix  -> <workdir>/flamingo
 Then, on held-out batches of every dataset: the Flamingo loss next to the frozen LM's text-only loss
 on the same tokens, tanh(alpha) of every gated block, and <workdir>/flamingo/training.png; and the
-few-shot evaluation of the trained model on the held-out digits (experiments/evaluation.py:demo):
-captioning CIDEr and the in-context colour-renaming task at 0 and 4 shots -> <workdir>/fewshot/.
+few-shot evaluation of the trained model on the held-out digits (experiments/evaluation.py:demo) at
+0, 1, 2, 4 and 8 shots: captioning CIDEr, digit naming by likelihood, and the in-context renaming of
+the colours with held-out nonsense names, each with its 95% interval -> <workdir>/fewshot/, and the
+shots curve next to the gate plot, <workdir>/flamingo/shots.png.
 Each stage is `flamingo_jax.training.train` with `config.task` set; a stage whose export exists is
 skipped, so the command resumes where it stopped.
 """
@@ -31,7 +33,7 @@ from flamingo_jax.config import Config, EvaluationConfig
 from flamingo_jax.evaluation.evaluate import evaluate, results_table
 from flamingo_jax.evaluation.heldout import mean_losses
 from flamingo_jax.models.flamingo import Flamingo
-from flamingo_jax.tools.plot import plot_training
+from flamingo_jax.tools.plot import plot_shots, plot_training
 from flamingo_jax.training import train as trainer
 from flamingo_jax.training.losses import next_token_loss
 from flamingo_jax.training.metrics import read_metrics
@@ -54,8 +56,11 @@ def stage_config(config: Config, task: str, workdir: str) -> Config:
     if name not in config.data.datasets:
       raise ValueError(f"Invalid config: quickstart.contrastive_dataset={name!r}: must name one of "
                        f"data.datasets ({', '.join(config.data.datasets)}).")
-    overrides["data.datasets"] = {name: {**config.data.datasets[name].to_dict(), "loss_weight": 1.0}}
+    overrides["data.datasets"] = {name: {**config.data.datasets[name].to_dict(), "loss_weight": 1.0,
+                                         "batch_size": config.quickstart.contrastive_batch_size}}
     overrides["data.exclude"] = ""
+  if task == "lm":
+    overrides["optimizer.learning_rate"] = config.quickstart.lm_learning_rate
   if task == "flamingo":
     overrides["init.vision_checkpoint"] = os.path.join(stage_dir(workdir, "contrastive"), "export",
                                                        "vision")
@@ -101,8 +106,9 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   config, workdir = Config.from_cli(flags.FLAGS.config), flags.FLAGS.workdir
-  if config.data.source == "arrayrecord" and not os.path.exists(config.data.tokenizer):
-    root = os.path.dirname(config.data.tokenizer)
+  paths = [config.data.tokenizer] + [spec.path for spec in config.data.datasets.values()]
+  if config.data.source == "arrayrecord" and not all(map(os.path.exists, paths)):
+    root = os.path.dirname(config.data.tokenizer)  # Built by an older version: built again.
     print(f"== building the demo corpus in {root}", flush=True)
     demo.build(root)
   try:
@@ -135,6 +141,7 @@ def fewshot_demo(run_config: Config, params, workdir: str) -> dict:
   results = evaluate(settings, run_config.model, params, Tokenizer.of_run(run_config),
                      os.path.join(workdir, "fewshot"))
   print(results_table(results))
+  print(f"shots curve: {plot_shots(results, os.path.join(workdir, 'flamingo', 'shots.png'))}")
   return results
 
 
