@@ -2,7 +2,8 @@
 
   config, sharding  <-  models  <-  weights  <-  training, inference  <-  evaluation  <-  tools
   data_pipelines sits beside weights (it may use config, models, weights; never training,
-  inference or evaluation); experiments (presets) use config and weights; launch drives the rest.
+  inference or evaluation); experiments (presets) use config, weights and data_pipelines (the demo
+  corpus's names and colours); launch drives the rest.
 
 Every `import` in the source is read (those inside functions too), without importing anything.
 """
@@ -30,7 +31,7 @@ ALLOWED = {
     TRAINING: {CONFIG, SHARDING, MODELS, WEIGHTS, DATA},
     INFERENCE: {CONFIG, SHARDING, MODELS, WEIGHTS, DATA},
     EVALUATION: {CONFIG, SHARDING, MODELS, WEIGHTS, DATA, TRAINING, INFERENCE},
-    "experiments": {CONFIG, WEIGHTS},
+    "experiments": {CONFIG, WEIGHTS, DATA},
     TOOLS: {CONFIG, SHARDING, MODELS, WEIGHTS, DATA, TRAINING, INFERENCE, EVALUATION, "experiments"},
     "launch": {CONFIG, TRAINING, EVALUATION},
     "flamingo_jax": {CONFIG, MODELS},  # The package's own __init__: the public API.

@@ -38,7 +38,7 @@ def test_demo_batches_have_the_contract_shapes(demo_corpus, tokenizer):
   config = demo_data_config(demo_corpus[0])
   mixture = build_mixture(config, image_size=32, tokenizer=tokenizer)
   step = next(mixture)
-  assert set(step) == {"interleaved", "pairs", "video"}
+  assert set(step) == {"interleaved", "pairs", "video", "naming"}
   for name, batch in step.items():
     d = config.datasets[name]
     b, t, n, f = d.batch_size, d.seq_len, d.max_images, d.num_frames
@@ -49,7 +49,7 @@ def test_demo_batches_have_the_contract_shapes(demo_corpus, tokenizer):
     # Every <image> token has a real image slot and padded slots are zeros.
     assert ((batch["tokens"] == tokenizer.image_id).sum(1) == batch["image_mask"].sum(1)).all()
     assert not batch["images"][~batch["image_mask"]].any()
-  assert mixture.loss_weights == {"interleaved": 1.0, "pairs": 0.2, "video": 0.03}
+  assert mixture.loss_weights == {"interleaved": 1.0, "pairs": 1.0, "video": 0.03, "naming": 1.0}
   assert mixture.counters()["pairs/records"] >= 8
 
 
@@ -141,8 +141,8 @@ def test_resume_with_two_worker_processes(demo_corpus, tokenizer):
 def test_round_robin_takes_one_dataset_per_step_and_resumes_in_turn(demo_corpus, tokenizer):
   config = demo_data_config(demo_corpus[0], accumulation="round_robin")
   mixture = build_mixture(config, image_size=32, tokenizer=tokenizer)
-  assert [list(s) for s in take(mixture, 4)] == [["interleaved"], ["pairs"], ["video"],
-                                                 ["interleaved"]]
+  assert [list(s) for s in take(mixture, 5)] == [["interleaved"], ["pairs"], ["video"],
+                                                 ["naming"], ["interleaved"]]
   state = mixture.get_state()
   restored = build_mixture(config, image_size=32, tokenizer=tokenizer)
   restored.set_state(state)
