@@ -172,30 +172,30 @@ class TaskRunner:
     return texts
 
   # --------------------------------------------------------------------------------- scoring tasks
-  def _candidates(self, renaming: np.ndarray, length: int):
-    """[C, length] right-padded ids of every class's answer (its name and the template's text after
-    "{answer}", e.g. "yes<EOC>"), in class order, and the mask."""
-    ids = self._candidate_ids(renaming)
+  def _candidate_ids(self, renaming: np.ndarray) -> list[list[int]]:
+    """The ids of every class's answer (its name and the template's text after "{answer}", e.g.
+    "yes<EOC>"), in class order."""
+    suffix = self.task.prompt.split(fewshot.ANSWER)[1]
+    return [self.tokenizer.encode_prompt(self.shown_names[renaming[c]] + suffix)
+            for c in range(len(self.class_names))]
+
+  def _padded(self, ids: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """[C, length] right-padded candidate ids and their mask."""
     out = np.full((len(ids), length), self.tokenizer.pad_id, np.int32)
     mask = np.zeros((len(ids), length), bool)
     for c, row in enumerate(ids):
       out[c, :len(row)], mask[c, :len(row)] = row, True
     return out, mask
 
-  def _candidate_ids(self, renaming: np.ndarray) -> list[list[int]]:
-    suffix = self.task.prompt.split(fewshot.ANSWER)[1]
-    return [self.tokenizer.encode_prompt(self.shown_names[renaming[c]] + suffix)
-            for c in range(len(self.class_names))]
-
   def _score(self, shot_indices, text_only: bool) -> np.ndarray:
     """[Q, C] log-likelihood of each query's class c (under its name in that query's prompt),
     averaged over the shot orders of prompt ensembling."""
     num_orders = 1 if text_only else self.task.num_permutations
     orders = fewshot.order_permutations(shot_indices.shape[1], num_orders, self.settings.seed)
-    renamings = [self._renaming(q) for q in range(len(self.queries))]
+    ids = [self._candidate_ids(self._renaming(q)) for q in range(len(self.queries))]
     # One candidate length for all queries (the names differ per query): one batch shape.
-    length = max(len(ids) for r in renamings for ids in self._candidate_ids(r))
-    candidates = [self._candidates(r, length) for r in renamings]
+    length = max(len(row) for rows in ids for row in rows)
+    candidates = [self._padded(rows, length) for rows in ids]
     total = np.zeros((len(self.queries), len(self.class_names)))
     decoded: dict[int, np.ndarray] = {}  # id(example) -> image: every order shows the same images.
 
