@@ -115,7 +115,7 @@ def nonsense_names(pool: str) -> tuple[str, ...]:
   return tuple(n for n in names if (zlib.crc32(n.encode()) % 4 == 0) == (pool == "heldout"))
 
 
-def _naming_page(rng, scans, targets, names) -> tuple[list[tuple[str, bytes]], list[str]]:
+def _naming_page(rng, scans, names) -> tuple[list[tuple[str, bytes]], list[str]]:
   """A page binding fresh names to 2-4 colours: every digit followed by its colour's name, at least
   one name asked back."""
   colours = list(rng.choice(list(COLOURS), rng.integers(2, 5), replace=False))
@@ -156,7 +156,7 @@ def _record(kind: str, key: str, rng, scans, targets, names) -> tuple[bytes, str
   if kind == "video":
     frames, caption = _clip(rng, scans, targets)
     return records.video(key, frames, list(range(len(frames))), caption), caption
-  parts, texts = (_naming_page(rng, scans, targets, names) if kind == "naming" else
+  parts, texts = (_naming_page(rng, scans, names) if kind == "naming" else
                   _document(rng, scans, targets))
   return records.interleaved(key, parts), " ".join(texts)
 
