@@ -10,28 +10,12 @@ The official evaluation is Python 2 and not on PyPI, so the tests hold its outpu
 It prints one expected accuracy (percent) per case, as VQAEval.evaluate stores them in evalQA.
 """
 
-from vqaEval import VQAEval  # The official module, made Python 3 as above.
-
+from tests.evaluation.golden.vqa_official import official_accuracies  # Imports vqaEval (above).
 from tests.evaluation.test_metrics import VQA_CASES
 
 
-class _Questions:  # The two methods of the official VQA helper class that VQAEval uses.
-
-  def __init__(self, qa):
-    self.qa = qa
-
-  def getQuesIds(self):  # noqa: N802 (the official name)
-    return list(self.qa)
-
-
 def main():
-  gts = {i: {"answers": [{"answer": a, "answer_id": j + 1} for j, a in enumerate(answers)],
-             "question_type": "t", "answer_type": "a"}
-         for i, (_, answers, _) in enumerate(VQA_CASES)}
-  res = {i: {"answer": prediction} for i, (prediction, _, _) in enumerate(VQA_CASES)}
-  evaluation = VQAEval(_Questions(gts), _Questions(res), n=10)
-  evaluation.evaluate()
-  print([evaluation.evalQA[i] for i in range(len(VQA_CASES))])
+  print(official_accuracies([(prediction, answers) for prediction, answers, _ in VQA_CASES]))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import io
 import json
 import os
 
-from vqaEval import VQAEval
+from vqa_official import official_accuracies  # Beside this script.
 
 CASES = [  # (prediction, the ten human answers)
     (u"\u0663\u0665", [u"\u0663.\u0665"] * 5 + [u"\u0663\u0665"] * 2 + [u"3.5"] * 3),
@@ -28,23 +28,10 @@ CASES = [  # (prediction, the ten human answers)
 ]
 
 
-class _Questions:  # The two members of the official VQA helper class that VQAEval uses.
-
-  def __init__(self, qa):
-    self.qa = qa
-
-  def getQuesIds(self):  # noqa: N802 (the official name)
-    return list(self.qa)
-
-
 def main():
-  gts = {i: {"answers": [{"answer": a, "answer_id": j + 1} for j, a in enumerate(answers)],
-             "question_type": "t", "answer_type": "a"} for i, (_, answers) in enumerate(CASES)}
-  res = {i: {"answer": prediction} for i, (prediction, _) in enumerate(CASES)}
-  evaluation = VQAEval(_Questions(gts), _Questions(res), n=10)
-  evaluation.evaluate()
-  out = [{"prediction": p, "answers": a, "accuracy": evaluation.evalQA[i]}
-         for i, (p, a) in enumerate(CASES)]
+  accuracies = official_accuracies(CASES)
+  out = [{"prediction": p, "answers": a, "accuracy": accuracy}
+         for (p, a), accuracy in zip(CASES, accuracies)]
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vqa_non_ascii.json")
   lines = [json.dumps(case, ensure_ascii=False, sort_keys=True) for case in out]
   with io.open(path, "w", encoding="utf-8") as f:
