@@ -68,10 +68,9 @@ def _demo_tasks(root):
   # the shots can tell which colour each names.
   renaming = _task("mapping", prompt="<image>{answer}<EOC>", num_queries=150,
                    class_names=tuple(COLOURS), **demo)
-  renaming.update(num_permutations=1, mapping_words=nonsense_names("heldout"))
-  for task in (captions, digits, renaming):
-    task.update(support_size=512)
-  digits.update(num_permutations=1)
+  renaming.update(mapping_words=nonsense_names("heldout"))
+  for task in (captions, digits, renaming):  # One shot order: more queries instead of ensembling.
+    task.update(support_size=512, num_permutations=1)
   return dict(captions=captions, digits=digits, renaming=renaming)
 
 
