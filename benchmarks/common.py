@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: JSON-line output, timing, synthetic batches, matmul baseline."""
+"""Helpers shared by the benchmarks: JSON-line output, timing, synthetic batches, the trainer's step
+on them, matmul baseline, peak RSS."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ import platform
 import statistics
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flamingo_jax.config import FlamingoConfig
+from flamingo_jax.config import Config, FlamingoConfig
 from flamingo_jax.models import masking
+from flamingo_jax.models.flamingo import Flamingo
 from flamingo_jax.training import flops
+from flamingo_jax.training.optimizer import learning_rate_schedule, make_optimizer
+from flamingo_jax.training.step import TrainState, make_train_step
+from flamingo_jax.training.tasks import make_task
+from flamingo_jax.weights import tree as ptree
 
 
 def emitter(benchmark: str):
@@ -78,3 +85,51 @@ def matmul_throughput(matmuls: list[flops.MatMul], repeats: int) -> float:
   return total_flops / total_seconds
 
 
+
+
+def peak_rss_bytes() -> int:
+  """This process's peak resident set (VmHWM in /proc/self/status), in bytes."""
+  with open("/proc/self/status", encoding="ascii") as status:
+    for line in status:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) * 1024
+  raise RuntimeError("/proc/self/status has no VmHWM line: peak RSS needs Linux.")
+
+
+def synthetic_batches(cfg: Config) -> dict[str, dict[str, jax.Array]]:
+  """{dataset: batch} of random tokens and images at each of cfg.data.datasets' shapes."""
+  batches = {}
+  for dataset, d in cfg.data.datasets.items():
+    tokens, images, phi = make_batch(cfg.model, d.batch_size, d.seq_len, d.max_images)
+    batches[dataset] = {"tokens": tokens, "images": images, "phi": phi,
+                        "labels": jnp.roll(tokens, -1, axis=1),
+                        "loss_mask": jnp.ones(tokens.shape, jnp.float32)}
+  return batches
+
+
+class TrainerStep:
+  """The trainer's own update (`training.step.make_train_step`: dataset-weighted accumulation,
+  clipping, AdamW with the non-finite guard, frozen params in train.frozen_dtype) compiled for
+  `cfg` on synthetic batches; `run()` does one update (the state is donated and carried)."""
+
+  def __init__(self, cfg: Config):
+    self.cfg, self.model = cfg, Flamingo(cfg.model)
+    self.batches = synthetic_batches(cfg)
+    first = next(iter(self.batches.values()))
+    params = nn.meta.unbox(jax.jit(self.model.init)(jax.random.key(0), first["tokens"],
+                                                    first["images"], first["phi"])["params"])
+    frozen, trainable = ptree.split(params)
+    self.frozen = jax.tree.map(lambda x: x.astype(cfg.train.frozen_dtype), frozen)
+    optimizer = make_optimizer(cfg.optimizer)
+    self.state = TrainState(jnp.zeros((), jnp.int32), trainable, optimizer.init(trainable),
+                            jax.random.key_data(jax.random.key(1)))
+    weights = {k: v.loss_weight for k, v in cfg.data.datasets.items()}
+    step = jax.jit(make_train_step(make_task("flamingo", cfg.model), optimizer,
+                                   learning_rate_schedule(cfg.optimizer), weights,
+                                   micro_batches=cfg.train.micro_batches,
+                                   lm_pass=cfg.train.lm_pass), donate_argnums=(0,))
+    self.compiled = step.lower(self.state, self.frozen, self.batches).compile()
+
+  def run(self) -> None:
+    self.state, _ = self.compiled(self.state, self.frozen, self.batches)
+    jax.block_until_ready(self.state)
