@@ -1,4 +1,5 @@
-"""Training logs: a JSONL file and TensorBoard event files, plus peak FLOP/s for MFU.
+"""Training logs: a JSONL file and TensorBoard event files, plus peak FLOP/s for MFU (data sheets for
+accelerators, a nominal peak derived from /proc/cpuinfo for CPUs).
 
 Each logged step is one JSON line {"step": int, <name>: float or [floats], ...} in
 `<workdir>/metrics.jsonl`; the same scalars go to TensorBoard under `<workdir>/tensorboard` (vector
@@ -45,7 +46,8 @@ PEAK_FLOPS = {
 
 
 def measured_cpu_flops(size: int = 1024, seconds: float = 0.5) -> float:
-  """This host's f32 matmul FLOP/s, measured on [size, size] products for about `seconds`."""
+  """This host's f32 matmul FLOP/s, measured on [size, size] products for about `seconds`: a rate
+  of our own software, the denominator of `matmul_efficiency`, never of MFU."""
   a = jnp.ones((size, size), jnp.float32)
   matmul = jax.jit(lambda x: x @ x)
   jax.block_until_ready(matmul(a))
@@ -54,6 +56,53 @@ def measured_cpu_flops(size: int = 1024, seconds: float = 0.5) -> float:
     jax.block_until_ready(matmul(a))
     runs += 1
   return 2 * size ** 3 * runs / (time.perf_counter() - start)
+
+
+# f32 FLOP per cycle per core of the fused multiply-add units: FMA pipes x f32 lanes per pipe x 2.
+# AMD by (family, first model, last model), from AMD's Software Optimization Guides: Zen 2, 3 and 4
+# have two 256-bit FMA pipes (Zen 4 runs AVX-512 as two 256-bit halves), Zen 5 two 512-bit pipes
+# (server and desktop parts), Zen 1 two 128-bit pipes.
+AMD_FLOPS_PER_CYCLE = {(23, 0x00, 0x2F): ("Zen", 16), (23, 0x30, 0xFF): ("Zen 2", 32),
+                       (25, 0x00, 0x0F): ("Zen 3", 32), (25, 0x10, 0x1F): ("Zen 4", 32),
+                       (25, 0x20, 0x5F): ("Zen 3", 32), (25, 0x60, 0xAF): ("Zen 4", 32),
+                       (26, 0x00, 0xFF): ("Zen 5", 64)}
+
+
+def _cpu_flops_per_cycle(info: Mapping[str, str]) -> tuple[int, str]:
+  """(f32 FLOP per cycle per core, the reason) from one /proc/cpuinfo processor block. Intel cores
+  with AVX-512 are taken to have two 512-bit FMA units (Xeon Scalable Gold/Platinum and later), with
+  AVX2 and FMA two 256-bit units (Haswell and later)."""
+  family, model = int(info.get("cpu family", "0")), int(info.get("model", "0"))
+  if info.get("vendor_id") == "AuthenticAMD":
+    for (fam, first, last), (name, flops) in AMD_FLOPS_PER_CYCLE.items():
+      if family == fam and first <= model <= last:
+        return flops, f"AMD {name} (family {family}, model {model}): {flops // 2} f32 FMA/cycle"
+  flags = set(info.get("flags", "").split())
+  if "avx512f" in flags:
+    return 64, "AVX-512 with two 512-bit FMA units: 32 f32 FMA/cycle"
+  if {"avx2", "fma"} <= flags:
+    return 32, "AVX2 with two 256-bit FMA units: 16 f32 FMA/cycle"
+  return 8, "SSE, one 128-bit multiply and one add per cycle: 8 f32 FLOP/cycle"
+
+
+def nominal_cpu_flops(cpuinfo: str | None = None, cores: int | None = None) -> tuple[float, str]:
+  """(nominal f32 peak FLOP/s of this host's cores, its derivation): cores x FLOP per cycle x the
+  clock /proc/cpuinfo reports ("cpu MHz", the nominal or current clock; turbo can exceed it, and a
+  step can then exceed an MFU of 1 by that factor). `cpuinfo`: the file's text, for tests."""
+  if cpuinfo is None:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      cpuinfo = f.read()
+  blocks = [dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+            for block in cpuinfo.strip().split("\n\n")]
+  info = {k.strip(): v.strip() for k, v in blocks[0].items()}
+  if "cpu MHz" not in info:
+    raise ValueError("/proc/cpuinfo gives no 'cpu MHz': the nominal CPU peak needs the clock.")
+  cores = cores or len(os.sched_getaffinity(0))
+  per_cycle, reason = _cpu_flops_per_cycle(info)
+  ghz = float(info["cpu MHz"]) / 1e3
+  return cores * per_cycle * ghz * 1e9, (
+      f"nominal: {cores} cores x {per_cycle} f32 FLOP/cycle ({reason}) x {ghz:.3f} GHz "
+      f"(/proc/cpuinfo) = {cores * per_cycle * ghz:.1f} GFLOP/s")
 
 
 def data_sheet_kind(device_kind: str) -> str | None:
@@ -76,7 +125,8 @@ def peak_flops_per_device(device: jax.Device | None = None) -> tuple[float, str]
   for an accelerator missing from PEAK_FLOPS (a warning says so, once): MFU is then not logged."""
   device = device or jax.local_devices()[0]
   if device.platform == "cpu":
-    return measured_cpu_flops() / len(jax.local_devices()), "measured f32 matmul"
+    peak, derivation = nominal_cpu_flops()
+    return peak / len(jax.local_devices()), derivation
   kind = data_sheet_kind(device.device_kind)
   if kind is None:
     _warn_mfu_unavailable(device.device_kind)

@@ -24,7 +24,7 @@ from flamingo_jax import sharding
 from flamingo_jax.config import Config
 from flamingo_jax.config.schema import ConfigError
 from flamingo_jax.training import xla_flags
-from flamingo_jax.training.metrics import MetricWriter, peak_flops_per_device
+from flamingo_jax.training.metrics import MetricWriter, measured_cpu_flops, peak_flops_per_device
 from flamingo_jax.training.preemption import PreemptionGuard
 from flamingo_jax.training.setup import build_setup, jit_train_step
 from flamingo_jax.training.step import TrainState
@@ -91,6 +91,12 @@ def train(config: Config, workdir: str, devices=None) -> TrainState:
     train_step = jit_train_step(config, setup, mixture.loss_weights)
 
     peak = peak_flops_per_device()  # (FLOP/s, source), or None: MFU not logged (warned once).
+    if peak and jax.process_index() == 0:
+      print(f"MFU against {peak[1]} per device", flush=True)
+    # On CPU also the step's model FLOP/s over this host's own measured matmul rate: how much of
+    # what our software can do the step does (overheads), not hardware use.
+    matmul_rate = (measured_cpu_flops() / len(jax.local_devices())
+                   if jax.local_devices()[0].platform == "cpu" else None)
     packs = config.data.packs()  # Examples per row, for examples/s and model FLOPs.
     flops_by_datasets = {}  # FLOPs of one update per set of datasets (fixed shapes: computed once).
     step = int(state.step)
@@ -119,9 +125,12 @@ def train(config: Config, workdir: str, devices=None) -> TrainState:
         })
         if peak:
           metrics["mfu"] = model_flops / seconds / (peak[0] * jax.device_count())
+        if matmul_rate:
+          metrics["matmul_efficiency"] = model_flops / seconds / (matmul_rate * jax.device_count())
         writer.write(step, metrics)
         if jax.process_index() == 0:
-          mfu = f"  mfu {metrics['mfu']:.3f} (peak: {peak[1]})" if peak else ""
+          mfu = f"  mfu {metrics['mfu']:.3f}" if peak else ""
+          mfu += f"  matmul_efficiency {metrics['matmul_efficiency']:.3f}" if matmul_rate else ""
           print(f"step {step}/{config.train.num_steps}  loss {metrics['loss']:.4f}  grad_norm "
                 f"{metrics['grad_norm']:.3f}  {metrics['examples_per_s']:.1f} examples/s{mfu}",
                 flush=True)

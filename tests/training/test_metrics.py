@@ -53,7 +53,39 @@ def test_known_accelerator_and_cpu_have_a_peak():
   peak = metrics.peak_flops_per_device(FakeDevice("NVIDIA L4"))
   assert peak == (121e12, "data sheet (NVIDIA L4)")
   peak, source = metrics.peak_flops_per_device(FakeDevice("cpu", platform="cpu"))
-  assert peak > 0 and source == "measured f32 matmul"
+  host_peak, derivation = metrics.nominal_cpu_flops()  # Shared by the host's CPU devices.
+  assert (peak * len(jax.local_devices()), source) == (pytest.approx(host_peak), derivation)
+
+
+ZEN4_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+cpu MHz\t\t: 2596.132
+flags\t\t: fpu avx2 fma avx512f
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+"""
+
+
+@pytest.mark.parametrize("cpuinfo, cores, peak, reason", [
+    (ZEN4_CPUINFO, 2, 2 * 32 * 2.596132e9, "AMD Zen 4 (family 25, model 17): 16 f32 FMA/cycle"),
+    (ZEN4_CPUINFO.replace("family\t: 25", "family\t: 26"), 4, 4 * 64 * 2.596132e9,
+     "AMD Zen 5"),
+    ("vendor_id : GenuineIntel\ncpu family : 6\nmodel : 143\ncpu MHz : 2000.0\n"
+     "flags : avx2 fma avx512f\n", 8, 8 * 64 * 2.0e9, "AVX-512 with two 512-bit FMA units"),
+    ("vendor_id : GenuineIntel\ncpu MHz : 3000.0\nflags : avx2 fma\n", 1, 32 * 3.0e9, "AVX2"),
+])
+def test_nominal_cpu_peak_is_cores_x_flops_per_cycle_x_clock(cpuinfo, cores, peak, reason):
+  value, derivation = metrics.nominal_cpu_flops(cpuinfo, cores)
+  assert value == pytest.approx(peak, rel=1e-12)
+  assert reason in derivation and f"{cores} cores" in derivation
+
+
+def test_nominal_cpu_peak_needs_the_clock():
+  with pytest.raises(ValueError, match="cpu MHz"):
+    metrics.nominal_cpu_flops("vendor_id : AuthenticAMD\nflags : avx2 fma\n", 2)
 
 
 def _no_update(config, setup, loss_weights):
@@ -67,12 +99,14 @@ def test_training_logs_mfu_only_with_a_known_peak(device_kind, tmp_path, monkeyp
   device = FakeDevice(device_kind, platform="cpu" if device_kind == "cpu" else "gpu")
   monkeypatch.setattr(T, "peak_flops_per_device", lambda: metrics.peak_flops_per_device(device))
   monkeypatch.setattr(T, "jit_train_step", _no_update)
+  monkeypatch.setattr(T, "measured_cpu_flops", lambda: metrics.nominal_cpu_flops()[0] / 2)
   config = train_small.config("one", **{"train.num_steps": 2, "train.log_every": 1})
   T.train(config, str(tmp_path), devices=jax.devices()[:1])
   records = metrics.read_metrics(str(tmp_path))
   out = capsys.readouterr().out
   assert [r["step"] for r in records] == [1, 2] and "step 2/2" in out
-  if device_kind == "cpu":  # The measured matmul rate stands in for a data sheet.
-    assert all(r["mfu"] > 0 for r in records) and "(peak: measured f32 matmul)" in out
+  if device_kind == "cpu":  # MFU against the nominal peak; matmul efficiency against our own rate.
+    assert all(r["matmul_efficiency"] == pytest.approx(2 * r["mfu"]) for r in records)
+    assert "MFU against nominal: " in out and "matmul_efficiency" in out
   else:  # Absent, not 0 or NaN.
     assert all("mfu" not in r and "examples_per_s" in r for r in records) and "mfu" not in out
