@@ -110,7 +110,8 @@ class DecoderLM(nn.Module):
   def __call__(self, tokens: jax.Array, visual: jax.Array | None = None,
                phi: jax.Array | None = None, positions: jax.Array | None = None,
                return_hidden: bool = False, decode: DecodeSlots | None = None,
-               segments: jax.Array | None = None) -> jax.Array:
+               segments: jax.Array | None = None, logits_at: jax.Array | None = None) -> jax.Array:
+    """`logits_at` [B] int: the logits of only that position of each row, [B, 1, V + E]."""
     c, ex = self.config, self.execution
     if (self.xattn is not None) != (visual is not None and phi is not None):
       raise ValueError("DecoderLM: pass `visual` and `phi` exactly when the LM has gated blocks.")
@@ -139,6 +140,8 @@ class DecoderLM(nn.Module):
     y = rms_norm(ex, c.norm_eps, name="final_norm")(y).astype(dtype)
     if return_hidden:  # [B, T, D] final-normed states (the contrastive text tower pools them).
       return y
+    if logits_at is not None:
+      y = jnp.take_along_axis(y, logits_at[:, None, None], axis=1)
     if c.tie_embeddings:
       logits = embed.attend(y)
     else:

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flamingo_jax.models.flamingo import Flamingo
 from flamingo_jax.models.lm import DecoderLM, layer_plan
 from flamingo_jax.weights import layout
 from flamingo_jax.weights import tree as ptree
@@ -136,3 +137,15 @@ def test_remat_by_name_saves_exactly_the_named_projections(policy, saved, capsys
   lines = capsys.readouterr().out.splitlines()
   names = {line.split("named '")[1].split("'")[0] for line in lines if "named '" in line}
   assert names == saved
+
+
+def test_logits_at_one_position_equal_that_column_of_the_full_logits(tiny):
+  tokens, images, phi = make_batch(tiny)
+  params = init_params(tiny)
+  full = apply_fn(tiny)({"params": params}, tokens, images, phi)
+  lm = DecoderLM(tiny.lm, tiny.execution, xattn=tiny.xattn, num_extra_tokens=tiny.num_extra_tokens)
+  visual = Flamingo(tiny).apply({"params": params}, images, method=Flamingo.encode_images)
+  at = jnp.array([3, 15])
+  one = jax.jit(lm.apply)({"params": params["lm"]}, tokens, visual, phi, logits_at=at)
+  assert one.shape == (2, 1, tiny.total_vocab_size)
+  np.testing.assert_allclose(one[:, 0], full[jnp.arange(2), at], rtol=1e-5, atol=1e-6)
