@@ -25,7 +25,6 @@ time is the loss without gradients (`torch.no_grad` / a jitted loss). Prints JSO
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from flamingo_jax.config.schema import Section, fail, join, one_of, positive
+from flamingo_jax.config.schema import Section, fail, join, non_negative, one_of, positive
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "relu", "squared_relu", "silu")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal", "save_dot_except_mlp_in",
@@ -207,8 +207,13 @@ class ExecutionConfig(Section):
   # slices (copies) every layer's weights at every generated token (~3x slower per token on CPU).
   # False keeps scan_layers when decoding (faster compiles for deep models).
   decode_unrolled: bool = True
+  # Training losses: 0 builds the whole [B, T, V] logits; n > 0 builds them n positions of each row
+  # at a time (losses.fused_token_losses: the hidden states' gradient in the same pass, so the
+  # [B, T, V] logits, their softmax and their gradient are never held).
+  loss_chunk: int = 0
 
   def check(self, prefix: str) -> None:
+    non_negative(prefix, self, "loss_chunk")
     one_of(prefix, self, "remat_policy", REMAT_POLICIES)
     one_of(prefix, self, "attention", ATTENTION_KERNELS)
     one_of(prefix, self, "dtype", DTYPES)

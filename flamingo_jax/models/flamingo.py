@@ -43,15 +43,20 @@ class Flamingo(nn.Module):
     return self.resampler(features)
 
   def __call__(self, tokens: jax.Array, images: jax.Array, phi: jax.Array,
-               positions: jax.Array | None = None, segments: jax.Array | None = None) -> jax.Array:
+               positions: jax.Array | None = None, segments: jax.Array | None = None,
+               return_hidden: bool = False) -> jax.Array:
     """tokens [B, T], uint8 images [B, N, F, H, W, 3], phi [B, T] (masking.media_index) -> logits
-    [B, T, V + 2] in the compute dtype. Packed rows also pass per-example positions and segment
-    ids [B, T] (data_pipelines/packing.py)."""
-    return self.lm(tokens, self.encode_images(images), phi, positions, segments=segments)
+    [B, T, V + 2] in the compute dtype (or, `return_hidden`, the final-normed states [B, T, D] the
+    head reads: `lm.output_kernels`). Packed rows also pass per-example positions and segment ids
+    [B, T] (data_pipelines/packing.py)."""
+    return self.lm(tokens, self.encode_images(images), phi, positions, segments=segments,
+                   return_hidden=return_hidden)
 
   def joint(self, tokens: jax.Array, phi: jax.Array, positions: jax.Array, segments: jax.Array,
-            images: tuple[jax.Array, ...], shards: int = 1) -> jax.Array:
-    """One LM pass over the rows of several datasets (`train.lm_pass=joint`) -> logits [R, T, V + 2].
+            images: tuple[jax.Array, ...], shards: int = 1, return_hidden: bool = False
+            ) -> jax.Array:
+    """One LM pass over the rows of several datasets (`train.lm_pass=joint`) -> logits [R, T, V + 2]
+    (or hidden states [R, T, D], as `__call__`).
 
     tokens, phi, positions, segments [R, T]: every dataset's rows joined by `join_rows(..., shards)`
     (phi counts the image slots of its own row). images: per dataset, uint8 [R_d, N_d, F_d, H, W, 3]
@@ -66,7 +71,8 @@ class Flamingo(nn.Module):
               for x, part in zip(images, parts)]
     slots = max(v.shape[1] for v in visual)
     visual = [jnp.pad(v, ((0, 0), (0, slots - v.shape[1]), (0, 0), (0, 0))) for v in visual]
-    return self.lm(tokens, join_rows(visual, shards), phi, positions, segments=segments)
+    return self.lm(tokens, join_rows(visual, shards), phi, positions, segments=segments,
+                   return_hidden=return_hidden)
 
   def decode_lm(self, tokens: jax.Array, visual: jax.Array, phi: jax.Array, positions: jax.Array,
                 decode: DecodeSlots) -> jax.Array:

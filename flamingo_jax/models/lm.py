@@ -73,6 +73,16 @@ class LMBlock(nn.Module):
     return constrain(x, ("batch", "length", "act_embed"))
 
 
+def output_kernels(lm_params, config: LMConfig) -> tuple[jax.Array, ...]:
+  """The head `DecoderLM` applies to its final-normed states, from its parameters: the vocabulary's
+  kernel [D, V], then the new tokens' [D, E] when it has new tokens (tied: the embeddings')."""
+  if config.tie_embeddings:
+    tables = [lm_params["embed"]["embedding"], lm_params.get("extra_embed", {}).get("embedding")]
+    return tuple(t.T for t in tables if t is not None)
+  kernels = [lm_params["head"]["kernel"], lm_params.get("extra_head", {}).get("kernel")]
+  return tuple(k for k in kernels if k is not None)
+
+
 class DecoderUnit(nn.Module):
   """Optional gated block, then `blocks_per_unit` LM blocks. Returns (y, None) for `repeat`."""
 

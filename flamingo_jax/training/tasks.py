@@ -24,9 +24,9 @@ import jax.numpy as jnp
 from flamingo_jax.config import FlamingoConfig
 from flamingo_jax.models.contrastive import ContrastiveTowers
 from flamingo_jax.models.flamingo import Flamingo, example_inputs, join_rows, split_rows
-from flamingo_jax.models.lm import DecoderLM
+from flamingo_jax.models.lm import DecoderLM, output_kernels
 from flamingo_jax.training import flops
-from flamingo_jax.training.losses import token_losses
+from flamingo_jax.training.losses import fused_token_losses, token_losses
 from flamingo_jax.weights import layout
 from flamingo_jax.weights import tree as ptree
 
@@ -80,10 +80,21 @@ def _loss_tokens(batch) -> jax.Array:
   return jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
 
 
+def _token_losses(run, lm_params, lm_config, chunk: int, labels, z_loss) -> jax.Array:
+  """Per-token losses [B, T] of `run(return_hidden)` (the model's apply): from its whole logits, or
+  with `chunk` (execution.loss_chunk) from its hidden states and head, chunk by chunk."""
+  if not chunk:
+    return token_losses(run(False), labels, z_loss)
+  return fused_token_losses(run(True), output_kernels(lm_params, lm_config), labels, chunk, z_loss)
+
+
 def _flamingo_losses(model, params, batch, z_loss):
-  logits = model.apply({"params": params}, batch["tokens"], batch["images"], batch["phi"],
-                       batch.get("positions"), batch.get("segments"))
-  return token_losses(logits, batch["labels"], z_loss), batch["loss_mask"]
+  def run(return_hidden):
+    return model.apply({"params": params}, batch["tokens"], batch["images"], batch["phi"],
+                       batch.get("positions"), batch.get("segments"), return_hidden)
+  c = model.config
+  return (_token_losses(run, params["lm"], c.lm, c.execution.loss_chunk, batch["labels"], z_loss),
+          batch["loss_mask"])
 
 
 def _rows(batch) -> dict:
@@ -100,17 +111,23 @@ def _flamingo_joint_losses(model, params, batches, shards, z_loss):
   """One pass of the LM over every dataset's rows (Flamingo.joint); per-dataset token losses."""
   batches = [_rows(b) for b in batches]
   join = lambda key: join_rows([b[key] for b in batches], shards)  # noqa: E731
-  logits = model.apply({"params": params}, join("tokens"), join("phi"), join("positions"),
+
+  def run(return_hidden):
+    return model.apply({"params": params}, join("tokens"), join("phi"), join("positions"),
                        join("segments"), tuple(b["images"] for b in batches), shards,
-                       method=Flamingo.joint)
-  values = split_rows(token_losses(logits, join("labels"), z_loss),
-                      [b["tokens"].shape[0] for b in batches], shards)
+                       return_hidden, method=Flamingo.joint)
+  c = model.config
+  losses = _token_losses(run, params["lm"], c.lm, c.execution.loss_chunk, join("labels"), z_loss)
+  values = split_rows(losses, [b["tokens"].shape[0] for b in batches], shards)
   return [(v, b["loss_mask"]) for v, b in zip(values, batches)]
 
 
 def _lm_losses(model, params, batch, z_loss):
-  logits = model.apply({"params": params}, batch["tokens"])
-  return token_losses(logits, batch["labels"], z_loss), batch["loss_mask"]
+  def run(return_hidden):
+    return model.apply({"params": params}, batch["tokens"], return_hidden=return_hidden)
+  chunk = model.execution.loss_chunk
+  return (_token_losses(run, params, model.config, chunk, batch["labels"], z_loss),
+          batch["loss_mask"])
 
 
 def _contrastive_losses(model, params, batch):

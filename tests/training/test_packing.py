@@ -73,6 +73,20 @@ def test_one_packed_pass_equals_the_three_pass_gradient():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("arg", ["packed", "one"])  # A joint pass; one dataset's own pass.
+def test_chunked_losses_equal_the_whole_logits(arg):
+  """execution.loss_chunk (7: does not divide the rows' lengths) changes memory, not the update."""
+  whole = train_small.config(arg)
+  chunked = whole.replace({"model.execution.loss_chunk": 7})
+  batches = _batches(whole)
+  (total_a, losses_a), grads_a = _grads(whole, batches)
+  (total_b, losses_b), grads_b = _grads(chunked, batches)
+  np.testing.assert_allclose(total_b, total_a, rtol=1e-6)
+  assert losses_b.keys() == losses_a.keys()
+  for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
 def test_rows_that_cannot_split_over_the_devices_name_the_dataset():
   config = train_small.config("packed", **{"data.datasets.video.batch_size": 8})
   with pytest.raises(ValueError, match=r"data\.datasets\.video\.batch_size=8: gives 4 rows "
