@@ -21,6 +21,7 @@ from flamingo_jax.training import flops
 from flamingo_jax.training.optimizer import learning_rate_schedule, make_optimizer
 from flamingo_jax.training.step import TrainState, make_train_step
 from flamingo_jax.training.tasks import make_task
+from flamingo_jax.training.train import release_freed_host_memory
 from flamingo_jax.weights import tree as ptree
 
 
@@ -129,6 +130,7 @@ class TrainerStep:
                                    micro_batches=cfg.train.micro_batches,
                                    lm_pass=cfg.train.lm_pass), donate_argnums=(0,))
     self.compiled = step.lower(self.state, self.frozen, self.batches).compile()
+    release_freed_host_memory()  # As the trainer does after its first (compiling) update.
 
   def run(self) -> None:
     self.state, _ = self.compiled(self.state, self.frozen, self.batches)
