@@ -12,9 +12,14 @@ $(VENV)/.installed-%-$(HASH): setup.cfg pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e '.[$*]'
 	rm -f $(VENV)/.installed-$*-* && touch $@
 
-.PHONY: quickstart test
+.PHONY: quickstart test peers
 quickstart: $(VENV)/.installed-data-$(HASH)
 	JAX_PLATFORMS=cpu $(VENV)/bin/python -m flamingo_jax.tools.quickstart --config experiments/flamingo.py:tiny,data=demo --workdir workdirs/quickstart
 
 test: $(VENV)/.installed-test-$(HASH)
 	JAX_PLATFORMS=cpu $(VENV)/bin/python -m pytest -q tests
+
+# Our trainer's step against OpenFlamingo 2.0.1's on the same shapes (BENCHMARKS.md, "Peers").
+peers: $(VENV)/.installed-peers-$(HASH)
+	$(VENV)/bin/python -m pip install --quiet --no-deps open-flamingo==2.0.1
+	JAX_PLATFORMS=cpu $(VENV)/bin/python benchmarks/peers.py

@@ -14,8 +14,9 @@ towers frozen; AdamW (lr 1e-3, weight decay 0.1) with the gradient clipped at no
   frozen (`freeze_lm_embeddings=True`: ours trains only the 2 new rows, torch can only train all
   32,002, so theirs does less work); loss from its forward with labels, `backward`,
   `clip_grad_norm_`, `AdamW.step`, `zero_grad(set_to_none=True)`.
-Each runs in its own process (so each has its own peak RSS), built and warmed up first; then the
-parent asks them for one update in turn, `--rounds` times each, and takes medians. The forward-only
+Each runs in its own process (so each has its own peak RSS), built first; then the parent asks
+them for one update in turn (after one untimed warm-up each), `--rounds` times each, and takes
+medians; peak RSS is read after the updates, before the forward-only runs. The forward-only
 time is the loss without gradients (`torch.no_grad` / a jitted loss). Prints JSON lines:
   peer_step_s_{ours,openflamingo}_every{n}, peer_step_ratio_openflamingo[_every{n}] (ours / theirs),
   peer_forward_ratio_openflamingo[_every{n}], peer_rss_bytes_*, peer_rss_ratio_openflamingo[_every{n}]
@@ -151,14 +152,14 @@ def openflamingo(every: int) -> dict:
 
 
 def worker(peer: str, every: int, threads: int) -> None:
-  """Builds `peer`, runs each callable once (warm-up, compile), then answers lines on stdin: a
-  callable's name -> its seconds; "rss" -> peak RSS bytes; "quit"."""
+  """Builds `peer`, then answers lines on stdin: a callable's name -> its seconds; "rss" -> peak
+  RSS bytes; "quit". The parent warms each callable up (untimed) before timing it, and asks for
+  the RSS after the training steps, before the forward-only loss is first run (so a training
+  process's peak does not include the extra compile of a loss it never runs alone)."""
   if peer == "openflamingo":
     import torch
     torch.set_num_threads(threads)
   calls = {"ours": ours, "openflamingo": openflamingo}[peer](every)
-  for call in calls.values():
-    call()
   print("ready", flush=True)
   for line in sys.stdin:
     command = line.strip()
@@ -201,11 +202,15 @@ def compare(every: int, rounds: int, threads: int) -> None:
   try:
     for peer in PEERS:  # One at a time: neither's build or compile overlaps the other's timing.
       workers[peer] = Peer(peer, every, threads)
+    rss = {}
     for call in ("step", "forward"):
+      for peer in PEERS:
+        workers[peer].ask(call)  # Warm-up: compiles, first allocations.
       for _ in range(rounds):
         for peer in PEERS:
           times[peer][call].append(workers[peer].ask(call))
-    rss = {peer: workers[peer].ask("rss") for peer in PEERS}
+      if call == "step":
+        rss = {peer: workers[peer].ask("rss") for peer in PEERS}
   finally:
     for w in workers.values():
       w.close()

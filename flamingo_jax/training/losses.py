@@ -55,13 +55,35 @@ def _chunk_logits(h: jax.Array, kernels: tuple[jax.Array, ...]) -> list[jax.Arra
 
 
 def _chunk_losses(h, labels, kernels, z_loss):
-  """One chunk: (losses [B, c], lse [B, c], d loss / d logits [B, c, sum V_i])."""
-  logits = jnp.concatenate(_chunk_logits(h, kernels), axis=-1)
-  lse = jax.nn.logsumexp(logits, axis=-1)
-  label_logits = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-  probs = jnp.exp(logits - lse[..., None])
-  dlogits = probs * (1 + 2 * z_loss * lse)[..., None] - jax.nn.one_hot(labels, logits.shape[-1])
+  """One chunk: (losses [B, c], lse [B, c], d loss / d logits per kernel [B, c, V_i]), each kernel's
+  logits kept apart (no [B, c, sum V_i] copy)."""
+  logits = _chunk_logits(h, kernels)
+  top = jax.lax.stop_gradient(functools.reduce(jnp.maximum, [x.max(axis=-1) for x in logits]))
+  lse = top + jnp.log(sum(jnp.exp(x - top[..., None]).sum(axis=-1) for x in logits))
+  starts = _starts(kernels)
+  label_logits = sum(_label_part(x, labels - start)[0] for x, start in zip(logits, starts))
+  scale = (1 + 2 * z_loss * lse)[..., None]
+  dlogits = [jnp.exp(x - lse[..., None]) * scale - _label_part(x, labels - start)[1]
+             for x, start in zip(logits, starts)]
   return lse - label_logits + z_loss * jnp.square(lse), lse, dlogits
+
+
+def _starts(kernels) -> list[int]:
+  """Where each kernel's columns start in the joined vocabulary."""
+  starts, total = [], 0
+  for k in kernels:
+    starts.append(total)
+    total += k.shape[-1]
+  return starts
+
+
+def _label_part(logits, local_labels):
+  """(the label's logit where the label falls in this part, else 0 [B, c]; its one-hot [B, c, V_i],
+  all zeros outside the part)."""
+  inside = (local_labels >= 0) & (local_labels < logits.shape[-1])
+  index = jnp.clip(local_labels, 0, logits.shape[-1] - 1)
+  value = jnp.where(inside, jnp.take_along_axis(logits, index[..., None], axis=-1)[..., 0], 0.0)
+  return value, jax.nn.one_hot(jnp.where(inside, local_labels, -1), logits.shape[-1])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -78,22 +100,13 @@ def _fused_fwd(chunk, z_loss, hidden, kernels, labels):
   def body(_, xs):
     hc, yc = xs
     losses, lse, dlogits = _chunk_losses(hc, yc, ks, z_loss)
-    dh = sum(jnp.einsum("bcv,dv->bcd", part, k.astype(jnp.float32)) for part, k in
-             zip(jnp.split(dlogits, _offsets(ks), axis=-1), ks)) if hidden.perturbed else None
+    dh = sum(jnp.einsum("bcv,dv->bcd", part, k.astype(jnp.float32))
+             for part, k in zip(dlogits, ks)) if hidden.perturbed else None
     return None, (losses, lse, dh)
   t = h.shape[1]
   losses, lse, dh = jax.lax.scan(body, None, (_chunked(h, chunk), _chunked(y, chunk)))[1]
   dh = None if dh is None else _unchunked(dh, t)
   return _unchunked(losses, t), (h, ks, y, _unchunked(lse, t), dh, [k.perturbed for k in kernels])
-
-
-def _offsets(kernels) -> list[int]:
-  """Where each kernel's columns start in the joined logits, after the first."""
-  ends, total = [], 0
-  for k in kernels[:-1]:
-    total += k.shape[-1]
-    ends.append(total)
-  return ends
 
 
 def _fused_bwd(chunk, z_loss, residuals, g):
@@ -107,13 +120,13 @@ def _fused_bwd(chunk, z_loss, residuals, g):
 def _kernel_grad(h, kernels, i, labels, lse, g, chunk, z_loss):
   """d loss / d kernels[i] [D, V_i]: its logits rebuilt chunk by chunk, normalised by the stored
   log-sum-exp."""
-  start = sum(k.shape[-1] for k in kernels[:i])
+  start = _starts(kernels)[i]
 
   def body(acc, xs):
     hc, yc, lc, gc = xs
     logits = _chunk_logits(hc, (kernels[i],))[0]
     probs = jnp.exp(logits - lc[..., None]) * (1 + 2 * z_loss * lc)[..., None]
-    dlogits = (probs - jax.nn.one_hot(yc - start, logits.shape[-1])) * gc[..., None]
+    dlogits = (probs - _label_part(logits, yc - start)[1]) * gc[..., None]
     return acc + jnp.einsum("bcd,bcv->dv", hc.astype(jnp.float32), dlogits), None
   xs = tuple(_chunked(x, chunk) for x in (h, labels, lse, g))
   zeros = jnp.zeros(kernels[i].shape, jnp.float32)
