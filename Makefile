@@ -19,7 +19,11 @@ quickstart: $(VENV)/.installed-data-$(HASH)
 test: $(VENV)/.installed-test-$(HASH)
 	JAX_PLATFORMS=cpu $(VENV)/bin/python -m pytest -q tests
 
-# Our trainer's step against OpenFlamingo 2.0.1's on the same shapes (BENCHMARKS.md, "Peers").
-peers: $(VENV)/.installed-peers-$(HASH)
-	$(VENV)/bin/python -m pip install --quiet --no-deps open-flamingo==2.0.1
-	JAX_PLATFORMS=cpu $(VENV)/bin/python benchmarks/peers.py
+# Our trainer's step against OpenFlamingo 2.0.1's on the same shapes (BENCHMARKS.md, "Peers"), in
+# its own environment: torchvision beside the CPU torch wheel breaks transformers' imports that the
+# tests use.
+PEERS_VENV := .venv-peers
+peers:
+	$(MAKE) VENV=$(PEERS_VENV) $(PEERS_VENV)/.installed-peers-$(HASH)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --no-deps open-flamingo==2.0.1
+	JAX_PLATFORMS=cpu $(PEERS_VENV)/bin/python benchmarks/peers.py

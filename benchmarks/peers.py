@@ -1,6 +1,6 @@
 r"""Peer benchmark: our trainer's step against OpenFlamingo's, same shapes, same host, in alternation.
 
-  pip install -e '.[peers]' && pip install --no-deps open-flamingo==2.0.1   # `make peers` does both
+  make peers   # .venv-peers: pip install -e '.[peers]', then open-flamingo==2.0.1 with --no-deps
   python benchmarks/peers.py [--every 1,4] [--rounds 5] [--threads 2]
 
 Both models are the `bench` preset's shapes (experiments/flamingo.py): batch 8 x 128 tokens with 2

@@ -35,8 +35,8 @@ from benchmarks.common import (TrainerStep, emitter, environment, matmul_through
 from experiments import flamingo as presets  # noqa: E402
 from flamingo_jax.config import Config  # noqa: E402
 from flamingo_jax.training import flops  # noqa: E402
-from flamingo_jax.training.losses import token_losses  # noqa: E402
 from flamingo_jax.training.metrics import nominal_cpu_flops  # noqa: E402
+from flamingo_jax.training.tasks import make_task  # noqa: E402
 from flamingo_jax.weights import tree as ptree  # noqa: E402
 
 emit = emitter("train")
@@ -89,10 +89,11 @@ def main():
   peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
           - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
 
-  def loss(trainable, frozen, batch):
-    logits = trainer.model.apply({"params": ptree.merge(frozen, trainable)}, batch["tokens"],
-                                 batch["images"], batch["phi"])
-    return jnp.mean(token_losses(logits, batch["labels"], 0.0))
+  task = make_task("flamingo", config)
+
+  def loss(trainable, frozen, batch):  # The task's own loss (execution.loss_chunk included).
+    values, weights = task.losses(trainer.model, ptree.merge(frozen, trainable), batch)
+    return jnp.sum(values * weights) / jnp.sum(weights)
   kept = 0
   trainable, frozen = trainer.state.trainable, trainer.frozen
   for batch in trainer.batches.values():
