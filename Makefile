@@ -17,7 +17,7 @@ quickstart: $(VENV)/.installed-data-$(HASH)
 	JAX_PLATFORMS=cpu $(VENV)/bin/python -m flamingo_jax.tools.quickstart --config experiments/flamingo.py:tiny,data=demo --workdir workdirs/quickstart
 
 test: $(VENV)/.installed-test-$(HASH)
-	JAX_PLATFORMS=cpu $(VENV)/bin/python -m pytest -q tests
+	JAX_PLATFORMS=cpu $(VENV)/bin/python -m pytest -q -n 2 tests
 
 # Our trainer's step against OpenFlamingo 2.0.1's on the same shapes (BENCHMARKS.md, "Peers"), in
 # its own environment: torchvision beside the CPU torch wheel breaks transformers' imports that the
