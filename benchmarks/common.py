@@ -86,8 +86,6 @@ def matmul_throughput(matmuls: list[flops.MatMul], repeats: int) -> float:
   return total_flops / total_seconds
 
 
-
-
 def peak_rss_bytes() -> int:
   """This process's peak resident set (VmHWM in /proc/self/status), in bytes."""
   with open("/proc/self/status", encoding="ascii") as status:
@@ -125,7 +123,8 @@ class TrainerStep:
     self.state = TrainState(jnp.zeros((), jnp.int32), trainable, optimizer.init(trainable),
                             jax.random.key_data(jax.random.key(1)))
     weights = {k: v.loss_weight for k, v in cfg.data.datasets.items()}
-    step = jax.jit(make_train_step(make_task("flamingo", cfg.model), optimizer,
+    self.task = make_task("flamingo", cfg.model)
+    step = jax.jit(make_train_step(self.task, optimizer,
                                    learning_rate_schedule(cfg.optimizer), weights,
                                    micro_batches=cfg.train.micro_batches,
                                    lm_pass=cfg.train.lm_pass), donate_argnums=(0,))
@@ -135,3 +134,8 @@ class TrainerStep:
   def run(self) -> None:
     self.state, _ = self.compiled(self.state, self.frozen, self.batches)
     jax.block_until_ready(self.state)
+
+  def loss(self, trainable, batch) -> jax.Array:
+    """The task's own mean token loss of one dataset's batch (execution.loss_chunk included)."""
+    values, weights = self.task.losses(self.model, ptree.merge(self.frozen, trainable), batch)
+    return jnp.sum(values * weights) / jnp.sum(weights)

@@ -50,23 +50,15 @@ def bench_config(every: int):
 def ours(every: int) -> dict:
   """{"step", "forward"}: callables that run one update / one loss of our trainer."""
   import jax
-  import jax.numpy as jnp
 
   from benchmarks.common import TrainerStep
-  from flamingo_jax.training.losses import token_losses
-  from flamingo_jax.weights import tree as ptree
 
   trainer = TrainerStep(bench_config(every))
   batch = trainer.batches["interleaved"]
-
-  @jax.jit
-  def loss(trainable, frozen, batch):
-    logits = trainer.model.apply({"params": ptree.merge(frozen, trainable)}, batch["tokens"],
-                                 batch["images"], batch["phi"])
-    return jnp.mean(token_losses(logits, batch["labels"], 0.0))
+  loss = jax.jit(trainer.loss)
 
   def forward():
-    jax.block_until_ready(loss(trainer.state.trainable, trainer.frozen, batch))
+    jax.block_until_ready(loss(trainer.state.trainable, batch))
   return {"step": trainer.run, "forward": forward}
 
 

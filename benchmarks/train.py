@@ -36,8 +36,6 @@ from experiments import flamingo as presets  # noqa: E402
 from flamingo_jax.config import Config  # noqa: E402
 from flamingo_jax.training import flops  # noqa: E402
 from flamingo_jax.training.metrics import nominal_cpu_flops  # noqa: E402
-from flamingo_jax.training.tasks import make_task  # noqa: E402
-from flamingo_jax.weights import tree as ptree  # noqa: E402
 
 emit = emitter("train")
 
@@ -89,15 +87,10 @@ def main():
   peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
           - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
 
-  task = make_task("flamingo", config)
-
-  def loss(trainable, frozen, batch):  # The task's own loss (execution.loss_chunk included).
-    values, weights = task.losses(trainer.model, ptree.merge(frozen, trainable), batch)
-    return jnp.sum(values * weights) / jnp.sum(weights)
   kept = 0
   trainable, frozen = trainer.state.trainable, trainer.frozen
   for batch in trainer.batches.values():
-    residuals = saved_residuals(lambda t, batch=batch: loss(t, frozen, batch), trainable)
+    residuals = saved_residuals(lambda t, batch=batch: trainer.loss(t, batch), trainable)
     kept = max(kept, sum(aval.size * aval.dtype.itemsize for aval, why in residuals  # Activations:
                          if not why.startswith(("from the argument", "from a constant"))))
   model_bytes = nbytes(frozen) + nbytes(trainable) + nbytes(trainer.state.opt_state) + kept
