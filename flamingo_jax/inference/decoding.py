@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flamingo_jax import sharding
 from flamingo_jax.config import FlamingoConfig, SamplingConfig
 from flamingo_jax.models import masking
 from flamingo_jax.models.flamingo import Flamingo
@@ -43,7 +44,7 @@ from flamingo_jax.models.layers import DecodeSlots
 from flamingo_jax.weights import layout
 from flamingo_jax.weights import tree as ptree
 
-def _decoding_model(config: FlamingoConfig, params) -> tuple[FlamingoConfig, ptree.Params]:
+def decoding_model(config: FlamingoConfig, params) -> tuple[FlamingoConfig, ptree.Params]:
   """The model decoding runs, and its params: no remat (no backward pass) and, with
   `execution.decode_unrolled`, unrolled layer stacks (params relaid out inside the jit)."""
   unroll = config.execution.scan_layers and config.execution.decode_unrolled
@@ -79,12 +80,27 @@ def _check_inputs(config: FlamingoConfig, tokens, prompt_mask, images) -> None:
                      f"(model.vision.image_size={size}), got shape {images.shape}.")
 
 
+def _on_mesh(mesh: jax.sharding.Mesh | None, call, *rows):
+  """call(*rows) whose inputs and outputs all lead with the batch. On a mesh (training's, see
+  `sharding.py`) the rows are split over its batch devices (data x fsdp; padded to a multiple by
+  repeating the last row, cut back after) and the call runs under its activation rules, so the
+  self-attention cache and the visual keys/values are split over batch and heads."""
+  if mesh is None:
+    return call(*rows)
+  b = rows[0].shape[0]
+  pad = -b % (mesh.shape["data"] * mesh.shape["fsdp"])
+  rows = [jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]) if pad else x for x in rows]
+  with sharding.active(mesh):
+    out = call(*jax.device_put(rows, jax.sharding.NamedSharding(mesh, jax.P(("data", "fsdp")))))
+  return jax.tree.map(lambda x: x[:b], out)
+
+
 def _positions(mask: jax.Array) -> jax.Array:
   """mask [B, T] bool -> [B, T] int32: the index of each real token among its row's real tokens."""
   return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
 
 
-def _prefill(model: Flamingo, params, visual, tokens, token_mask, cache_length: int):
+def prefill(model: Flamingo, params, visual, tokens, token_mask, cache_length: int):
   """Runs tokens [B, T] (left padded; token_mask [B, T]) into a fresh cache of `cache_length` slots.
 
   Returns (logits [B, T, V + 2] float32, cache (the self-attention keys/values), context_cache
@@ -102,8 +118,8 @@ def _prefill(model: Flamingo, params, visual, tokens, token_mask, cache_length: 
           phi)
 
 
-def _step(model: Flamingo, params, cache, context_cache, visual, tokens, positions, phi, index,
-          key_mask):
+def decode_step(model: Flamingo, params, cache, context_cache, visual, tokens, positions, phi,
+                index, key_mask):
   """tokens, positions, phi [B, L] at cache slots index..index+L-1 -> (logits [B, L, V+2], cache).
 
   context_cache is read only (a loop invariant: no copy per step); its rows may be fewer than the
@@ -115,7 +131,7 @@ def _step(model: Flamingo, params, cache, context_cache, visual, tokens, positio
   return logits.astype(jnp.float32), variables["cache"]
 
 
-def _filter_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
+def filter_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
   """[B, V] float32 -> temperature-scaled logits with tokens outside top-k / top-p set to -inf."""
   logits = logits / sampling.temperature
   if sampling.top_k:
@@ -130,6 +146,14 @@ def _filter_logits(logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
     logits = jnp.full_like(logits, -jnp.inf).at[
         jnp.arange(logits.shape[0])[:, None], order].set(sorted_logits)
   return logits
+
+
+def pick(logits: jax.Array, sampling: SamplingConfig, key: jax.Array) -> jax.Array:
+  """[B, V] float32 -> the next tokens [B] int32: the most likely (greedy) or a draw from the
+  filtered logits (sample)."""
+  if sampling.strategy == "greedy":
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(key, filter_logits(logits, sampling)).astype(jnp.int32)
 
 
 def _record(token, i, done, lengths, stop_token, phi, stop_tokens, image_id):
@@ -153,21 +177,18 @@ def _generate_rows(model, params, visual, tokens, prompt_mask, sampling: Samplin
   """Greedy or sampling: one continuation per row."""
   b, t = tokens.shape
   m, image_id = sampling.max_new_tokens, model.config.image_token_id
-  logits, cache, context_cache, key_mask, phi = _prefill(model, params, visual, tokens, prompt_mask,
+  logits, cache, context_cache, key_mask, phi = prefill(model, params, visual, tokens, prompt_mask,
                                                          t + m)
 
   def body(state):
     i, cache, logits, out, done, lengths, stop_token, position, phi, rng = state
     rng, key = jax.random.split(rng)
-    if sampling.strategy == "greedy":
-      token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    else:
-      token = jax.random.categorical(key, _filter_logits(logits, sampling)).astype(jnp.int32)
+    token = pick(logits, sampling, key)
     done, lengths, stop_token, phi = _record(token, i, done, lengths, stop_token, phi, stop_tokens,
                                              image_id)
     out = out.at[:, i].set(token)
-    step_logits, cache = _step(model, params, cache, context_cache, visual, token[:, None],
-                               position[:, None], phi[:, None], t + i, key_mask)
+    step_logits, cache = decode_step(model, params, cache, context_cache, visual, token[:, None],
+                                     position[:, None], phi[:, None], t + i, key_mask)
     return (i + 1, cache, step_logits[:, 0], out, done, lengths, stop_token, position + 1, phi, rng)
 
   def cond(state):
@@ -188,7 +209,7 @@ def _beam_search(model, params, visual, tokens, prompt_mask, sampling: SamplingC
   counting the stop token."""
   b, t = tokens.shape
   w, m, image_id = sampling.num_beams, sampling.max_new_tokens, model.config.image_token_id
-  logits, cache, context_cache, key_mask, phi = _prefill(model, params, visual, tokens, prompt_mask,
+  logits, cache, context_cache, key_mask, phi = prefill(model, params, visual, tokens, prompt_mask,
                                                          t + m)
   vocab = logits.shape[-1]
   cache = jax.tree.map(lambda x: jnp.repeat(x, w, axis=batch_axis), cache)
@@ -216,8 +237,9 @@ def _beam_search(model, params, visual, tokens, prompt_mask, sampling: SamplingC
     seqs = seqs.at[:, :, i].set(token)
     rows = (jnp.arange(b)[:, None] * w + parent).reshape(-1)
     cache = jax.tree.map(lambda x: jnp.take(x, rows, axis=batch_axis), cache)
-    step_logits, cache = _step(model, params, cache, context_cache, visual, token.reshape(-1, 1),
-                               position.reshape(-1, 1), phi.reshape(-1, 1), t + i, key_mask)
+    step_logits, cache = decode_step(model, params, cache, context_cache, visual,
+                                     token.reshape(-1, 1), position.reshape(-1, 1),
+                                     phi.reshape(-1, 1), t + i, key_mask)
     return (i + 1, cache, step_logits[:, 0], seqs, scores, done, lengths, stop_token, position + 1,
             phi)
 
@@ -240,7 +262,7 @@ def _beam_search(model, params, visual, tokens, prompt_mask, sampling: SamplingC
 @functools.partial(jax.jit, static_argnames=("config", "sampling"))
 def _generate(config: FlamingoConfig, params, tokens, prompt_mask, images,
               sampling: SamplingConfig, stop_tokens: jax.Array, rng):
-  config, params = _decoding_model(config, params)
+  config, params = decoding_model(config, params)
   model = Flamingo(config)
   visual = model.apply({"params": params}, images, method=Flamingo.encode_images)
   if sampling.strategy == "beam":
@@ -250,10 +272,13 @@ def _generate(config: FlamingoConfig, params, tokens, prompt_mask, images,
 
 
 def generate(config: FlamingoConfig, params, tokens, prompt_mask, images, sampling: SamplingConfig,
-             stop_tokens: Sequence[int], rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+             stop_tokens: Sequence[int], rng: jax.Array | None = None,
+             mesh: jax.sharding.Mesh | None = None) -> tuple[jax.Array, jax.Array]:
   """Continues each prompt by up to sampling.max_new_tokens tokens.
 
-  params: the full (merged frozen + trainable) Flamingo param tree. tokens [B, T] int32 prompts, LEFT
+  params: the full (merged frozen + trainable) Flamingo param tree; with `mesh`, laid out on it as
+  training lays it out (`pretrained.load_trained(workdir, mesh)`, `pretrained.place`), and the rows
+  are split over the mesh's batch devices (any B: padded inside). tokens [B, T] int32 prompts, LEFT
   padded; prompt_mask [B, T] bool (True on real tokens; every row needs at least one); images uint8
   [B, N, F, H, W, 3]: row b's k-th <image> token sees images[b, k-1] (unused slots are zeros).
   stop_tokens: e.g. (config.eoc_token_id, tokenizer.eos_id). rng: required for strategy="sample".
@@ -267,13 +292,14 @@ def generate(config: FlamingoConfig, params, tokens, prompt_mask, images, sampli
     raise ValueError("generate: strategy='sample' needs an `rng` key.")
   rng = jax.random.key(0) if rng is None else rng
   stops = jnp.asarray([int(s) for s in stop_tokens], jnp.int32).reshape(-1)
-  return _generate(config, params, tokens, prompt_mask, images, sampling, stops, rng)
+  return _on_mesh(mesh, lambda *rows: _generate(config, params, *rows, sampling, stops, rng),
+                  tokens, prompt_mask, images)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "reuse_prefix"))
 def _score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidates, candidate_mask,
            reuse_prefix: bool):
-  config, params = _decoding_model(config, params)
+  config, params = decoding_model(config, params)
   model = Flamingo(config)
   b, t = tokens.shape
   _, c, k = candidates.shape
@@ -281,22 +307,22 @@ def _score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidat
   flat_candidates = candidates.reshape(b * c, k)
   flat_mask = candidate_mask.reshape(b * c, k)
   if reuse_prefix:
-    logits, cache, context_cache, key_mask, phi = _prefill(model, params, visual, tokens,
+    logits, cache, context_cache, key_mask, phi = prefill(model, params, visual, tokens,
                                                            prompt_mask, t + k)
     cache = jax.tree.map(lambda x: jnp.repeat(x, c, axis=_batch_axis(config)), cache)
     key_mask = jnp.repeat(key_mask, c, axis=0).at[:, t:].set(flat_mask)
     context_length = jnp.repeat(prompt_mask.sum(axis=1), c)
     is_image = (flat_candidates == config.image_token_id) & flat_mask
     candidate_phi = jnp.repeat(phi[:, -1], c)[:, None] + jnp.cumsum(is_image, axis=1)
-    step_logits, _ = _step(model, params, cache, context_cache, visual, flat_candidates,
-                           context_length[:, None] + jnp.arange(k), candidate_phi,
-                           jnp.asarray(t, jnp.int32), key_mask)
+    step_logits, _ = decode_step(model, params, cache, context_cache, visual, flat_candidates,
+                                 context_length[:, None] + jnp.arange(k), candidate_phi,
+                                 jnp.asarray(t, jnp.int32), key_mask)
     # Token j of a candidate is predicted by the logits one slot before it.
     predicting = jnp.concatenate([jnp.repeat(logits[:, -1:], c, axis=0), step_logits[:, :-1]], 1)
   else:  # Every candidate re-runs the whole context (the images are still encoded once).
     full = jnp.concatenate([jnp.repeat(tokens, c, axis=0), flat_candidates], axis=1)
     full_mask = jnp.concatenate([jnp.repeat(prompt_mask, c, axis=0), flat_mask], axis=1)
-    logits = _prefill(model, params, jnp.repeat(visual, c, axis=0), full, full_mask, t + k)[0]
+    logits = prefill(model, params, jnp.repeat(visual, c, axis=0), full, full_mask, t + k)[0]
     predicting = logits[:, t - 1:t + k - 1]
   logp = jax.nn.log_softmax(predicting, axis=-1)
   picked = jnp.take_along_axis(logp, flat_candidates[..., None], axis=-1)[..., 0]
@@ -304,13 +330,14 @@ def _score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidat
 
 
 def score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidates,
-          candidate_mask, reuse_prefix: bool = True) -> jax.Array:
+          candidate_mask, reuse_prefix: bool = True,
+          mesh: jax.sharding.Mesh | None = None) -> jax.Array:
   """Sum of log p(candidate tokens | prompt) -> [B, C] float32.
 
   tokens/prompt_mask/images as in `generate` (the shared context); candidates [B, C, K] int32 RIGHT
   padded, candidate_mask [B, C, K] bool. With `reuse_prefix` (the default) the context is run once
   and its cache shared by all C candidates; without it every candidate re-runs the context (the
-  reference the benchmark compares against).
+  reference the benchmark compares against). `mesh`: as in `generate`.
   """
   tokens, prompt_mask, images = _as_inputs(tokens, prompt_mask, images)
   candidates, candidate_mask = jnp.asarray(candidates, jnp.int32), jnp.asarray(candidate_mask, bool)
@@ -320,5 +347,5 @@ def score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidate
   if candidate_mask.shape != candidates.shape:
     raise ValueError(f"candidate_mask {candidate_mask.shape} must have the shape of candidates "
                      f"{candidates.shape}.")
-  return _score(config, params, tokens, prompt_mask, images, candidates, candidate_mask,
-                reuse_prefix)
+  return _on_mesh(mesh, lambda *rows: _score(config, params, *rows, reuse_prefix),
+                  tokens, prompt_mask, images, candidates, candidate_mask)

@@ -8,7 +8,9 @@ against the fingerprints the run recorded) and its tokenizer come from the run's
 (`weights.pretrained.load_trained`), the trainable weights from its latest checkpoint. Each
 `<image>` in the prompt takes the next --image (decoded and centre-cropped as the evaluation
 pipeline does). Decoding settings: `--sampling.<field>=` (flamingo_jax/config/evaluation.py,
-SamplingConfig); generation stops at `<EOC>` or the tokenizer's EOS.
+SamplingConfig); generation stops at `<EOC>` or the tokenizer's EOS. `--mesh=data,fsdp,tensor`
+splits the model over this host's devices as training does (default: every device on fsdp); the
+weights are loaded straight onto their shards.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ml_collections import config_flags
 
 from data_pipelines import images as image_ops
 from data_pipelines.tokenizer import Tokenizer
+from flamingo_jax import sharding
 from flamingo_jax.config import FlamingoConfig, SamplingConfig
 from flamingo_jax.inference import decoding
 from flamingo_jax.weights import tree as ptree
@@ -50,12 +53,14 @@ def prepare_prompt(model_config: FlamingoConfig, tokenizer: Tokenizer, prompt: s
 
 def generate_text(model_config: FlamingoConfig, params: ptree.Params, tokenizer: Tokenizer, prompt: str,
                   image_paths: Sequence[str], sampling: SamplingConfig,
-                  seed: int = 0) -> str:
-  """The continuation of `prompt`, up to (not including) `<EOC>` or EOS."""
+                  seed: int = 0, mesh: jax.sharding.Mesh | None = None) -> str:
+  """The continuation of `prompt`, up to (not including) `<EOC>` or EOS; with `mesh`, params laid
+  out on it (`load_trained(run, mesh)`) and decoding split over it."""
   tokens, images = prepare_prompt(model_config, tokenizer, prompt, image_paths)
   new_tokens, lengths = decoding.generate(
       model_config, params, tokens, np.ones_like(tokens, bool), images, sampling,
-      stop_tokens=(model_config.eoc_token_id, tokenizer.eos_id), rng=jax.random.key(seed))
+      stop_tokens=(model_config.eoc_token_id, tokenizer.eos_id), rng=jax.random.key(seed),
+      mesh=mesh)
   return tokenizer.decode(np.asarray(new_tokens)[0, :int(lengths[0])])
 
 
@@ -65,9 +70,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   sampling = SamplingConfig.from_cli(f.sampling, "sampling")
   try:
-    config, params = load_trained(f.checkpoint)
+    mesh = sharding.mesh_from_flag(f.mesh)
+    config, params = load_trained(f.checkpoint, mesh)
     tokenizer = Tokenizer.of_run(config, f.tokenizer)
-    text = generate_text(config.model, params, tokenizer, f.prompt, f.image or [], sampling, f.seed)
+    text = generate_text(config.model, params, tokenizer, f.prompt, f.image or [], sampling, f.seed,
+                         mesh)
   except ValueError as e:  # A run, a tower, a tokenizer or a prompt that does not fit.
     raise SystemExit(f"error: {e}") from None
   print(text)
@@ -81,5 +88,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("prompt", None, 'Prompt text, e.g. "<image>This one is".')
   flags.DEFINE_string("tokenizer", "", "Sentencepiece model (default: the run's data.tokenizer).")
   flags.DEFINE_integer("seed", 0, "Sampling: random seed.")
+  flags.DEFINE_string("mesh", "1,-1,1", "data,fsdp,tensor sizes of the mesh the model is split "
+                      "over, as in training (-1: the rest of the devices).")
   flags.mark_flags_as_required(["checkpoint", "prompt"])
   app.run(main)

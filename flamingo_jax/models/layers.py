@@ -117,7 +117,9 @@ def rotary(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array
 class DecodeSlots(NamedTuple):
   """Where a decoding call's tokens go in the self-attention key/value cache (see `Attention`).
 
-  index: [] int32, the cache slot of the call's first token (its t-th token goes to slot index + t).
+  index: [] or [B] int32, the cache slot of the call's first token (its t-th token goes to slot
+    index + t): one slot for every row, or one per row (continuous batching: each row of the batch
+    is a request at its own point).
   key_mask: [B, S] bool, the cache slots that hold real tokens (False on left padding); S is the
     cache length. A query in slot s attends to the slots <= s that key_mask allows.
   """
@@ -187,8 +189,9 @@ class Attention(nn.Module):
       if self.rope_theta is not None:
         k = rotary(k, positions, inv_freq)
       if cache_context:
-        self.put_variable("context_cache", "cached_key", k)
-        self.put_variable("context_cache", "cached_value", v)
+        kv_axes = ("batch", "length", "act_heads", "act_kv")
+        self.put_variable("context_cache", "cached_key", constrain(k, kv_axes))
+        self.put_variable("context_cache", "cached_value", constrain(v, kv_axes))
     if decode is not None:
       k, v, mask = self._update_cache(k, v, decode)
     rows, t = q.shape[:2]
@@ -211,15 +214,17 @@ class Attention(nn.Module):
     [B, 1, T, S]: slot <= the query's slot and allowed by decode.key_mask)."""
     b, t, kv_heads, head_dim = k.shape
     length = decode.key_mask.shape[1]
-    start = (0, decode.index, 0, 0)
+    index = jnp.broadcast_to(decode.index, (b,))  # [B]: each row's first slot.
+    write = jax.vmap(lambda cache, new, i: jax.lax.dynamic_update_slice(cache, new, (i, 0, 0)))
     cached = {}
     for name, new in (("cached_key", k), ("cached_value", v)):
       var = self.variable("cache", name, jnp.zeros, (b, length, kv_heads, head_dim), new.dtype)
-      var.value = jax.lax.dynamic_update_slice(var.value, new.astype(var.value.dtype), start)
+      var.value = constrain(write(var.value, new.astype(var.value.dtype), index),
+                            ("batch", "length", "act_heads", "act_kv"))
       cached[name] = var.value
-    query_slot = decode.index + jnp.arange(t)
-    causal = jnp.arange(length)[None, :] <= query_slot[:, None]  # [T, S]
-    mask = causal[None, None] & decode.key_mask[:, None, None, :]
+    query_slot = index[:, None] + jnp.arange(t)  # [B, T]
+    causal = jnp.arange(length) <= query_slot[..., None]  # [B, T, S]
+    mask = causal[:, None] & decode.key_mask[:, None, None, :]
     return cached["cached_key"], cached["cached_value"], mask
 
 

@@ -213,19 +213,34 @@ def _run_record(workdir: str) -> dict:
   return record
 
 
-def load_trained(workdir: str) -> tuple[Config, ptree.Params]:
-  """(the run's config, full param tree on the host) of the Flamingo-stage run in `workdir`, rebuilt
-  from its record alone: the frozen towers as training built them, checked against their recorded
-  fingerprints, merged with the trainable tree of the latest checkpoint."""
+def flamingo_parts(config: Config, mesh: jax.sharding.Mesh) -> ModelParts:
+  """The run's Flamingo split as its trainer splits it, laid out on `mesh` (frozen towers by the
+  run's `mesh.frozen`)."""
+  return ModelParts(Flamingo(config.model), example_inputs(config.model),
+                    ptree.trainable_rule(config.train.freeze_lm), mesh, config.mesh.frozen)
+
+
+def place(config: Config, params: ptree.Params, mesh: jax.sharding.Mesh) -> ptree.Params:
+  """A full Flamingo param tree (host or device arrays) laid out on `mesh` as training lays it out."""
+  parts = flamingo_parts(config, mesh)
+  frozen, trainable = ptree.split(params, parts.trainable_if)
+  return ptree.merge(jax.device_put(frozen, parts.frozen_shardings),
+                     jax.device_put(trainable, parts.trainable_shardings))
+
+
+def load_trained(workdir: str,
+                 mesh: jax.sharding.Mesh | None = None) -> tuple[Config, ptree.Params]:
+  """(the run's config, full param tree) of the Flamingo-stage run in `workdir`, rebuilt from its
+  record alone: the frozen towers as training built them, checked against their recorded
+  fingerprints, merged with the trainable tree of the latest checkpoint. Every tree is built or
+  restored straight onto its shards on `mesh` (default: the first device), laid out as in training;
+  no host ever holds the whole tree."""
   record = _run_record(workdir)
   config = Config.from_dict(record["config"])
   if config.task != "flamingo":
     raise ValueError(f"{workdir} is a task={config.task} run; generation and evaluation need a "
                      "task=flamingo run (its export/ holds the trained tower).")
-  model_config = config.model
-  parts = ModelParts(Flamingo(model_config), example_inputs(model_config),
-                     ptree.trainable_rule(config.train.freeze_lm),
-                     sharding.make_mesh(devices=jax.devices()[:1]), config.mesh.frozen)
+  parts = flamingo_parts(config, mesh or sharding.make_mesh(devices=jax.devices()[:1]))
   checkpointer = Checkpointer(workdir, keep=1)
   step = checkpointer.latest_step()
   if step is None:
@@ -236,4 +251,4 @@ def load_trained(workdir: str) -> tuple[Config, ptree.Params]:
   check_towers(record["towers"], towers(config, frozen), workdir)
   trainable = checkpointer.restore_trainable(step, parts.abstract_trainable())
   checkpointer.close()
-  return config, ptree.merge(jax.device_get(frozen), jax.device_get(trainable))
+  return config, ptree.merge(frozen, trainable)

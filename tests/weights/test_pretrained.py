@@ -46,6 +46,25 @@ def test_a_run_is_rebuilt_from_its_workdir_alone(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, loaded, params)
 
 
+def test_a_run_loads_straight_onto_its_shards_on_a_mesh(tmp_path):
+  """load_trained(run, mesh): every leaf is laid out as training lays it out on that mesh (no leaf
+  whole on one device unless its rule replicates it), with the same values."""
+  config, run, _, params = _run(tmp_path)
+  mesh = sharding.make_mesh(2, 2, 2)
+  _, loaded = pretrained.load_trained(run, mesh)
+  parts = pretrained.flamingo_parts(config, mesh)
+  expected = ptree.merge(parts.frozen_shardings, parts.trainable_shardings)
+  jax.tree.map(lambda x, s: assert_sharding(x, s), loaded, expected)
+  embedding = loaded["lm"]["embed"]["embedding"]  # [vocab, embed]: split over tensor and fsdp.
+  assert embedding.addressable_shards[0].data.shape == (embedding.shape[0] // 2,
+                                                        embedding.shape[1] // 2)
+  jax.tree.map(np.testing.assert_array_equal, loaded, params)
+
+
+def assert_sharding(x, expected):
+  assert x.sharding.is_equivalent_to(expected, x.ndim), (x.sharding, expected)
+
+
 def test_a_tower_changed_since_training_is_an_error(tmp_path):
   _, run, vision, _ = _run(tmp_path)
   recorded = store.read_run_record(run)["towers"]["vision"]["fingerprint"]
