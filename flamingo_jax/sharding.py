@@ -5,16 +5,21 @@ parameters and optimiser state) and `tensor` (model parallelism inside matmuls).
 axes logically (`layers.py`); RULES below maps those names to mesh axes. A logical name not listed is
 replicated. The frozen towers may be laid out apart from the trainable tree (`mesh.frozen`:
 FROZEN_RULES). Change the layout by editing these tables, not the modules.
+
+The processes that share a mesh (several hosts: one process each) start with `initialize_processes`,
+from the flags `define_process_flags` defines (training and evaluation take the same ones).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 from typing import Any, Iterator
 
 import flax.linen as nn
 import jax
+from absl import flags
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
@@ -70,6 +75,19 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
+def mesh_from_flag(flag: str, name: str = "--mesh", devices=None) -> Mesh:
+  """A mesh from a "data,fsdp,tensor" flag (e.g. "1,-1,1": every device on fsdp); errors name
+  the flag."""
+  try:
+    sizes = [int(x) for x in flag.split(",")]
+  except ValueError:
+    sizes = []
+  if len(sizes) != 3 or any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"{name}={flag!r}: give the data, fsdp and tensor sizes as three integers "
+                     "(>= 1, or -1 for the rest of the devices), e.g. 1,-1,1.")
+  return make_mesh(*sizes, devices=devices)
+
+
 def shardings(boxed_tree: Any, mesh: Mesh, rules=RULES) -> Any:
   """A tree of NamedShardings for a tree whose leaves are nn.Partitioned boxes (e.g. from
   `model.abstract_params`), laid out by `rules` (e.g. FROZEN_RULES[policy] for the frozen towers)."""
@@ -81,3 +99,42 @@ def active(mesh: Mesh) -> Iterator[None]:
   """Makes `mesh` and RULES current, so the modules' activation constraints take effect."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
     yield
+
+
+def define_process_flags() -> None:
+  """The command-line flags `initialize_processes` reads (defined by the programs that take them)."""
+  flags.DEFINE_enum("distributed", "env", ["env", "auto", "off"],
+                    "env: use the flags / JAX_* variables if set; auto: let JAX detect the cluster "
+                    "(TPU pod, SLURM); off: single process.")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+  flags.DEFINE_integer("num_processes", None, "Number of processes.")
+  flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def _from_env(name: str, flag: str) -> int:
+  if name not in os.environ:
+    raise ValueError(f"A coordinator address is set but neither {flag} nor {name} is.")
+  return int(os.environ[name])
+
+
+def initialize_processes(mode: str, coordinator: str | None, num_processes: int | None,
+                         process_id: int | None) -> None:
+  """jax.distributed from the flags, else JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+  JAX_PROCESS_ID; `mode="auto"` lets JAX detect a TPU pod or SLURM job; no coordinator: 1 process.
+  Settings that do not fit together raise ValueError naming the flag to change."""
+  if mode == "off":
+    return
+  if mode == "auto":
+    jax.distributed.initialize()
+    return
+  coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if not coordinator:
+    if (num_processes or 1) > 1:
+      raise ValueError(f"--num_processes={num_processes} needs --coordinator_address=host:port "
+                       "(process 0's address; or JAX_COORDINATOR_ADDRESS).")
+    return
+  num = num_processes or _from_env("JAX_NUM_PROCESSES", "--num_processes")
+  index = process_id if process_id is not None else _from_env("JAX_PROCESS_ID", "--process_id")
+  if not 0 <= index < num:
+    raise ValueError(f"--process_id={index} must be in 0..{num - 1} (--num_processes={num}).")
+  jax.distributed.initialize(coordinator, num_processes=num, process_id=index)

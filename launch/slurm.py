@@ -7,7 +7,7 @@ r"""Train on a multi-node GPU cluster with SLURM: write an sbatch script and sub
 
 The script runs one task per node (each process drives all GPUs of its node) and sets the
 `jax.distributed` environment the trainer reads
-(`flamingo_jax.training.train.initialize_processes`): JAX_COORDINATOR_ADDRESS = the job's first
+(`flamingo_jax.sharding.initialize_processes`): JAX_COORDINATOR_ADDRESS = the job's first
 node and `--port`, JAX_NUM_PROCESSES = the task count, JAX_PROCESS_ID = each task's SLURM_PROCID.
 `--dry-run` prints the script (as the `cat` that writes it) and the `sbatch` command instead of
 running them.

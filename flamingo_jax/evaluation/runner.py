@@ -9,12 +9,18 @@ tell it (chance = 1 / #classes).
 The model is reached through `ModelCalls` only (generate, score, RICES features): another
 implementation with the same signatures (a served model, a stub with known outputs) runs the same
 harness.
+
+Several processes (hosts.py): shots, shot orders and renamings are drawn for every query in every
+process (they never depend on the process count); each process builds the prompts of its share of
+the queries and runs their batches, and the predictions (token ids, class scores) are gathered to
+every process, which all compute the same metric.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -23,7 +29,7 @@ import numpy as np
 from data_pipelines.eval_sets import EvalExample, load_image, load_task_split
 from data_pipelines.tokenizer import Tokenizer
 from flamingo_jax.config import EvalTaskConfig, EvaluationConfig, FlamingoConfig
-from flamingo_jax.evaluation import fewshot, metrics, rices
+from flamingo_jax.evaluation import fewshot, hosts, metrics, rices
 from flamingo_jax.inference import decoding
 
 METRIC_NAMES = {"cider": "CIDEr", "vqa_accuracy": "VQA acc.", "roc_auc": "ROC-AUC", "top1": "top-1"}
@@ -34,23 +40,35 @@ class ModelCalls:
   """The model functions the harness calls, with the signatures of the defaults:
   generate(config, params, tokens, prompt_mask, images, sampling, stop_tokens) -> (new_tokens [B, N],
   lengths [B]); score(config, params, tokens, prompt_mask, images, candidates, candidate_mask) ->
-  [B, C] log-likelihoods; features(config, vision_params, examples) -> [len(examples), D] (RICES)."""
+  [B, C] log-likelihoods; features(config, vision_params, examples) -> [len(examples), D] (RICES; in
+  batches of rices.BATCH_SIZE, the unit processes share examples in)."""
   generate: Callable = decoding.generate
   score: Callable = decoding.score
   features: Callable = rices.vision_features
 
+  @classmethod
+  def on(cls, mesh: jax.sharding.Mesh) -> ModelCalls:
+    """The defaults on `mesh` (params laid out on it, `pretrained.load_trained(workdir, mesh)`):
+    each call's rows split over its batch devices."""
+    return cls(functools.partial(decoding.generate, mesh=mesh),
+               functools.partial(decoding.score, mesh=mesh),
+               functools.partial(rices.vision_features, mesh=mesh))
+
 
 @dataclasses.dataclass(frozen=True)
 class Score:
-  """A task's score at one shot count and its 95% interval (low, high), in the paper's units."""
+  """A task's score at one shot count and its 95% interval (low, high), in the paper's units, and
+  the predictions it scores, one per query: the generated text (captioning, VQA), or each class's
+  log-likelihood averaged over the shot orders (classification, mapping)."""
   value: float
   low: float
   high: float
+  predictions: tuple
 
   @classmethod
-  def of(cls, fraction: float, interval: tuple[float, float]) -> Score:
+  def of(cls, fraction: float, interval: tuple[float, float], predictions) -> Score:
     """From a fraction in [0, 1] (CIDEr-D's raw value) and its interval: x100."""
-    return cls(100 * fraction, 100 * interval[0], 100 * interval[1])
+    return cls(100 * fraction, 100 * interval[0], 100 * interval[1], tuple(predictions))
 
 
 def shot_answer(example: EvalExample) -> str:
@@ -106,9 +124,13 @@ class TaskRunner:
 
   def _features(self, cache_dir: str, model: str, split: str, examples) -> np.ndarray:
     """RICES features of `examples` (the task's `split`), cached under `cache_dir` for the vision
-    tower fingerprinted `model`."""
-    return rices.cached_features(cache_dir, self.name, split, examples, model, lambda: (
-        self.calls.features(self.model_config, self.params["vision"], examples)))
+    tower fingerprinted `model`; each process computes its share."""
+    def compute():
+      rows = hosts.share(len(examples), rices.BATCH_SIZE)
+      local = self.calls.features(self.model_config, self.params["vision"],
+                                  examples[rows.start:rows.stop])
+      return hosts.gather(np.asarray(local, np.float32), len(examples), rices.BATCH_SIZE)
+    return rices.cached_features(cache_dir, self.name, split, examples, model, compute)
 
   def chance(self) -> float | None:
     """The score of guessing: 100 / #classes (top-1), 50 (ROC-AUC); None for generation tasks."""
@@ -148,28 +170,43 @@ class TaskRunner:
     return fewshot.build_prompt(self.tokenizer, self.task.prompt, self.queries[q], shots,
                                 self.model_config.vision.image_size, text_only, load=load)
 
+  def _queries(self) -> range:
+    """The queries this process runs (hosts.share: whole batches of the one-process run)."""
+    return hosts.share(len(self.queries), self.settings.batch_size)
+
+  def _gathered(self, local):
+    """Every process's rows of `local` (a tree of [len(_queries()), ...] arrays), all queries."""
+    return hosts.gather(local, len(self.queries), self.settings.batch_size)
+
   def _batches(self, prompts):
-    """Fixed-size batches (the last one padded by repeating its last prompt; one compilation)."""
+    """(start, real rows, batch) of fixed-size batches (the last one padded by repeating its last
+    prompt; one compilation). Every prompt of a shot count shows as many images, so this
+    process's prompts pad to the images of all queries' prompts."""
     size = self.settings.batch_size
-    num_images = max(len(p.images) for p in prompts)
+    num_images = max((len(p.images) for p in prompts), default=0)
     for start in range(0, len(prompts), size):
       chunk = list(prompts[start:start + size])
       real = len(chunk)
       chunk += [chunk[-1]] * (size - real)
-      yield real, fewshot.pad_batch(chunk, self.tokenizer.pad_id, self.model_config.vision.image_size,
-                                    self.settings.pad_to_multiple, num_images)
+      yield start, real, fewshot.pad_batch(chunk, self.tokenizer.pad_id,
+                                           self.model_config.vision.image_size,
+                                           self.settings.pad_to_multiple, num_images)
 
   # ------------------------------------------------------------------------------ generation tasks
   def _generate(self, shot_indices, text_only: bool) -> list[str]:
+    """Every query's generated text."""
     sampling = self.settings.sampling
     stops = (self.model_config.eoc_token_id, self.tokenizer.eos_id)
-    prompts = [self._prompt(q, shot_indices[q], text_only) for q in range(len(self.queries))]
-    texts = []
-    for real, (tokens, mask, images) in self._batches(prompts):
-      new, lengths = jax.device_get(self.calls.generate(self.model_config, self.params, tokens,
-                                                        mask, images, sampling, stops))
-      texts += [self.tokenizer.decode(new[b, :lengths[b]]).strip() for b in range(real)]
-    return texts
+    queries = self._queries()
+    prompts = [self._prompt(q, shot_indices[q], text_only) for q in queries]
+    new = np.zeros((len(queries), sampling.max_new_tokens), np.int32)  # This process's queries.
+    lengths = np.zeros(len(queries), np.int32)
+    for start, real, (tokens, mask, images) in self._batches(prompts):
+      batch_new, batch_lengths = jax.device_get(self.calls.generate(
+          self.model_config, self.params, tokens, mask, images, sampling, stops))
+      new[start:start + real], lengths[start:start + real] = batch_new[:real], batch_lengths[:real]
+    new, lengths = self._gathered((new, lengths))
+    return [self.tokenizer.decode(new[q, :lengths[q]]).strip() for q in range(len(self.queries))]
 
   # --------------------------------------------------------------------------------- scoring tasks
   def _candidate_ids(self, renaming: np.ndarray) -> list[list[int]]:
@@ -195,8 +232,9 @@ class TaskRunner:
     ids = [self._candidate_ids(self._renaming(q)) for q in range(len(self.queries))]
     # One candidate length for all queries (the names differ per query): one batch shape.
     length = max(len(row) for rows in ids for row in rows)
-    candidates = [self._padded(rows, length) for rows in ids]
-    total = np.zeros((len(self.queries), len(self.class_names)))
+    queries = self._queries()
+    candidates = [self._padded(ids[q], length) for q in queries]
+    total = np.zeros((len(queries), len(self.class_names)))  # This process's queries.
     decoded: dict[int, np.ndarray] = {}  # id(example) -> image: every order shows the same images.
 
     def load(example, size):
@@ -205,16 +243,13 @@ class TaskRunner:
       return decoded[id(example)]
 
     for order in orders:
-      prompts = [self._prompt(q, shot_indices[q][list(order)], text_only, load)
-                 for q in range(len(self.queries))]
-      row = 0
-      for real, (tokens, mask, images) in self._batches(prompts):
-        picked = [candidates[min(row + b, len(candidates) - 1)] for b in range(len(tokens))]
+      prompts = [self._prompt(q, shot_indices[q][list(order)], text_only, load) for q in queries]
+      for start, real, (tokens, mask, images) in self._batches(prompts):
+        picked = [candidates[min(start + b, len(candidates) - 1)] for b in range(len(tokens))]
         scores = self.calls.score(self.model_config, self.params, tokens, mask, images,
                                   np.stack([c for c, _ in picked]), np.stack([m for _, m in picked]))
-        total[row:row + real] += np.asarray(scores)[:real]
-        row += real
-    return total / len(orders)
+        total[start:start + real] += np.asarray(scores)[:real]
+    return self._gathered(total / len(orders))
 
   # ------------------------------------------------------------------------------------------- run
   def run(self, num_shots: int) -> Score:
@@ -234,7 +269,7 @@ class TaskRunner:
         per_query = [metrics.vqa_accuracy(p, ex.answers)
                      for p, ex in zip(predictions, self.queries)]
         mean = float(np.mean(per_query))
-      return Score.of(mean, metrics.mean_interval(per_query))
+      return Score.of(mean, metrics.mean_interval(per_query), predictions)
     scores = self._score(shot_indices, text_only)
     # Candidates are in class order (named by the query's renaming): the right one is its class.
     labels = np.asarray([ex.label for ex in self.queries])
@@ -242,7 +277,7 @@ class TaskRunner:
       positive = scores[:, 1] - np.logaddexp(scores[:, 0], scores[:, 1])  # log p(class 1 | 2 classes)
       auc = metrics.roc_auc(labels, positive)
       return Score.of(auc, metrics.roc_auc_interval(auc, int(labels.sum()),
-                                                    int((labels == 0).sum())))
+                                                    int((labels == 0).sum())), scores.tolist())
     accuracy = metrics.top1(scores, labels)
     correct = int(np.sum(np.argmax(scores, axis=-1) == labels))
-    return Score.of(accuracy, metrics.wilson_interval(correct, len(labels)))
+    return Score.of(accuracy, metrics.wilson_interval(correct, len(labels)), scores.tolist())

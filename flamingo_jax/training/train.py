@@ -12,7 +12,6 @@ JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); on Cloud TPU and SL
 from __future__ import annotations
 
 import ctypes
-import os
 import time
 
 import jax
@@ -37,12 +36,7 @@ def define_flags() -> None:
   """The command-line flags (defined only when this module is the program)."""
   config_flags.DEFINE_config_file("config", None, "experiments/<file>.py:<preset>")
   flags.DEFINE_string("workdir", None, "Checkpoints and logs; a run resumes from it.")
-  flags.DEFINE_enum("distributed", "env", ["env", "auto", "off"],
-                    "env: use the flags / JAX_* variables if set; auto: let JAX detect the cluster "
-                    "(TPU pod, SLURM); off: single process.")
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-  flags.DEFINE_integer("num_processes", None, "Number of processes.")
-  flags.DEFINE_integer("process_id", None, "This process's index.")
+  sharding.define_process_flags()
   flags.DEFINE_bool("tpu_flags", True, "Add xla_flags.TPU_FLAGS (overlapped collectives) to "
                     "LIBTPU_INIT_ARGS; a flag already there keeps its value.")
   flags.mark_flags_as_required(["config", "workdir"])
@@ -57,22 +51,6 @@ def release_freed_host_memory() -> None:
   except OSError:
     return
   libc.malloc_trim(0)
-
-
-def initialize_processes(mode: str, coordinator: str | None, num_processes: int | None,
-                         process_id: int | None) -> None:
-  """jax.distributed from the flags, else JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
-  JAX_PROCESS_ID; `mode="auto"` lets JAX detect a TPU pod or SLURM job; no coordinator: 1 process."""
-  if mode == "off":
-    return
-  if mode == "auto":
-    jax.distributed.initialize()
-    return
-  coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
-  if coordinator:
-    num = num_processes or int(os.environ["JAX_NUM_PROCESSES"])
-    index = process_id if process_id is not None else int(os.environ["JAX_PROCESS_ID"])
-    jax.distributed.initialize(coordinator, num_processes=num, process_id=index)
 
 
 def train(config: Config, workdir: str, devices=None) -> TrainState:
@@ -173,7 +151,11 @@ def main(argv):
   config = Config.from_cli(f.config)  # Checked before anything starts.
   if f.tpu_flags:
     xla_flags.set_tpu_flags()  # Before the first JAX call loads libtpu.
-  initialize_processes(f.distributed, f.coordinator_address, f.num_processes, f.process_id)
+  try:
+    sharding.initialize_processes(f.distributed, f.coordinator_address, f.num_processes,
+                                  f.process_id)
+  except ValueError as e:  # Process flags that do not fit together.
+    raise SystemExit(f"error: {e}") from None
   try:
     train(config, f.workdir)
   except ConfigError as e:  # The config against these devices (setup's checks).

@@ -15,6 +15,7 @@ from data_pipelines import images as image_ops
 from data_pipelines.tokenizer import Tokenizer
 from data_pipelines.tokenizer import train as train_tokenizer
 from experiments import flamingo as flamingo_presets
+from flamingo_jax import sharding
 from flamingo_jax.config import Config, SamplingConfig
 from flamingo_jax.inference import decoding
 from flamingo_jax.inference import generate as generate_cli
@@ -22,12 +23,8 @@ from flamingo_jax.models import masking
 from flamingo_jax.models.layers import Dense
 from flamingo_jax.models.lm import layer_plan
 from flamingo_jax.models.vision import VisionTransformer
-from flamingo_jax.training.optimizer import make_optimizer
-from flamingo_jax.training.step import TrainState
 from flamingo_jax.weights import pretrained
-from flamingo_jax.weights import tree as ptree
-from flamingo_jax.weights.store import Checkpointer
-from tests.builders import apply_fn, init_params, tiny_config
+from tests.builders import apply_fn, init_params, open_gates, tiny_config, trained_run
 
 MAX_NEW = 6
 
@@ -36,15 +33,8 @@ def _config(decode_unrolled=True):
   return tiny_config(**{"execution.decode_unrolled": decode_unrolled})
 
 
-def _open_gates(tree):
-  """Every gate of a (params or trainable) tree at 0.5, so the images change the logits."""
-  def open_gate(path, x):
-    return jnp.full_like(x, 0.5) if path[-1].key in ("attn_gate", "ffw_gate") else x
-  return jax.tree_util.tree_map_with_path(open_gate, tree)
-
-
 def _params(config):
-  return _open_gates(init_params(config))
+  return open_gates(init_params(config))
 
 
 def _prompts(config, lengths=(9, 9), num_images=2, seed=0):
@@ -214,7 +204,7 @@ def test_top_k_and_top_p_filters():
   logits = jnp.log(jnp.array([[0.1, 0.5, 0.15, 0.25]]))
 
   def kept(**sampling):
-    return np.isfinite(decoding._filter_logits(logits, SamplingConfig("sample", **sampling)))
+    return np.isfinite(decoding.filter_logits(logits, SamplingConfig("sample", **sampling)))
   np.testing.assert_array_equal(kept(top_k=2), [[False, True, False, True]])
   np.testing.assert_array_equal(kept(top_p=0.7), [[False, True, False, True]])  # 0.5 + 0.25 >= 0.7.
   np.testing.assert_array_equal(kept(top_p=0.8), [[False, True, True, True]])
@@ -247,6 +237,32 @@ def test_score_equals_full_forward_and_prefix_reuse_equals_no_reuse():
   np.testing.assert_allclose(reuse, no_reuse, rtol=1e-5)
 
 
+def test_decoding_on_a_2x2x2_mesh_equals_one_device():
+  """Training's layout (parameters over fsdp and tensor, rows over data x fsdp, caches over batch
+  and heads): greedy, beam and sampled tokens equal the one-device run, scores to float rounding.
+  Three rows over four batch devices: padded inside and cut back."""
+  run_config = Config.from_dict(flamingo_presets.get_config("tiny"))
+  config = run_config.model
+  params = _params(config)
+  mesh = sharding.make_mesh(2, 2, 2)
+  placed = pretrained.place(run_config, params, mesh)
+  tokens, mask, images = _prompts(config, lengths=(9, 6, 8), seed=4)
+  sample = SamplingConfig("sample", max_new_tokens=MAX_NEW, temperature=0.8)
+  for sampling in (GREEDY, BEAM, sample):
+    one = decoding.generate(config, params, tokens, mask, images, sampling,
+                            (config.eoc_token_id,), rng=jax.random.key(5))
+    split = decoding.generate(config, placed, tokens, mask, images, sampling,
+                              (config.eoc_token_id,), rng=jax.random.key(5), mesh=mesh)
+    for got, want in zip(split, one):
+      np.testing.assert_array_equal(got, want)
+  candidates = np.random.default_rng(6).integers(0, config.lm.vocab_size, (3, 2, 4), np.int32)
+  candidate_mask = np.arange(4) < np.array([[4, 2], [1, 4], [3, 3]])[..., None]
+  np.testing.assert_allclose(
+      decoding.score(config, placed, tokens, mask, images, candidates, candidate_mask, mesh=mesh),
+      decoding.score(config, params, tokens, mask, images, candidates, candidate_mask),
+      rtol=1e-5)
+
+
 def test_bad_inputs_name_the_culprit():
   config = _config()
   tokens, mask, images = _prompts(config)
@@ -277,27 +293,18 @@ def test_generate_cli_rebuilds_a_run_from_its_workdir_alone(tmp_path):
   tokenizer = Tokenizer(str(tmp_path / "tok.model"))
   config = Config.from_dict(flamingo_presets.get_config("tiny")).replace(
       {"data.tokenizer": str(tmp_path / "tok.model")})
-  params = init_params(config.model, seed=config.seed)  # What training builds from the seed.
-  frozen, trainable = ptree.split(params)
-  trainable = _open_gates(trainable)  # The "trained" tree: it must come from the checkpoint.
   run = str(tmp_path / "run")
-  pretrained.record_run(run, config, frozen)
-  checkpointer = Checkpointer(run, keep=1)
-  checkpointer.save(7, TrainState(jnp.asarray(7, jnp.int32), trainable,
-                                  make_optimizer(config.optimizer).init(trainable),
-                                  jax.random.key_data(jax.random.key(1))), {})
-  checkpointer.wait()
-  checkpointer.close()
+  params = trained_run(run, config)
   Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
 
   loaded_config, loaded = pretrained.load_trained(run)
   assert loaded_config == config.with_absolute_paths()
-  jax.tree.map(np.testing.assert_array_equal, loaded, ptree.merge(frozen, trainable))
+  jax.tree.map(np.testing.assert_array_equal, loaded, params)
   text = generate_cli.generate_text(loaded_config.model, loaded, tokenizer, PROMPT,
                                     [str(tmp_path / "a.jpg")], GREEDY)
   tokens = np.asarray([tokenizer.encode_prompt(PROMPT)], np.int32)
   images = image_ops.decode((tmp_path / "a.jpg").read_bytes(), config.model.vision.image_size)
-  new, lengths = decoding.generate(config.model, ptree.merge(frozen, trainable), tokens,
+  new, lengths = decoding.generate(config.model, params, tokens,
                                    np.ones_like(tokens, bool), images[None, None, None], GREEDY,
                                    (config.model.eoc_token_id, tokenizer.eos_id))
   assert text == tokenizer.decode(new[0, :int(lengths[0])])
