@@ -74,7 +74,8 @@ def kernel_seconds(task, model_config, batches, packs, chip: aot.Chip, chips: in
 
 def program_cost(config: Config, topology: aot.Topology, devices,
                  depth: tuple[int, ...]) -> cost_model.ProgramCost:
-  """Compiles `config` at `depth` (unrolled) and costs it per chip (cost_model docstring)."""
+  """Compiles `config`'s train step at `depth` (unrolled) and costs it per chip (cost_model
+  docstring)."""
   reduced = reduced_config(config, depth)
   setup = build_setup(reduced, devices=devices)
   batches = aot.abstract_batches(reduced, setup.batch_sharding)
@@ -82,6 +83,16 @@ def program_cost(config: Config, topology: aot.Topology, devices,
   with sharding.active(setup.mesh):
     compiled = jit_train_step(reduced, setup, weights).lower(
         setup.abstract_state, setup.abstract_frozen, batches).compile()
+  kernels = lambda: kernel_seconds(setup.task, setup.model_config, batches,  # noqa: E731
+                                   reduced.data.packs(), topology.chip, topology.chips)
+  return executable_cost(compiled, topology, setup.mesh, depth, kernels)
+
+
+def executable_cost(compiled, topology: aot.Topology, mesh: jax.sharding.Mesh,
+                    depth: tuple[int, ...], kernels) -> cost_model.ProgramCost:
+  """Per-chip cost of one compiled program (a train step, a decode step): XLA's cost analysis,
+  the loops' further trips, Pallas kernels (`kernels()`: their analytic seconds, asked for only if
+  the program holds one) and its collectives over the slice's ICI. Frees the executable."""
   cost = compiled.cost_analysis() or {}
   cost = cost[0] if isinstance(cost, list) else cost
   module = collectives.parse_module(compiled.as_text())
@@ -96,12 +107,11 @@ def program_cost(config: Config, topology: aot.Topology, devices,
   compiler_s = optimal if optimal > 0 else (flop / chip.peak_flops
                                             + accessed / chip.hbm_bytes_per_s)
   comm = collectives.communication_seconds(
-      collectives.collectives(module, topology.chips), interconnect(topology, setup.mesh))
-  kernels = collectives.custom_kernels(module)
+      collectives.collectives(module, topology.chips), interconnect(topology, mesh))
   return cost_model.ProgramCost(
-      depth=depth, compiler_s=compiler_s, loop_s=collectives.loop_seconds(module, compiler_s, chip.peak_flops),
-      kernel_s=kernel_seconds(setup.task, setup.model_config, batches, reduced.data.packs(),
-                              chip, topology.chips) if kernels else 0.0,
+      depth=depth, compiler_s=compiler_s,
+      loop_s=collectives.loop_seconds(module, compiler_s, chip.peak_flops),
+      kernel_s=kernels() if collectives.custom_kernels(module) else 0.0,
       flops=flop, bytes=accessed, comm_async_s=comm["async"], comm_sync_s=comm["sync"],
       comm_bytes=comm["bytes"], roofline=optimal <= 0)
 

@@ -1,0 +1,48 @@
+"""The serving fit check (flamingo_jax/tools/generate_fit.py, `launch.aot_check --mode generate`):
+the prefill and decode step compiled for a TPU slice."""
+
+import math
+
+import pytest
+
+from experiments import flamingo as presets
+from flamingo_jax.config import Config
+from flamingo_jax.tools import generate_fit
+from flamingo_jax.training import aot
+from launch import aot_check
+
+SHAPE = generate_fit.ServeShape(batch=4, context=64, prompt=16, images=2)
+
+
+def _tiny():
+  return Config.from_dict(presets.get_config("tiny")).replace(
+      {"mesh.data": 1, "mesh.fsdp": 2, "mesh.tensor": 2})
+
+
+def test_tiny_serving_on_v5e_2x2_memory_and_largest_batch():
+  report = generate_fit.fit_report(_tiny(), aot.parse_topology("v5e:2x2"), SHAPE,
+                                   with_estimate=False)
+  assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2} and report["fits"]
+  # The self-attention cache per chip: 4 LM layers x (keys, values) x 2 of the 4 rows x 64 slots x
+  # 1 of the 2 key/value heads x 16 (head width) x 4 bytes (float32).
+  assert report["cache_gib"] * 2 ** 30 == 4 * 2 * 2 * 64 * 1 * 16 * 4
+  hbm = 16 * 2 ** 30
+  compiled = report["batches_compiled"]
+  assert list(compiled)[:2] == [4, 8] and compiled[4] == report["decode_total_gib"]
+  # The largest batch is a compiled one that fits, splits over the 2 batch devices, and the last
+  # line of the search puts one more step of 2 rows over HBM.
+  best = report["max_batch_at_context"]
+  assert best % 2 == 0 and best in compiled and best > 8
+  assert report["max_batch_decode_total_gib"] == compiled[best] <= 16
+  fixed, per_row = report["decode_fixed_gib"] * 2 ** 30, report["decode_gib_per_row"] * 2 ** 30
+  assert fixed + (best + 2) * per_row > hbm >= fixed + best * per_row
+  assert report["max_context_at_batch"] == math.floor((hbm - fixed) / (4 * per_row / 64))
+
+
+def test_the_cli_checks_shapes_and_names_what_to_change(capsys):
+  with pytest.raises(ValueError, match="--prompt=64 must be below --context=64"):
+    generate_fit.ServeShape(batch=4, context=64, prompt=64)
+  with pytest.raises(ValueError, match=r"--batch=3 must split over mesh.data x mesh.fsdp = 2"):
+    aot_check.check_generate(_tiny(), "v5e:2x2", generate_fit.ServeShape(3, 64, 16, 2))
+  with pytest.raises(RuntimeError, match="cannot compile ahead of time for a GPU"):
+    aot_check.check_generate(_tiny(), "h100", SHAPE)
