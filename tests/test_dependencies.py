@@ -1,6 +1,7 @@
 """The dependency rule (docs/architecture.md): imports point one way, and nothing imports in a circle.
 
   config, sharding  <-  models  <-  weights  <-  training, inference  <-  evaluation  <-  tools
+  serve (the HTTP server) sits on inference; nothing imports it.
   data_pipelines sits beside weights (it may use config, models, weights; never training,
   inference or evaluation); experiments (presets) use config, weights and data_pipelines (the demo
   corpus's names and colours); launch drives the rest.
@@ -21,8 +22,10 @@ CONFIG, SHARDING = "flamingo_jax.config", "flamingo_jax.sharding"
 MODELS, WEIGHTS = "flamingo_jax.models", "flamingo_jax.weights"
 TRAINING, INFERENCE = "flamingo_jax.training", "flamingo_jax.inference"
 EVALUATION, TOOLS, DATA = "flamingo_jax.evaluation", "flamingo_jax.tools", "data_pipelines"
+SERVE = "flamingo_jax.serve"
 # Each layer and the layers it may import (besides itself).
 ALLOWED = {
+    SERVE: {CONFIG, SHARDING, MODELS, WEIGHTS, DATA, INFERENCE},  # Nothing imports it.
     CONFIG: set(),
     SHARDING: set(),
     MODELS: {CONFIG, SHARDING},
@@ -33,7 +36,7 @@ ALLOWED = {
     EVALUATION: {CONFIG, SHARDING, MODELS, WEIGHTS, DATA, TRAINING, INFERENCE},
     "experiments": {CONFIG, WEIGHTS, DATA},
     TOOLS: {CONFIG, SHARDING, MODELS, WEIGHTS, DATA, TRAINING, INFERENCE, EVALUATION, "experiments"},
-    "launch": {CONFIG, TRAINING, EVALUATION},
+    "launch": {CONFIG, TRAINING, EVALUATION, TOOLS},
     "flamingo_jax": {CONFIG, MODELS},  # The package's own __init__: the public API.
 }
 
