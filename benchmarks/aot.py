@@ -2,9 +2,10 @@ r"""AOT benchmark: per-chip memory, compile time and the calibrated step estimat
 README.md's TPU table, and the estimate's calibration against published MaxText runs.
 
   python benchmarks/aot.py                       # the 80B row on the table's largest slice
-  python benchmarks/aot.py --row flamingo_9b:v5p-32
+  python benchmarks/aot.py --row flamingo_9b:v5p-32          # <preset>:<slice>[:<frozen policy>]
   python benchmarks/aot.py --all                 # every row, then the best v5p row per preset
   python benchmarks/aot.py --calibration         # Llama-2-70B on v5p-512, Llama-3.1-8B on v6e-256
+  python benchmarks/aot.py --generate [--row flamingo_80b:v5p-32]   # serving: prefill + decode step
 
 Per row (JSON lines): aot_compile_s (aot_80b_compile_s for the 80B row on the largest slice: the
 full-depth scanned compile the memory check needs; target <= 600 s on this machine),
@@ -14,6 +15,10 @@ extras: step times, tokens/s per chip, mesh, frozen policy, remat) and est_wall_
 own compiles). --all adds est_mfu_comm_{3b,9b,80b}_v5p: the best row of each preset that fits.
 --calibration: calibration_<model>_<slice> = estimated / published MFU (extras: both MFUs, tokens/s
 per chip estimated and published, compute-only vs with communication).
+--generate (`launch.aot_check --mode generate`, GENERATE_ROWS): per row serve_memory_per_chip_gib
+(the decode step at the row's shape; extras: prefill, params, cache), serve_max_batch_<preset>_<slice>
+(the largest batch at the row's context, compiled), serve_max_context_<preset>_<slice>
+(extrapolated) and serve_est_tokens_per_s_per_chip_<preset>_<slice> (decode, estimated).
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks.common import emitter, environment  # noqa: E402
 from experiments import flamingo as presets  # noqa: E402
-from experiments import llama  # noqa: E402
+from experiments import idefics, llama  # noqa: E402
 from flamingo_jax.config import Config  # noqa: E402
+from flamingo_jax.tools import generate_fit  # noqa: E402
 from flamingo_jax.training import aot, estimate  # noqa: E402
 
 # Where data x fsdp devices exceed video's 8 packed rows (64 clips, pack=8), the rows cannot be split:
@@ -37,12 +43,20 @@ ROWS = (
     ("flamingo_3b", "v5p-16", {"mesh.data": 1, "mesh.fsdp": 8,
                                "model.execution.remat_policy": "dots"}),
     ("flamingo_3b", "v5p-32", {"mesh.data": 1, "mesh.fsdp": 16, **_VIDEO_UNPACKED}),
+    # One LM pass, the frozen towers replicated (3.6 GB of bf16 per chip): see the 9B v5p-16 row.
+    ("flamingo_3b", "v5p-16", {"mesh.data": 1, "mesh.fsdp": 8, "mesh.frozen": "replicated",
+                               "model.execution.remat_policy": "save_dot_except_mlp_in"}),
     ("flamingo_9b", "v5p-32", {"mesh.data": 1, "mesh.fsdp": 16,
                                "model.execution.remat_policy": "dots", **_VIDEO_UNPACKED}),
     # One LM pass (the preset's joint pass), frozen towers split over tensor only (never gathered),
     # remat by name: 8 batch devices so that video's 8 packed rows split.
     ("flamingo_9b", "v5p-32", {"mesh.data": 1, "mesh.fsdp": 8, "mesh.tensor": 2,
                                "mesh.frozen": "tensor",
+                               "model.execution.remat_policy": "save_dot_except_mlp_in"}),
+    # The same pass on half the chips with the frozen towers replicated (14.8 GB of bf16 per chip):
+    # no frozen weight is ever gathered and no frozen matmul is split, so the only collectives left
+    # are the trainable tree's FSDP gathers and gradient reductions, which overlap with compute.
+    ("flamingo_9b", "v5p-16", {"mesh.data": 1, "mesh.fsdp": 8, "mesh.frozen": "replicated",
                                "model.execution.remat_policy": "save_dot_except_mlp_in"}),
     ("flamingo_9b", "v5p-64", {"mesh.data": 1, "mesh.fsdp": 32,
                                "model.execution.remat_policy": "dots", **_VIDEO_UNPACKED}),
@@ -55,8 +69,22 @@ ROWS = (
 CALIBRATIONS = (("llama2_70b", 2), ("llama31_8b", 2))
 
 
+# Serving rows (preset, slice, overrides): the model split over tensor (its frozen towers never
+# gathered), rows over data; one shape: 8 images and 1,024 prompt tokens per row, 2,048 slots.
+SERVE_SHAPE = generate_fit.ServeShape(batch=16, context=2048, prompt=1024, images=8)
+_SERVE = {"mesh.frozen": "tensor", "mesh.fsdp": 1}
+GENERATE_ROWS = (
+    ("flamingo_80b", "v5p-32", {**_SERVE, "mesh.data": 1, "mesh.tensor": 16}),
+    ("flamingo_9b", "v5p-8", {**_SERVE, "mesh.data": 1, "mesh.tensor": 4}),
+    ("flamingo_9b", "v5e-8", {**_SERVE, "mesh.data": 1, "mesh.tensor": 8}),
+    ("flamingo_9b", "v6e-8", {**_SERVE, "mesh.data": 2, "mesh.tensor": 4}),
+    ("idefics_80b", "v5p-32", {**_SERVE, "mesh.data": 1, "mesh.tensor": 16}),
+)
+
+
 def row_config(preset: str, overrides: dict) -> Config:
-  return Config.from_dict(presets.get_config(preset)).replace(overrides)
+  source = idefics if preset.startswith("idefics") else presets
+  return Config.from_dict(source.get_config(preset)).replace(overrides)
 
 
 def command(row) -> str:
@@ -119,6 +147,34 @@ def best_rows(emit, reports: list[tuple[tuple, dict]]) -> None:
            "fraction", topology=row[1], command=command(row))
 
 
+def run_generate_row(emit, row) -> None:
+  preset, topology, overrides = row
+  r = generate_fit.fit_report(row_config(preset, overrides), aot.parse_topology(topology),
+                              SERVE_SHAPE)
+  name = short(preset, topology)
+  tags = dict(preset=preset, topology=r["topology"], mesh=r["mesh"], frozen=r["frozen_policy"],
+              shape=r["shape"], command=f"python -m launch.aot_check --mode generate "
+              f"--config experiments/{'idefics' if preset.startswith('idefics') else 'flamingo'}.py"
+              f":{preset} --topology {topology} "
+              + " ".join(f"--config.{k}={v}" for k, v in overrides.items())
+              + f" --batch {SERVE_SHAPE.batch} --context {SERVE_SHAPE.context} --prompt "
+              f"{SERVE_SHAPE.prompt} --images {SERVE_SHAPE.images}")
+  emit("serve_memory_per_chip_gib", r["decode_total_gib"], "GiB", fits=r["fits"],
+       prefill_gib=round(r["prefill_total_gib"], 3), params_gib=round(r["params_gib"], 3),
+       cache_gib=round(r["cache_gib"], 3), hbm_gib=r["hbm_gib"], compile_s=round(r["compile_s"], 1),
+       **tags)
+  emit(f"serve_max_batch_{name}", r["max_batch_at_context"], "rows",
+       context=SERVE_SHAPE.context, compiled_gib=r["max_batch_decode_total_gib"],
+       batches_compiled=r["batches_compiled"], **tags)
+  emit(f"serve_max_context_{name}", r["max_context_at_batch"], "slots",
+       batch=SERVE_SHAPE.batch, method="extrapolated from the last two decode compiles", **tags)
+  if r.get("estimate"):
+    e = r["estimate"]
+    emit(f"serve_est_tokens_per_s_per_chip_{name}", e["tokens_per_s_per_chip"], "tokens/s",
+         decode_step_s=round(e["decode_step_s"], 5), compute_s=round(e["decode_compute_s"], 5),
+         exposed_comm_s=round(e["decode_exposed_comm_s"], 5), method=e["method"], **tags)
+
+
 def run_calibration(emit, preset: str, compiles: int) -> None:
   published = llama.CALIBRATION[preset]
   config = Config.from_dict(llama.get_config(preset))
@@ -137,14 +193,30 @@ def run_calibration(emit, preset: str, compiles: int) -> None:
                f"--topology {published.topology} --compiles={compiles}")
 
 
+def row_key(row) -> str:
+  """<preset>:<slice>:<frozen policy>, e.g. flamingo_9b:v5p-16:replicated."""
+  return f"{row[0]}:{row[1]}:{row[2].get('mesh.frozen', 'fsdp')}"
+
+
+def selected(parser, rows, wanted: str | None) -> list:
+  """The rows whose key starts with `wanted` (<preset>:<slice>[:<frozen>]; all when None)."""
+  chosen = [r for r in rows if not wanted or f"{row_key(r)}:".startswith(f"{wanted}:")]
+  if not chosen:
+    parser.error(f"--row={wanted!r}: choose one of {', '.join(map(row_key, rows))}.")
+  return chosen
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--all", action="store_true", help="Every row of the table.")
-  parser.add_argument("--row", help="One row, as <preset>:<slice>, e.g. flamingo_3b:v5p-16.")
+  parser.add_argument("--row", help="Rows as <preset>:<slice>[:<frozen policy>], e.g. "
+                      "flamingo_3b:v5p-16 or flamingo_9b:v5p-16:replicated.")
   parser.add_argument("--calibration", action="store_true",
                       help="The estimate against MaxText's published Llama runs.")
   parser.add_argument("--only", help="--calibration of one model: llama2_70b or llama31_8b.")
+  parser.add_argument("--generate", action="store_true",
+                      help="Serving rows (GENERATE_ROWS); with --row, one of them.")
   args = parser.parse_args()
   emit = emitter("aot")
   environment(emit)
@@ -153,13 +225,12 @@ def main() -> None:
       if not args.only or args.only == preset:
         run_calibration(emit, preset, compiles)
     return
-  if args.row:
-    rows = [r for r in ROWS if f"{r[0]}:{r[1]}" == args.row]
-    if not rows:
-      parser.error(f"--row={args.row!r}: choose one of "
-                   f"{', '.join(f'{r[0]}:{r[1]}' for r in ROWS)}.")
-  else:
-    rows = list(ROWS) if args.all else [largest_80b_row()]
+  if args.generate:
+    for row in selected(parser, GENERATE_ROWS, args.row):
+      run_generate_row(emit, row)
+    return
+  rows = (selected(parser, ROWS, args.row) if args.row else
+          list(ROWS) if args.all else [largest_80b_row()])
   reports = [(row, run_row(emit, row)) for row in rows]
   if args.all:
     best_rows(emit, reports)

@@ -224,6 +224,9 @@ def fit_report(config: Config, topology: aot.Topology, shape: ServeShape,
   if shape.batch % batch_devices:
     raise ValueError(f"--batch={shape.batch} must split over mesh.data x mesh.fsdp = "
                      f"{batch_devices} devices.")
+  if config.model.lm.num_kv_heads % mesh.shape["tensor"]:
+    raise ValueError(f"mesh.tensor={mesh.shape['tensor']} must divide model.lm.num_kv_heads="
+                     f"{config.model.lm.num_kv_heads} (the cache is split over the heads).")
   programs = Programs(config, mesh)
   measured = _compiled_memory(programs, shape)
   hbm = topology.chip.hbm_gib * GIB

@@ -44,5 +44,7 @@ def test_the_cli_checks_shapes_and_names_what_to_change(capsys):
     generate_fit.ServeShape(batch=4, context=64, prompt=64)
   with pytest.raises(ValueError, match=r"--batch=3 must split over mesh.data x mesh.fsdp = 2"):
     aot_check.check_generate(_tiny(), "v5e:2x2", generate_fit.ServeShape(3, 64, 16, 2))
+  with pytest.raises(ValueError, match="mesh.tensor=4 must divide model.lm.num_kv_heads=2"):
+    aot_check.check_generate(_tiny().replace({"mesh.fsdp": 1, "mesh.tensor": 4}), "v5e:2x2", SHAPE)
   with pytest.raises(RuntimeError, match="cannot compile ahead of time for a GPU"):
     aot_check.check_generate(_tiny(), "h100", SHAPE)
