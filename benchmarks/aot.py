@@ -172,7 +172,8 @@ def run_generate_row(emit, row) -> None:
     e = r["estimate"]
     emit(f"serve_est_tokens_per_s_per_chip_{name}", e["tokens_per_s_per_chip"], "tokens/s",
          decode_step_s=round(e["decode_step_s"], 5), compute_s=round(e["decode_compute_s"], 5),
-         exposed_comm_s=round(e["decode_exposed_comm_s"], 5), method=e["method"], **tags)
+         exposed_comm_s=round(e["decode_exposed_comm_s"], 5), method=e["method"],
+         per_compile=e["per_compile"], **tags)
 
 
 def run_calibration(emit, preset: str, compiles: int) -> None:
