@@ -100,11 +100,13 @@ def _positions(mask: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
 
 
-def prefill(model: Flamingo, params, visual, tokens, token_mask, cache_length: int):
+def prefill(model: Flamingo, params, visual, tokens, token_mask, cache_length: int,
+            every_position: bool = False):
   """Runs tokens [B, T] (left padded; token_mask [B, T]) into a fresh cache of `cache_length` slots.
 
-  Returns (logits [B, T, V + 2] float32, cache (the self-attention keys/values), context_cache
-  (the gated blocks' visual keys/values), key_mask [B, cache_length], phi [B, T]).
+  Returns (logits [B, 1, V + 2] float32 of the last position (of every position, [B, T, V + 2], with
+  `every_position`), cache (the self-attention keys/values), context_cache (the gated blocks'
+  visual keys/values), key_mask [B, cache_length], phi [B, T]).
   """
   b, t = tokens.shape
   tokens = jnp.where(token_mask, tokens, 0)
@@ -112,7 +114,8 @@ def prefill(model: Flamingo, params, visual, tokens, token_mask, cache_length: i
   key_mask = jnp.concatenate([token_mask, jnp.ones((b, cache_length - t), bool)], axis=1)
   logits, variables = model.apply(
       {"params": params}, tokens, visual, phi, _positions(token_mask),
-      DecodeSlots(jnp.zeros((), jnp.int32), key_mask), method=Flamingo.decode_lm,
+      DecodeSlots(jnp.zeros((), jnp.int32), key_mask),
+      None if every_position else jnp.full((b,), t - 1, jnp.int32), method=Flamingo.decode_lm,
       mutable=["cache", "context_cache"])
   return (logits.astype(jnp.float32), variables["cache"], variables["context_cache"], key_mask,
           phi)
@@ -178,7 +181,7 @@ def _generate_rows(model, params, visual, tokens, prompt_mask, sampling: Samplin
   b, t = tokens.shape
   m, image_id = sampling.max_new_tokens, model.config.image_token_id
   logits, cache, context_cache, key_mask, phi = prefill(model, params, visual, tokens, prompt_mask,
-                                                         t + m)
+                                                        t + m)
 
   def body(state):
     i, cache, logits, out, done, lengths, stop_token, position, phi, rng = state
@@ -210,7 +213,7 @@ def _beam_search(model, params, visual, tokens, prompt_mask, sampling: SamplingC
   b, t = tokens.shape
   w, m, image_id = sampling.num_beams, sampling.max_new_tokens, model.config.image_token_id
   logits, cache, context_cache, key_mask, phi = prefill(model, params, visual, tokens, prompt_mask,
-                                                         t + m)
+                                                        t + m)
   vocab = logits.shape[-1]
   cache = jax.tree.map(lambda x: jnp.repeat(x, w, axis=batch_axis), cache)
   key_mask = jnp.repeat(key_mask, w, axis=0)
@@ -308,7 +311,7 @@ def _score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidat
   flat_mask = candidate_mask.reshape(b * c, k)
   if reuse_prefix:
     logits, cache, context_cache, key_mask, phi = prefill(model, params, visual, tokens,
-                                                           prompt_mask, t + k)
+                                                          prompt_mask, t + k)
     cache = jax.tree.map(lambda x: jnp.repeat(x, c, axis=_batch_axis(config)), cache)
     key_mask = jnp.repeat(key_mask, c, axis=0).at[:, t:].set(flat_mask)
     context_length = jnp.repeat(prompt_mask.sum(axis=1), c)
@@ -322,7 +325,8 @@ def _score(config: FlamingoConfig, params, tokens, prompt_mask, images, candidat
   else:  # Every candidate re-runs the whole context (the images are still encoded once).
     full = jnp.concatenate([jnp.repeat(tokens, c, axis=0), flat_candidates], axis=1)
     full_mask = jnp.concatenate([jnp.repeat(prompt_mask, c, axis=0), flat_mask], axis=1)
-    logits = prefill(model, params, jnp.repeat(visual, c, axis=0), full, full_mask, t + k)[0]
+    logits = prefill(model, params, jnp.repeat(visual, c, axis=0), full, full_mask, t + k,
+                     every_position=True)[0]
     predicting = logits[:, t - 1:t + k - 1]
   logp = jax.nn.log_softmax(predicting, axis=-1)
   picked = jnp.take_along_axis(logp, flat_candidates[..., None], axis=-1)[..., 0]

@@ -75,10 +75,11 @@ class Flamingo(nn.Module):
                    return_hidden=return_hidden)
 
   def decode_lm(self, tokens: jax.Array, visual: jax.Array, phi: jax.Array, positions: jax.Array,
-                decode: DecodeSlots) -> jax.Array:
+                decode: DecodeSlots, logits_at: jax.Array | None = None) -> jax.Array:
     """One decoding call of the LM on visual tokens from `encode_images` (see `decoding.py`): tokens,
-    phi, positions [B, T] -> logits [B, T, V + 2]; reads and extends the `cache` collection."""
-    return self.lm(tokens, visual, phi, positions, decode=decode)
+    phi, positions [B, T] -> logits [B, T, V + 2] (or, with `logits_at` [B], of that position only:
+    [B, 1, V + 2]); reads and extends the `cache` collection."""
+    return self.lm(tokens, visual, phi, positions, decode=decode, logits_at=logits_at)
 
 
 def join_rows(arrays: list[jax.Array], shards: int) -> jax.Array:
