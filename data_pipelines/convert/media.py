@@ -16,7 +16,7 @@ import dataclasses
 import os
 import stat
 
-from data_pipelines import images, video
+from data_pipelines import images, paths, video
 from data_pipelines.convert.outcome import Reject
 
 
@@ -35,10 +35,9 @@ def inside(root: str, name: str) -> str:
   """The real path of `name` under `root`; Reject("path_outside_root") if it leads out of it."""
   if not isinstance(name, str) or not name or "\0" in name:
     raise Reject("bad_media_name", repr(name)[:200])
-  real_root = os.path.realpath(root)
-  path = os.path.realpath(os.path.join(real_root, name))
-  if os.path.commonpath([path, real_root]) != real_root:
-    raise Reject("path_outside_root", f"{name!r} resolves to {path}, outside {real_root}")
+  path = paths.under(root, name)
+  if path is None:
+    raise Reject("path_outside_root", f"{name!r} resolves outside {os.path.realpath(root)}")
   return path
 
 

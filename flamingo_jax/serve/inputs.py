@@ -23,6 +23,7 @@ import numpy as np
 import pydantic
 
 from data_pipelines import images as image_ops
+from data_pipelines import paths
 from data_pipelines.tokenizer import Tokenizer
 from flamingo_jax.config import FlamingoConfig, ServeConfig
 
@@ -137,12 +138,11 @@ def _image_bytes(ref: ImageRef, i: int, serve: ServeConfig) -> bytes:
   if not serve.image_root:
     raise RequestError(403, "paths_refused", f"images[{i}].path: this server reads no image paths "
                        "(serve.image_root is not set); send the image as base64.")
-  root = os.path.realpath(serve.image_root)
   try:
-    full = os.path.realpath(os.path.join(root, ref.path))  # An absolute path replaces the root.
+    full = paths.under(serve.image_root, ref.path)
   except ValueError as e:  # A NUL byte.
     raise RequestError(400, "bad_path", f"images[{i}].path={ref.path!r}: {e}.") from None
-  if os.path.commonpath([root, full]) != root:
+  if full is None:
     raise RequestError(403, "path_outside_root", f"images[{i}].path={ref.path!r} resolves outside "
                        "serve.image_root; give a path inside it.")
   if not os.path.isfile(full):
