@@ -107,7 +107,8 @@ def build_mixture(data: DataConfig, *, image_size: int, tokenizer: Tokenizer,
     built[name] = streams.build_stream(
         name, example, path, batch_size=spec.batch_size // process_count, tokenizer=tokenizer,
         seed=data.seed, process_index=process_index, process_count=process_count,
-        num_workers=data.num_workers, pack=spec.pack)
+        num_workers=data.num_workers, pack=spec.pack,
+        row_tokens=spec.row_tokens)
     weights[name] = spec.loss_weight
   return Mixture(built, weights, data.accumulation)
 

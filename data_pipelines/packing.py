@@ -11,7 +11,9 @@ image_mask [B * k, n]) becomes B rows of k * t tokens, example j of a row at tok
              a token of example j never sees an image of example j - 1).
 Examples are padded to t by the example builder already (loss_mask 0 on the padding), so a row holds
 exactly k examples: packing is a reshape, the stream's resume state is untouched, and the loss of
-every example is what it was unpacked.
+every example is what it was unpacked. A row of `row_tokens` > k * t tokens (DatasetConfig.row_len)
+ends in padding: token 0, loss_mask 0, phi 0, segment 0 and position 0; no example attends to it
+(its segment is its own) and it has no loss.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ ROW_KEYS = ("tokens", "labels", "loss_mask")  # [B * k, t] -> [B, k * t] unchang
 SLOT_KEYS = ("images", "image_mask")  # [B * k, n, ...] -> [B, k * n, ...].
 
 
-def pack_rows(batch: dict[str, np.ndarray], pack: int) -> dict[str, np.ndarray]:
-  """B * pack examples -> B packed rows (module docstring); other keys (e.g. "counts", per example)
-  pass through."""
+def pack_rows(batch: dict[str, np.ndarray], pack: int, row_tokens: int = 0
+              ) -> dict[str, np.ndarray]:
+  """B * pack examples -> B packed rows of `row_tokens` (0: pack * t) tokens (module docstring);
+  other keys (e.g. "counts", per example) pass through."""
   if pack == 1:
     return batch
   examples, t = batch["tokens"].shape
@@ -44,6 +47,12 @@ def pack_rows(batch: dict[str, np.ndarray], pack: int) -> dict[str, np.ndarray]:
   out["segments"] = np.broadcast_to(segment, (rows, pack * t)).copy()
   out["positions"] = np.broadcast_to(np.tile(np.arange(t, dtype=np.int32), pack),
                                      (rows, pack * t)).copy()
+  padding = (row_tokens or pack * t) - pack * t
+  if padding < 0:
+    raise ValueError(f"Rows of {row_tokens} tokens cannot hold {pack} examples of {t}; make "
+                     "data.datasets.<name>.row_len at least pack * seq_len.")
+  for key in (*ROW_KEYS, "phi", "segments", "positions"):
+    out[key] = np.pad(out[key], ((0, 0), (0, padding)))
   return out
 
 

@@ -123,9 +123,10 @@ def stable_seed(seed: int, name: str) -> int:
 
 def build_stream(name: str, spec: ExampleSpec, path: str, *, batch_size: int, tokenizer: Tokenizer,
                  seed: int, process_index: int, process_count: int, num_workers: int,
-                 pack: int = 1) -> grain.IterDataset:
+                 pack: int = 1, row_tokens: int = 0) -> grain.IterDataset:
   """Batches of `batch_size` (this process's) examples: each leaf [B, ...] as in examples.py, plus
-  "counts" [B, len(COUNTERS)]; with pack > 1, B / pack rows of `pack` examples (packing.py)."""
+  "counts" [B, len(COUNTERS)]; with pack > 1, B / pack rows of `pack` examples and `row_tokens`
+  tokens (packing.py)."""
   paths = records.shard_paths(path)
   source = ShardSource(paths, records.check_shards(paths, spec.kind))
   if len(source) < process_count:
@@ -139,7 +140,7 @@ def build_stream(name: str, spec: ExampleSpec, path: str, *, batch_size: int, to
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * batch_size))
   ds = SkipInvalid(ds, name).batch(batch_size, drop_remainder=True)
   if pack > 1:
-    ds = ds.map(functools.partial(pack_rows, pack=pack))
+    ds = ds.map(functools.partial(pack_rows, pack=pack, row_tokens=row_tokens))
   if num_workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside absl.app (tests,
       flags.FLAGS.mark_as_parsed()  # notebooks) nobody parsed them: take the defaults.

@@ -92,7 +92,8 @@ class SyntheticMixture:
                              **self._ids)
     per_process = spec.batch_size // self._process_count
     start = self._process_index * per_process
-    return pack_rows({k: v[start:start + per_process] for k, v in full.items()}, spec.pack)
+    return pack_rows({k: v[start:start + per_process] for k, v in full.items()}, spec.pack,
+                     spec.row_tokens)
 
   def __next__(self) -> dict[str, dict[str, np.ndarray]]:
     if self._accumulation == "all":

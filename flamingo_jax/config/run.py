@@ -67,12 +67,21 @@ class DatasetConfig(Section):
   # image slots per example; data_pipelines/packing.py); batch_size counts examples and must be a
   # multiple of it. Short pairs and clips packed to the interleaved rows' length share one LM pass.
   pack: int = 1
+  # Tokens per packed row (0: pack * seq_len). A longer row ends in padding (segment 0, no loss, no
+  # image), so fewer examples per row still give the other datasets' row length: e.g. video at pack=4
+  # and row_len=256 makes twice pack=8's rows, for a slice with 16 batch devices (joint pass).
+  row_len: int = 0
+
+  @property
+  def row_tokens(self) -> int:
+    """Tokens per row: row_len, or pack * seq_len."""
+    return self.row_len or self.pack * self.seq_len
 
   def batch_shapes(self, image_size: int) -> dict[str, tuple[tuple[int, ...], str]]:
     """{key: (global shape, dtype)} of the batches this dataset feeds the step: R = batch_size / pack
-    rows of pack * seq_len tokens and pack * max_images image slots (data_pipelines/packing.py;
+    rows of `row_tokens` tokens and pack * max_images image slots (data_pipelines/packing.py;
     packed rows add segments and positions)."""
-    rows, t, n = self.batch_size // self.pack, self.pack * self.seq_len, self.pack * self.max_images
+    rows, t, n = self.batch_size // self.pack, self.row_tokens, self.pack * self.max_images
     shapes = {"tokens": ((rows, t), "int32"), "labels": ((rows, t), "int32"),
               "loss_mask": ((rows, t), "float32"), "phi": ((rows, t), "int32"),
               "images": ((rows, n, self.num_frames, image_size, image_size, 3), "uint8"),
@@ -86,7 +95,13 @@ class DatasetConfig(Section):
     if self.batch_size % self.pack:
       fail(join(prefix, "batch_size"), self.batch_size,
            f"must be a multiple of {join(prefix, 'pack')}={self.pack} (examples per packed row).")
-    non_negative(prefix, self, "loss_weight")
+    if self.row_len and self.row_len < self.pack * self.seq_len:
+      fail(join(prefix, "row_len"), self.row_len,
+           f"must hold pack * seq_len = {self.pack} * {self.seq_len} tokens (or be 0).")
+    if self.row_len and self.pack == 1:
+      fail(join(prefix, "row_len"), self.row_len, "pads packed rows only: set pack > 1, or make "
+           "seq_len the row length.")
+    non_negative(prefix, self, "loss_weight", "row_len")
     if not 0 <= self.p_next <= 1:
       fail(join(prefix, "p_next"), self.p_next, "must be a probability in [0, 1].")
 
@@ -104,9 +119,9 @@ class DataConfig(Section):
   exclude: str = ""
   datasets: dict[str, DatasetConfig] = dataclasses.field(default_factory=dict)
 
-  def packs(self) -> dict[str, int]:
-    """{dataset: examples per packed row} of the datasets training reads."""
-    return {name: spec.pack for name, spec in self.selected().items()}
+  def packs(self) -> dict[str, tuple[int, int]]:
+    """{dataset: (examples per row, tokens per example)} of the datasets training reads."""
+    return {name: (spec.pack, spec.seq_len) for name, spec in self.selected().items()}
 
   def selected(self) -> dict[str, DatasetConfig]:
     """The datasets training reads: `datasets` without those named in `exclude`."""
@@ -267,12 +282,13 @@ class Config(Section):
     if self.task != "flamingo":
       fail(join(prefix, "train.lm_pass"), "joint", f"needs task=flamingo (task={self.task}); use "
            "per_dataset.")
-    lengths = {name: spec.pack * spec.seq_len for name, spec in self.data.selected().items()}
+    lengths = {name: spec.row_tokens for name, spec in self.data.selected().items()}
     if len(set(lengths.values())) > 1:
       name, length = max(lengths.items(), key=lambda kv: kv[1])
       short = next(n for n, l in lengths.items() if l != length)
       fail(join(prefix, f"data.datasets.{short}.pack"), self.data.datasets[short].pack,
-           f"gives rows of {lengths[short]} tokens (pack * seq_len) but {name}'s are {length}: "
+           f"gives rows of {lengths[short]} tokens (row_len or pack * seq_len) but {name}'s are "
+           f"{length}: "
            "train.lm_pass=joint needs one row length ("
            + ", ".join(f"{n}: {l}" for n, l in lengths.items()) + ").")
 

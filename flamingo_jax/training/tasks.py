@@ -51,23 +51,24 @@ class Task:
   exported: Callable[[ptree.Params], ptree.Params] | None = None  # trainable tree -> that tower.
 
   def step_flops(self, config: FlamingoConfig, batches, process_count: int,
-                 packs: Mapping[str, int] | None = None) -> int:
+                 packs: Mapping[str, tuple[int, int]] | None = None) -> int:
     """Model FLOPs (matmuls) of one update over the global batches."""
     return flops.train_step_flops(self.step_matmuls(config, batches, process_count, packs))
 
   def step_matmuls(self, config: FlamingoConfig, batches, process_count: int,
-                   packs: Mapping[str, int] | None = None) -> list[flops.MatMul]:
+                   packs: Mapping[str, tuple[int, int]] | None = None) -> list[flops.MatMul]:
     """The forward matmuls of one update over the global batches (every dataset), each tagged with
-    the backward products this task's trainable tree needs. A dataset packed k examples to a row
-    (`packs`, DatasetConfig.pack) counts as its examples: self-attention within each example only,
-    the work the model needs (an unfused kernel also computes the masked-out blocks)."""
+    the backward products this task's trainable tree needs. A dataset packed k examples of t tokens
+    to a row (`packs`: DataConfig.packs) counts as its examples: self-attention within each example
+    only, the work the model needs (an unfused kernel also computes the masked-out blocks, and a
+    row's padding past k * t is not counted)."""
     out = []
     for name, batch in batches.items():
-      k = (packs or {}).get(name, 1)
-      b, t = batch["tokens"].shape
+      b, row = batch["tokens"].shape
+      k, t = (packs or {}).get(name, (1, row))
       n, f = batch["images"].shape[1:3]
       out += self.trained_matmuls(
-          flops.inventory(config, b * k * process_count, t // k, n // k, f))
+          flops.inventory(config, b * k * process_count, t, n // k, f))
     return out
 
 

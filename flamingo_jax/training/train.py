@@ -87,7 +87,7 @@ def train(config: Config, workdir: str, devices=None) -> TrainState:
     # what our software can do the step does (overheads), not hardware use.
     matmul_rate = (measured_cpu_flops() / len(jax.local_devices())
                    if jax.local_devices()[0].platform == "cpu" else None)
-    packs = config.data.packs()  # Examples per row, for examples/s and model FLOPs.
+    packs = config.data.packs()  # (Examples per row, their tokens): examples/s and model FLOPs.
     flops_by_datasets = {}  # FLOPs of one update per set of datasets (fixed shapes: computed once).
     step = first_step = int(state.step)
     last_log_time, last_log_step = time.perf_counter(), step
@@ -103,7 +103,7 @@ def train(config: Config, workdir: str, devices=None) -> TrainState:
       if step % config.train.log_every == 0 or step == config.train.num_steps or stop:
         metrics = jax.device_get(metrics)
         seconds = (time.perf_counter() - last_log_time) / (step - last_log_step)
-        examples = sum(b["tokens"].shape[0] * packs[name]
+        examples = sum(b["tokens"].shape[0] * packs[name][0]
                        for name, b in local.items()) * jax.process_count()
         tokens = sum(b["tokens"].size for b in local.values()) * jax.process_count()
         names = tuple(sorted(local))

@@ -73,6 +73,9 @@ def test_unknown_field_is_named():
     ({"data.datasets.pairs.pack": 3}, "data.datasets.pairs.batch_size=8: must be a multiple of "
                                       "data.datasets.pairs.pack=3"),
     ({"train.lm_pass": "joint"}, "data.datasets.pairs.pack=1: gives rows of 12 tokens"),
+    ({"data.datasets.pairs.pack": 2, "data.datasets.pairs.row_len": 20},
+     "data.datasets.pairs.row_len=20: must hold pack * seq_len = 2 * 12 tokens"),
+    ({"data.datasets.pairs.row_len": 30}, "data.datasets.pairs.row_len=30: pads packed rows only"),
     ({"task": "contrastive", "train.micro_batches": 2}, "train.micro_batches=2: must be 1 for "
                                                         "task=contrastive"),
     ({"init.flamingo_checkpoint": "/a", "init.lm_checkpoint": "/b"},

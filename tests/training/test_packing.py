@@ -35,6 +35,23 @@ def test_pack_rows_places_examples_end_to_end_with_their_own_images():
                                     "packed_loss_tokens": 13, "packed_tokens": 16}
 
 
+def test_rows_longer_than_their_examples_end_in_padding_that_no_example_sees():
+  batch = {"tokens": np.array([[7, 1, 2], [7, 3, 4]], np.int32), "phi": np.ones((2, 3), np.int32),
+           "labels": np.full((2, 3), 9, np.int32), "loss_mask": np.ones((2, 3), np.float32),
+           "image_mask": np.ones((2, 1), bool), "images": np.ones((2, 1, 1, 1, 1, 1), np.uint8)}
+  packed = pack_rows(batch, 2, row_tokens=8)
+  np.testing.assert_array_equal(packed["tokens"], [[7, 1, 2, 7, 3, 4, 0, 0]])
+  np.testing.assert_array_equal(packed["segments"], [[1, 1, 1, 2, 2, 2, 0, 0]])
+  np.testing.assert_array_equal(packed["positions"], [[0, 1, 2, 0, 1, 2, 0, 0]])
+  np.testing.assert_array_equal(packed["phi"], [[1, 1, 1, 2, 2, 2, 0, 0]])
+  np.testing.assert_array_equal(packed["loss_mask"], [[1, 1, 1, 1, 1, 1, 0, 0]])
+  assert packed["images"].shape == (1, 2, 1, 1, 1, 1)
+  assert packing_counts(packed) == {"packed_rows": 1, "packed_examples": 2,
+                                    "packed_loss_tokens": 6, "packed_tokens": 8}
+  with pytest.raises(ValueError, match="cannot hold 2 examples of 3"):
+    pack_rows(batch, 2, row_tokens=5)
+
+
 def _grads(config, batches):
   """((total, losses), grads) of the config's update from seed-0 parameters with the gates at 0.5
   (so that every trainable part gets a gradient)."""
@@ -77,6 +94,28 @@ def test_one_packed_pass_equals_the_three_pass_gradient():
   np.testing.assert_allclose(total_c, total_a, rtol=1e-6)
   for a, c in zip(flat_a, jax.tree.leaves(grads_c)):
     np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-6)
+
+
+def test_padded_rows_give_the_per_dataset_gradient():
+  """Video at 6 tokens a clip, 2 clips to a 16-token row (4 tokens of padding): the joint pass's
+  loss and gradient are the three-pass ones, and the model FLOPs count 6 tokens a clip."""
+  video = {"data.datasets.video.seq_len": 6}
+  padded = train_small.config("packed", **video, **{"data.datasets.video.row_len": 16})
+  unpacked = padded.replace({"train.lm_pass": "per_dataset", "data.datasets.pairs.pack": 1,
+                             "data.datasets.video.pack": 1, "data.datasets.video.row_len": 0})
+  batches = _batches(padded)
+  assert batches["video"]["tokens"].shape == (8, 16)
+  (total_a, losses_a), grads_a = _grads(padded, batches)
+  (total_b, losses_b), grads_b = _grads(unpacked, _batches(unpacked))
+  for name in losses_a:
+    np.testing.assert_allclose(losses_a[name], losses_b[name], rtol=1e-6)
+  np.testing.assert_allclose(total_a, total_b, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  setup = build_setup(padded, jax.devices()[:1])
+  model = setup.model_config
+  assert (setup.task.step_flops(model, {"video": batches["video"]}, 1, padded.data.packs())
+          == setup.task.step_flops(model, {"video": _batches(unpacked)["video"]}, 1))
 
 
 def test_rows_that_cannot_split_over_the_devices_name_the_dataset():
