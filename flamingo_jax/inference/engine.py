@@ -12,16 +12,18 @@ The device state (`Rows`, donated to and replaced by every call) holds, for each
   num_images [B] int32   the request's images: a generated `<image>` past them attends to none
   token [B] int32        the row's last picked token, fed at the next step
   rng                    the key `sample` draws from
-Admitting a request (`Engine.admit`, into a free row): its images through the vision tower and the
-resampler (one compile per image count), zero-padded to N; its prompt left-padded to a bucket of P
-tokens (powers of two from 16 up to max_prompt_tokens: one compile per bucket) and prefilled alone
-into a fresh cache of S = max_prompt_tokens + max_new_tokens slots (`decoding.prefill`); its first
-token picked; its cache, visual keys/values and row state written into the row (the lowest free
-one). A step (`Engine.step`) runs `decoding.decode_step` once over the first U rows, U the power of
-two (or B) that covers every busy row (one compile per U), each row at its own cache slot
-(`DecodeSlots.index` [U]), and picks their next tokens (`decoding.pick`: greedy or sample); free
-rows below U compute values nobody reads, so a lone request steps one row. The host books each request's tokens, ends it
-at a stop token (not returned) or at its max_new_tokens, and frees its row for the next request.
+Admitting requests (`Engine.admit`, into the lowest free rows) runs them together, K at a time (K a
+power of two or B covering them: one compile per K): their images through the vision tower and the
+resampler ([K, n] images, n the most any of them has: one compile per K x n), zeroed past each one's
+count and padded to N; their prompts left-padded to one bucket of P tokens (powers of two from 16 up
+to max_prompt_tokens: one compile per K x P) and prefilled into fresh caches of S =
+max_prompt_tokens + max_new_tokens slots (`decoding.prefill`); their first tokens picked; their
+caches, visual keys/values and row state scattered into their rows. A step (`Engine.step`) runs
+`decoding.decode_step` once over the first U rows, U the power of two (or B) that covers every busy
+row (one compile per U), each row at its own cache slot (`DecodeSlots.index` [U]), and picks their
+next tokens (`decoding.pick`: greedy or sample); free rows below U compute values nobody reads, so a
+lone request steps one row. The host books each request's tokens, ends it at a stop token (not
+returned) or at its max_new_tokens, and frees its row for the next request.
 
 A greedy request decodes as `decoding.generate` does it alone: padded slots, padded images and the
 other rows are masked out. Beam search is not served (its beams would need rows of their own).
@@ -68,6 +70,15 @@ class Finished:
   stop_reason: str
 
 
+class Admission(NamedTuple):
+  """A request for a row: prompt ids [T] (T <= max_prompt_tokens, one `<image>` per image), images
+  [n, F, H, W, 3] uint8 (n <= max_images; 0: text only), at most max_new_tokens new tokens."""
+  handle: Hashable
+  tokens: Sequence[int]
+  images: np.ndarray
+  max_new_tokens: int
+
+
 @dataclasses.dataclass
 class _Request:
   handle: Hashable
@@ -83,11 +94,25 @@ def prompt_buckets(max_prompt_tokens: int) -> tuple[int, ...]:
   return (*smaller, max_prompt_tokens)
 
 
-def _left_padded(tokens: Sequence[int], length: int) -> tuple[np.ndarray, np.ndarray]:
-  """[T] ids -> (tokens [1, length] int32, mask [1, length] bool), left padded with zeros."""
-  out, mask = np.zeros((1, length), np.int32), np.zeros((1, length), bool)
-  out[0, length - len(tokens):], mask[0, length - len(tokens):] = tokens, True
+def _left_padded(prompts: Sequence[Sequence[int]], rows: int, length: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """Prompts (ids) -> (tokens [rows, length] int32, mask [rows, length] bool), each left padded
+  with zeros; rows past the prompts hold one masked-in 0 (padding entries, never read)."""
+  out, mask = np.zeros((rows, length), np.int32), np.zeros((rows, length), bool)
+  mask[len(prompts):, -1] = True
+  for row, tokens in enumerate(prompts):
+    out[row, length - len(tokens):], mask[row, length - len(tokens):] = tokens, True
   return out, mask
+
+
+def batch_buckets(slots: int) -> tuple[int, ...]:
+  """The batch sizes an admission or a step runs at: powers of two below slots, then slots."""
+  return tuple(sorted({min(1 << k, slots) for k in range(slots.bit_length() + 1)}))
+
+
+def _covering(rows: int, slots: int) -> int:
+  """The smallest of batch_buckets(slots) >= rows."""
+  return min(1 << (rows - 1).bit_length(), slots)
 
 
 def _batch_axis(leaf: jax.Array) -> int:
@@ -95,33 +120,38 @@ def _batch_axis(leaf: jax.Array) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_images"))
-def _encode(config: FlamingoConfig, params, images, max_images: int):
-  """images [1, n, F, H, W, 3] uint8 -> visual tokens [1, max_images, R, D], zeros past n."""
+def _encode(config: FlamingoConfig, params, images, counts, max_images: int):
+  """images [K, n, F, H, W, 3] uint8, counts [K] (each row's real images) -> visual tokens
+  [K, max_images, R, D], zeros past each row's count."""
   visual = Flamingo(config).apply({"params": params}, images, method=Flamingo.encode_images)
-  return jnp.pad(visual, ((0, 0), (0, max_images - visual.shape[1]), (0, 0), (0, 0)))
+  visual = jnp.pad(visual, ((0, 0), (0, max_images - visual.shape[1]), (0, 0), (0, 0)))
+  real = jnp.arange(max_images)[None, :] < counts[:, None]
+  return jnp.where(real[:, :, None, None], visual, jnp.zeros_like(visual))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "sampling"), donate_argnames=("rows",))
-def _admit(config: FlamingoConfig, sampling: SamplingConfig, params, rows: Rows, row, tokens,
+def _admit(config: FlamingoConfig, sampling: SamplingConfig, params, rows: Rows, slots, tokens,
            token_mask, visual, num_images):
-  """Prefills tokens [1, P] (token_mask [1, P]) on visual [1, N, R, D] into row `row` -> (rows,
-  its first token [1])."""
+  """Prefills tokens [K, P] (token_mask [K, P]) on visual [K, N, R, D] into the rows `slots` [K]
+  (B: a padding entry, dropped) -> (rows, their first tokens [K])."""
   model = Flamingo(config)
   logits, cache, context_cache, key_mask, phi = decoding.prefill(
       model, params, visual, tokens, token_mask, rows.key_mask.shape[1])
   rng, key = jax.random.split(rows.rng)
   first = decoding.pick(logits[:, -1], sampling, key)
 
-  def put(whole, one):
-    return jax.lax.dynamic_update_slice_in_dim(whole, one.astype(whole.dtype), row,
-                                               _batch_axis(whole))
+  def put(whole, new, axis=0):
+    at = (slice(None),) * axis + (slots,)
+    return whole.at[at].set(new.astype(whole.dtype), mode="drop")
 
+  put_rows = lambda whole, new: put(whole, new, _batch_axis(whole))  # noqa: E731
   return Rows(
-      jax.tree.map(put, rows.cache, cache), jax.tree.map(put, rows.context_cache, context_cache),
-      rows.key_mask.at[row].set(key_mask[0]), rows.index.at[row].set(tokens.shape[1]),
-      rows.position.at[row].set(jnp.sum(token_mask, dtype=jnp.int32)),
-      rows.phi.at[row].set(phi[0, -1] + (first[0] == config.image_token_id)),
-      rows.num_images.at[row].set(num_images), rows.token.at[row].set(first[0]), rng), first
+      jax.tree.map(put_rows, rows.cache, cache), jax.tree.map(put_rows, rows.context_cache,
+                                                              context_cache),
+      put(rows.key_mask, key_mask), put(rows.index, jnp.full(slots.shape, tokens.shape[1])),
+      put(rows.position, jnp.sum(token_mask, axis=1)),
+      put(rows.phi, phi[:, -1] + (first == config.image_token_id)),
+      put(rows.num_images, num_images), put(rows.token, first), rng), first
 
 
 @functools.partial(jax.jit, static_argnames=("config", "sampling", "used"),
@@ -172,7 +202,7 @@ class Engine:
     size = config.vision.image_size
     self._no_image = np.zeros((1, 1, size, size, 3), np.uint8)
     visual = jax.eval_shape(functools.partial(_encode, self.config, max_images=serve.max_images),
-                            self.decoding_params, self._no_image[None])
+                            self.decoding_params, self._no_image[None], np.ones((1,), np.int32))
     self._visual = jax.device_put(jnp.zeros((serve.slots, *visual.shape[1:]), visual.dtype),
                                   self.device)
     self.reset()
@@ -190,18 +220,19 @@ class Engine:
                                      *per_row, jax.random.key(self.serve.seed)), self.device)
 
   def warm_up(self) -> None:
-    """Compiles what requests run (the vision tower for 1..max_images images, the prefill of each
-    prompt bucket, the step), so that no request waits for a compile; every row is left free."""
-    serve = self.serve
-    for n in range(1, serve.max_images + 1):
-      _encode(self.config, self.decoding_params, np.repeat(self._no_image, n, axis=0)[None],
-              serve.max_images)
-    for length in prompt_buckets(serve.max_prompt_tokens):
-      self._rows, _ = _admit(self.config, serve.sampling, self.decoding_params, self._rows,
-                             np.int32(0), *_left_padded([0], length), self._visual[:1], np.int32(0))
-    for used in sorted({min(1 << k, serve.slots) for k in range(serve.slots.bit_length() + 1)}):
+    """Compiles what requests run (admissions of each batch size with 1..max_images images and each
+    prompt bucket, the steps), so that no request waits for a compile; every row is left free."""
+    serve, size = self.serve, self.model_config.vision.image_size
+    for k in batch_buckets(serve.slots):
+      drop = np.full((k,), serve.slots, np.int32)  # Every entry padding: no row is written.
+      for n in range(1, serve.max_images + 1):
+        _encode(self.config, self.decoding_params, np.zeros((k, n, 1, size, size, 3), np.uint8),
+                np.zeros((k,), np.int32), serve.max_images)
+      for length in prompt_buckets(serve.max_prompt_tokens):
+        self._rows, _ = _admit(self.config, serve.sampling, self.decoding_params, self._rows, drop,
+                               *_left_padded([], k, length), self._visual[:k], drop)
       self._rows, tokens = _step(self.config, serve.sampling, self.decoding_params, self._rows,
-                                 self._visual, used)
+                                 self._visual, k)
     jax.block_until_ready(tokens)
     self.reset()
 
@@ -215,47 +246,61 @@ class Engine:
     """The handles of the requests in the rows."""
     return [r.handle for r in self._requests if r is not None]
 
-  def admit(self, handle: Hashable, tokens: Sequence[int], images: np.ndarray,
-            max_new_tokens: int) -> Finished | None:
-    """Puts a request into a free row: tokens [T] ids (T <= max_prompt_tokens, one `<image>` per
-    image), images [n, F, H, W, 3] uint8 (n <= max_images; 0: text only), at most max_new_tokens
-    new tokens. Returns its answer when its first token already ends it, else None (it is in a
-    row; `step` returns it when done)."""
+  def check(self, request: Admission) -> None:
+    """Raises ValueError if `request` does not fit the engine's limits."""
     serve = self.serve
-    if None not in self._requests:
-      raise RuntimeError("admit: every row is busy; wait for `free`.")
-    if not 0 < len(tokens) <= serve.max_prompt_tokens:
-      raise ValueError(f"admit: {len(tokens)} prompt tokens; 1 to {serve.max_prompt_tokens} fit.")
-    if not 0 < max_new_tokens <= serve.sampling.max_new_tokens:
-      raise ValueError(f"admit: max_new_tokens={max_new_tokens}; 1 to "
+    if not 0 < len(request.tokens) <= serve.max_prompt_tokens:
+      raise ValueError(f"admit: {len(request.tokens)} prompt tokens; 1 to "
+                       f"{serve.max_prompt_tokens} fit.")
+    if not 0 < request.max_new_tokens <= serve.sampling.max_new_tokens:
+      raise ValueError(f"admit: max_new_tokens={request.max_new_tokens}; 1 to "
                        f"{serve.sampling.max_new_tokens} fit.")
-    n = len(images)
-    if n > serve.max_images:
-      raise ValueError(f"admit: {n} images; at most {serve.max_images} fit.")
-    padded, mask = self._padded(tokens)
-    visual = (_encode(self.config, self.decoding_params, images[None], serve.max_images) if n
-              else self._visual[:1])
-    row = self._requests.index(None)
-    self._rows, first = _admit(self.config, serve.sampling, self.decoding_params, self._rows,
-                               np.int32(row), padded, mask, visual, np.int32(n))
-    return self._book(row, _Request(handle, max_new_tokens, []), int(np.asarray(first)[0]))
+    if len(request.images) > serve.max_images:
+      raise ValueError(f"admit: {len(request.images)} images; at most {serve.max_images} fit.")
+
+  def admit(self, requests: Sequence[Admission]) -> list[Finished]:
+    """Puts requests (at most `free`, each passing `check`) into the lowest free rows, prefilled
+    together. Returns the answers of those whose first token already ends them; the others are in
+    rows (`step` returns them when done)."""
+    if not 0 < len(requests) <= self.free:
+      raise RuntimeError(f"admit: {len(requests)} requests for {self.free} free rows.")
+    for request in requests:
+      self.check(request)
+    k, serve = _covering(len(requests), self.serve.slots), self.serve
+    length = self._bucket(max(len(r.tokens) for r in requests))
+    counts = np.zeros((k,), np.int32)
+    counts[:len(requests)] = [len(r.images) for r in requests]
+    visual = self._visual[:k]
+    if counts.max():
+      frame = next(r.images for r in requests if len(r.images)).shape[1:]  # [F, H, W, 3]
+      images = np.zeros((k, counts.max(), *frame), np.uint8)
+      for row, request in enumerate(requests):
+        images[row, :len(request.images)] = request.images
+      visual = _encode(self.config, self.decoding_params, images, counts, serve.max_images)
+    rows = [row for row, r in enumerate(self._requests) if r is None][:len(requests)]
+    slots = np.full((k,), serve.slots, np.int32)
+    slots[:len(rows)] = rows
+    self._rows, first = _admit(self.config, serve.sampling, self.decoding_params, self._rows, slots,
+                               *_left_padded([r.tokens for r in requests], k, length), visual,
+                               counts)
+    first = np.asarray(first)
+    booked = (self._book(row, _Request(r.handle, r.max_new_tokens, []), int(first[i]))
+              for i, (row, r) in enumerate(zip(rows, requests)))
+    return [f for f in booked if f is not None]
 
   def step(self) -> list[Finished]:
     """One new token for every request in a row -> the requests that ended with it."""
     if self.free == len(self._requests):
       return []
+    last = max(row for row, r in enumerate(self._requests) if r is not None)
+    # The rows a step runs: a bucket covering every busy row (requests take the lowest free rows,
+    # so a lone request steps alone).
     self._rows, tokens = _step(self.config, self.serve.sampling, self.decoding_params, self._rows,
-                               self._visual, self._used_rows())
+                               self._visual, _covering(last + 1, self.serve.slots))
     tokens = np.asarray(tokens)
     finished = (self._book(row, request, int(tokens[row]))
                 for row, request in enumerate(self._requests) if request is not None)
     return [f for f in finished if f is not None]
-
-  def _used_rows(self) -> int:
-    """The rows a step runs: a power of two (one compile each) covering every busy row; requests
-    take the lowest free row, so a lone request steps alone."""
-    last = max(row for row, r in enumerate(self._requests) if r is not None)
-    return min(1 << last.bit_length(), len(self._requests))
 
   def cancel(self, handle: Hashable) -> None:
     """Frees the row of the request `handle` (e.g. its client gave up)."""
@@ -269,7 +314,7 @@ class Engine:
     first use); images as in `admit`."""
     if not candidates or not all(candidates):
       raise ValueError("score: give one or more candidates, each of one or more tokens.")
-    padded, mask = self._padded(tokens)
+    padded, mask = _left_padded([tokens], 1, self._bucket(len(tokens)))
     width = 1 << (max(map(len, candidates)) - 1).bit_length()
     ids = np.zeros((1, len(candidates), width), np.int32)
     for c, candidate in enumerate(candidates):
@@ -279,10 +324,9 @@ class Engine:
                             np.arange(width) < np.asarray([[len(c)] for c in candidates])[None])
     return np.asarray(scores)[0]
 
-  def _padded(self, tokens: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The prompt left-padded to its bucket: (tokens [1, P] int32, mask [1, P] bool)."""
-    return _left_padded(tokens, next(b for b in prompt_buckets(self.serve.max_prompt_tokens)
-                                    if b >= len(tokens)))
+  def _bucket(self, length: int) -> int:
+    """The prompt bucket of a prompt of `length` tokens."""
+    return next(b for b in prompt_buckets(self.serve.max_prompt_tokens) if b >= length)
 
   def _book(self, row: int, request: _Request, token: int) -> Finished | None:
     """Adds the row's new token to its request -> its answer if that ended it (freeing the row)."""

@@ -1,7 +1,8 @@
 """The thread that owns the engine (the only one that touches the device).
 
-Its loop: admit waiting jobs into free rows, first come first served (a /score job runs whole when
-its turn comes: scoring is not batched); one engine step; answer the requests that ended. It sleeps
+Its loop: admit waiting jobs into free rows, first come first served, all that fit in one engine
+call (one batched prefill; a /score job runs whole when its turn comes: scoring is not batched); one
+engine step; answer the requests that ended. It sleeps
 while there is nothing to do. Answers go back to the event loop that asked
 (`loop.call_soon_threadsafe`). A job whose client gave up (timeout) is skipped, or its row freed. An
 error in one job fails that job alone; an error in a step fails the requests in the rows and
@@ -17,7 +18,7 @@ import threading
 
 from absl import logging
 
-from flamingo_jax.inference.engine import Engine
+from flamingo_jax.inference.engine import Admission, Engine
 from flamingo_jax.serve.inputs import Prompt, RequestError
 
 
@@ -74,11 +75,8 @@ class Worker:
           self.engine.cancel(job)
       try:
         finished = self.engine.step()
-      except Exception as e:  # The rows' state is unknown: fail their requests, start afresh.
-        logging.exception("engine step failed")
-        for job in self.engine.handles:
-          _answer(job, _internal(e))
-        self.engine.reset()
+      except Exception as e:
+        self._fail_rows(e, "engine step failed")
         continue
       for done in finished:
         _answer(done.handle, done)
@@ -91,24 +89,53 @@ class Worker:
         self._wake.wait()
       if self._stopping:
         return False
-    while self.engine.free:
-      with self._wake:
-        if not self._waiting:
-          return True
-        job = self._waiting.popleft()
-      if not job.given_up:
-        self._start(job)
+    while self.engine.free and self._waiting:  # Those that arrived during an admission next.
+      self._start(self._take_jobs())
     return True
 
-  def _start(self, job: Job) -> None:
+  def _take_jobs(self) -> list[Job]:
+    """The waiting /generate jobs that fit the free rows (each passing `Engine.check`); /score jobs
+    met on the way run whole, bad or abandoned jobs are answered or dropped."""
+    jobs = []
+    while self.engine.free > len(jobs):
+      with self._wake:
+        if not self._waiting:
+          break
+        job = self._waiting.popleft()
+      if job.given_up:
+        continue
+      try:
+        if job.candidates is not None:
+          _answer(job, self.engine.score(job.prompt.tokens, job.prompt.images, job.candidates))
+        else:
+          self.engine.check(_admission(job))
+          jobs.append(job)
+      except Exception as e:
+        logging.exception("request failed")
+        _answer(job, _internal(e))
+    return jobs
+
+  def _start(self, jobs: list[Job]) -> None:
+    """Admits /generate jobs (each passed `Engine.check`) together."""
+    if not jobs:
+      return
     try:
-      if job.candidates is not None:
-        _answer(job, self.engine.score(job.prompt.tokens, job.prompt.images, job.candidates))
-      elif done := self.engine.admit(job, job.prompt.tokens, job.prompt.images, job.max_new_tokens):
-        _answer(job, done)
+      for done in self.engine.admit([_admission(job) for job in jobs]):
+        _answer(done.handle, done)
     except Exception as e:
-      logging.exception("request failed")
-      _answer(job, _internal(e))
+      self._fail_rows(e, "admission failed", jobs)
+
+  def _fail_rows(self, error: Exception, what: str, jobs: list[Job] = ()) -> None:
+    """After a failed engine call the rows' state is unknown: fails `jobs` and the requests in the
+    rows, and starts afresh."""
+    logging.exception(what)
+    for job in {*jobs, *self.engine.handles}:
+      _answer(job, _internal(error))
+    self.engine.reset()
+
+
+def _admission(job: Job) -> Admission:
+  return Admission(job, job.prompt.tokens, job.prompt.images, job.max_new_tokens)
 
 
 def _internal(error: Exception) -> RequestError:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from flamingo_jax.config import SamplingConfig, ServeConfig
-from flamingo_jax.inference.engine import Engine, Finished, prompt_buckets
+from flamingo_jax.inference.engine import Admission, Engine, Finished, batch_buckets, prompt_buckets
 from tests.builders import init_params, open_gates, tiny_config
 from tests.serve.alone import generate_alone
 
@@ -30,11 +30,14 @@ def test_prompt_buckets():
   assert prompt_buckets(100) == (16, 32, 64, 100)
   assert prompt_buckets(64) == (16, 32, 64)
   assert prompt_buckets(10) == (10,)
+  assert batch_buckets(8) == (1, 2, 4, 8)
+  assert batch_buckets(6) == (1, 2, 4, 6)
 
 
 def test_a_request_decodes_as_it_does_alone_whatever_else_is_in_the_rows():
-  """Two rows, five requests of different lengths, image counts and max_new_tokens, admitted while
-  the other row is mid-request; a finished request's row takes the next one. Every answer is the
+  """Two rows, five requests of different lengths, image counts and max_new_tokens: the first two
+  admitted together (one prefill: 6 and 11 tokens, 1 and 2 images), the others while the other row
+  is mid-request; a finished request's row takes the next one. Every answer is the
   greedy continuation `decoding.generate` gives the request alone, stop token and all."""
   config = tiny_config()
   params = open_gates(init_params(config))
@@ -54,10 +57,9 @@ def test_a_request_decodes_as_it_does_alone_whatever_else_is_in_the_rows():
   steps = 0
   while waiting or engine.free < 2:
     if waiting and engine.free and steps % 2 == 0:  # Admitted at every other step at most.
-      i = waiting.pop(0)
-      done = engine.admit(i, *requests[i], shapes[i][2])
-      if done:
-        answers[i] = (done.tokens, done.stop_reason)
+      batch = [waiting.pop(0) for _ in range(min(engine.free, len(waiting)))]
+      for done in engine.admit([Admission(i, *requests[i], shapes[i][2]) for i in batch]):
+        answers[done.handle] = (done.tokens, done.stop_reason)
     answers.update({f.handle: (f.tokens, f.stop_reason) for f in engine.step()})
     steps += 1
   assert answers == expected
@@ -70,13 +72,15 @@ def test_cancel_frees_the_row_and_max_new_tokens_is_checked():
                                               sampling=SamplingConfig(max_new_tokens=MAX_NEW)),
                   ())
   tokens, images = _request(config, 6, 1, 0)
-  assert engine.admit("a", tokens, images, MAX_NEW) is None
-  assert engine.admit("b", tokens, images, MAX_NEW) is None
+  assert engine.admit([Admission("a", tokens, images, MAX_NEW),
+                       Admission("b", tokens[1:5], images[:0], MAX_NEW)]) == []
   assert (engine.free, engine.handles) == (0, ["a", "b"])
   engine.cancel("a")
   assert (engine.free, engine.handles) == (1, ["b"])
   with pytest.raises(ValueError, match="max_new_tokens=9; 1 to 8 fit"):
-    engine.admit("c", tokens, images, MAX_NEW + 1)
+    engine.admit([Admission("c", tokens, images, MAX_NEW + 1)])
+  with pytest.raises(RuntimeError, match="admit: 2 requests for 1 free rows"):
+    engine.admit([Admission("c", tokens, images, MAX_NEW)] * 2)
   steps = [engine.step() for _ in range(MAX_NEW - 1)]
   assert [len(s) for s in steps] == [0] * (MAX_NEW - 2) + [1]
   assert steps[-1][0] == Finished("b", steps[-1][0].tokens, "length")

@@ -144,9 +144,10 @@ def test_concurrent_requests_answer_as_one_at_a_time_and_as_generate_alone(serve
   lengths = [len(answer["tokens"]) for _, answer in expected]
   assert lengths == [8, 5, 8, 3, 8, 6, 8, 8]  # No stop token: each row runs its max_new_tokens.
 
-  engine, arrived, rows_per_step = served.engine, threading.Event(), []
+  engine, arrived, rows_per_step, admitting = served.engine, threading.Event(), [], []
   admit, step = engine.admit, engine.step
-  monkeypatch.setattr(engine, "admit", lambda *args: (arrived.wait(), admit(*args))[1])
+  monkeypatch.setattr(engine, "admit", lambda requests: (admitting.append(len(requests)),
+                                                         arrived.wait(), admit(requests))[2])
   monkeypatch.setattr(engine, "step", lambda: (rows_per_step.append(len(engine.handles)),
                                                step())[1])
   post = lambda body: _call(served.url, "POST", "/generate", body)  # noqa: E731
@@ -154,7 +155,8 @@ def test_concurrent_requests_answer_as_one_at_a_time_and_as_generate_alone(serve
     answers = [pool.submit(post, body) for body in bodies]
     deadline = time.monotonic() + 120
     try:
-      while _call(served.url, "GET", "/healthz")[1]["waiting"] < 7:  # The 8th is being admitted.
+      # The first admission (of those that had arrived) waits until all 8 are in.
+      while _call(served.url, "GET", "/healthz")[1]["waiting"] + sum(admitting) < 8:
         assert time.monotonic() < deadline, "the 8 requests never all arrived"
         time.sleep(0.01)
     finally:
