@@ -60,6 +60,12 @@ ROWS = (
                                "model.execution.remat_policy": "save_dot_except_mlp_in"}),
     ("flamingo_9b", "v5p-64", {"mesh.data": 1, "mesh.fsdp": 32,
                                "model.execution.remat_policy": "dots", **_VIDEO_UNPACKED}),
+    # One LM pass on 16 chips, the frozen LM (140 GB) FSDP-split (8.2 GiB per chip), gathered once
+    # forward and once backward per update, asynchronously: clips packed 4 to a 256-token row
+    # (row_len) so that video's 16 rows split over the 16 batch devices.
+    ("flamingo_80b", "v5p-32", {"mesh.data": 1, "mesh.fsdp": 16, "mesh.frozen": "fsdp",
+                                "model.execution.remat_policy": "save_dot_except_mlp_in",
+                                "data.datasets.video.pack": 4, "data.datasets.video.row_len": 256}),
     ("flamingo_80b", "v5p-128", {"mesh.data": 1, "mesh.fsdp": 64, **_VIDEO_UNPACKED}),
     ("flamingo_80b", "v5p-256", {"mesh.data": 1, "mesh.fsdp": 64, "mesh.tensor": 2,
                                  **_VIDEO_UNPACKED}),

@@ -5,7 +5,8 @@ per step (`Module.runs`): a while body runs its trip count (`trip_count`: the co
 known_trip_count, else its condition's bound), everything else once per call. `collectives(module)`
 lists every all-gather, reduce-scatter, all-reduce, all-to-all and collective-permute (sync, `-start`,
 in an `async-start` or in the TPU's async collective fusions) with its payload, replica groups and
-run count; `communication_seconds` charges each the ring algorithm's bytes per chip over the ICI
+run count (a collective the compiler moves in pieces through a loop counts once per loop:
+`_continued_runs`); `communication_seconds` charges each the ring algorithm's bytes per chip over the ICI
 links of the torus axes its groups span (`Interconnect`, from the data sheets). `loop_seconds` and
 `custom_kernels` tell the cost model what XLA's cost analysis counts once or not at all.
 """
@@ -210,8 +211,55 @@ def _payload(op: str, instruction: Instruction, group_size: int) -> float:
   return total * group_size if op == "reduce-scatter" else total
 
 
+def _continued(instructions: list[Instruction]) -> bool:
+  """An async collective fusion that moves its collective in pieces: its ROOT tuple hands back a
+  parameter of the collective's result type (the destination buffer, threaded to the next piece)."""
+  params = {i.name: i.shape.split("{")[0] for i in instructions if i.op == "parameter"}
+  results = {i.shape.split("{")[0] for i in instructions if i.op.removesuffix("-start") in OPS}
+  root = instructions[-1] if instructions else None
+  if root is None or root.op != "tuple":
+    return False
+  handed_back = re.findall(r"%([\w.\-]+)", root.rest)
+  return any(params.get(name) in results for name in handed_back)
+
+
+def _continued_runs(module: Module) -> dict[str, int]:
+  """Runs per step of the collective of each continued async collective fusion (`_continued`).
+
+  The TPU compiler sinks a collective into the loops the SPMD partitioner makes for windowed
+  einsums, to overlap it with their matmul chunks: a chain of fusion calls, each handing the same
+  source, destination and progress counters to the next, the last to the next trip. The chain moves
+  the collective once per execution of the loop, in pieces; its head (a call whose source does
+  not come from an earlier call of the chain) counts once per loop execution, its other calls not
+  at all."""
+  trips = {body: trip for body, trip, _ in while_loops(module)}
+  chained = {name for name, instructions in module.computations.items()
+             if name in module.runs and _continued(instructions)}
+  out = dict.fromkeys(chained, 0)
+  for caller, instructions in module.computations.items():
+    runs = module.runs.get(caller, 0)
+    calls = {}
+    for i in instructions:
+      callee = next((c for c, _ in _callees(i, module.computations) if c in chained), None)
+      if callee and runs:
+        calls[i.name] = callee
+    if not calls:
+      continue
+    sources = {i.name: re.findall(r"%([\w.\-]+)", i.rest.split(")", 1)[0])
+               for i in instructions if i.op == "get-tuple-element"}
+    for i in instructions:
+      if i.name not in calls:
+        continue
+      operands = re.findall(r"%([\w.\-]+)", i.rest.split(")", 1)[0])
+      if not any(src in calls for op in operands for src in sources.get(op, ())):
+        out[calls[i.name]] += runs // trips.get(caller, 1)
+  return out
+
+
 def collectives(module: Module, num_devices: int) -> list[Collective]:
-  """Every collective reachable from the entry computation, with its run count per step."""
+  """Every collective reachable from the entry computation, with its run count per step (a
+  continued collective's: `_continued_runs`)."""
+  continued = _continued_runs(module)
   started = set()  # Computations an `async-start` runs beside the caller's compute.
   for instructions in module.computations.values():
     for i in instructions:
@@ -219,7 +267,7 @@ def collectives(module: Module, num_devices: int) -> list[Collective]:
         started |= {callee for callee, _ in _callees(i, module.computations)}
   out = []
   for name, instructions in module.computations.items():
-    runs = module.runs.get(name, 0)
+    runs = continued.get(name, module.runs.get(name, 0))
     # The TPU compiler overlaps a collective with compute in an async collective fusion (the
     # collective beside a matmul), or starts it with an AsyncCollectiveStart custom call.
     fused_async = name in started or name.startswith("async_collective_fusion") or any(

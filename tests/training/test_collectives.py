@@ -156,3 +156,62 @@ def test_a_small_loop_reruns_at_its_matmul_flops_over_peak():
   # 4 further trips of one 128^3 matmul (2 * 128^3 FLOPs) at 1e12 FLOP/s, whatever compiler_s is.
   assert collectives.loop_seconds(module, 1.0, peak_flops=1e12) == pytest.approx(
       4 * 2 * 128 ** 3 / 1e12)
+
+
+# A windowed-einsum loop of 8 trips into which the compiler sank an all-gather, moved in pieces by
+# two chained async collective fusion calls per trip (each hands its source, destination buffer and
+# counter to the next; the last to the next trip), beside an all-gather fused per trip that hands
+# no buffer back (a fresh collective every trip).
+SUNK = """HloModule sunk
+
+%async_collective_fusion.7 (shard: bf16[4,256], dest: bf16[8,256], n: u32[]) -> (bf16[4,256], bf16[8,256], bf16[8,256], u32[]) {
+  %shard = bf16[4,256]{1,0} parameter(0)
+  %dest = bf16[8,256]{1,0} parameter(1)
+  %n = u32[] parameter(2)
+  %all-gather.7 = bf16[8,256]{1,0} all-gather(%shard), channel_id=7, replica_groups=[2,2]<=[4], dimensions={0}
+  ROOT %out = (bf16[4,256]{1,0}, bf16[8,256]{1,0}, bf16[8,256]{1,0}, u32[]) tuple(%shard, %dest, %all-gather.7, %n)
+}
+
+%async_collective_fusion.8 (shard.1: bf16[4,256]) -> bf16[8,256] {
+  %shard.1 = bf16[4,256]{1,0} parameter(0)
+  ROOT %all-gather.8 = bf16[8,256]{1,0} all-gather(%shard.1), channel_id=8, replica_groups=[2,2]<=[4], dimensions={0}
+}
+
+%cond (c: (s32[], bf16[4,256], bf16[8,256], u32[])) -> pred[] {
+  %c = (s32[], bf16[4,256]{1,0}, bf16[8,256]{1,0}, u32[]) parameter(0)
+  %bound = s32[] constant(8)
+  %i = s32[] get-tuple-element(%c), index=0
+  ROOT %lt = pred[] compare(%i, %bound), direction=LT
+}
+
+%wide.windowed_dot_general_body_ag (t: (s32[], bf16[4,256], bf16[8,256], u32[])) -> (s32[], bf16[4,256], bf16[8,256], u32[]) {
+  %t = (s32[], bf16[4,256]{1,0}, bf16[8,256]{1,0}, u32[]) parameter(0)
+  %i.1 = s32[] get-tuple-element(%t), index=0
+  %s = bf16[4,256]{1,0} get-tuple-element(%t), index=1
+  %d = bf16[8,256]{1,0} get-tuple-element(%t), index=2
+  %k = u32[] get-tuple-element(%t), index=3
+  %first = (bf16[4,256]{1,0}, bf16[8,256]{1,0}, bf16[8,256]{1,0}, u32[]) fusion(%s, %d, %k), kind=kCustom, calls=%async_collective_fusion.7
+  %s.1 = bf16[4,256]{1,0} get-tuple-element(%first), index=0
+  %d.1 = bf16[8,256]{1,0} get-tuple-element(%first), index=1
+  %k.1 = u32[] get-tuple-element(%first), index=3
+  %second = (bf16[4,256]{1,0}, bf16[8,256]{1,0}, bf16[8,256]{1,0}, u32[]) fusion(%s.1, %d.1, %k.1), kind=kCustom, calls=%async_collective_fusion.7
+  %fresh = bf16[8,256]{1,0} fusion(%s), kind=kCustom, calls=%async_collective_fusion.8
+  %s.2 = bf16[4,256]{1,0} get-tuple-element(%second), index=0
+  %d.2 = bf16[8,256]{1,0} get-tuple-element(%second), index=2
+  %k.2 = u32[] get-tuple-element(%second), index=3
+  ROOT %next = (s32[], bf16[4,256]{1,0}, bf16[8,256]{1,0}, u32[]) tuple(%i.1, %s.2, %d.2, %k.2)
+}
+
+ENTRY %main (t.1: (s32[], bf16[4,256], bf16[8,256], u32[])) -> (s32[], bf16[4,256], bf16[8,256], u32[]) {
+  %t.1 = (s32[], bf16[4,256]{1,0}, bf16[8,256]{1,0}, u32[]) parameter(0)
+  ROOT %while = (s32[], bf16[4,256]{1,0}, bf16[8,256]{1,0}, u32[]) while(%t.1), condition=%cond, body=%wide.windowed_dot_general_body_ag
+}
+"""
+
+
+def test_a_collective_sunk_into_a_loop_in_pieces_counts_once_per_loop():
+  """The chain's two calls per trip over 8 trips move one all-gather; the fused one that hands
+  nothing back runs every trip."""
+  found = {c.name: c for c in collectives.collectives(collectives.parse_module(SUNK), 4)}
+  assert (found["all-gather.7"].runs, found["all-gather.7"].is_async) == (1, True)
+  assert found["all-gather.8"].runs == 8
