@@ -151,6 +151,9 @@ def worker(peer: str, every: int, threads: int) -> None:
   if peer == "openflamingo":
     import torch
     torch.set_num_threads(threads)
+  else:  # As the trainer does before JAX starts (--cpu_flags).
+    from flamingo_jax.training import xla_flags
+    xla_flags.set_cpu_flags()
   calls = {"ours": ours, "openflamingo": openflamingo}[peer](every)
   print("ready", flush=True)
   for line in sys.stdin:

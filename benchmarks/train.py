@@ -34,7 +34,7 @@ from benchmarks.common import (TrainerStep, emitter, environment, matmul_through
                                peak_rss_bytes)
 from experiments import flamingo as presets  # noqa: E402
 from flamingo_jax.config import Config  # noqa: E402
-from flamingo_jax.training import flops  # noqa: E402
+from flamingo_jax.training import flops, xla_flags  # noqa: E402
 from flamingo_jax.training.metrics import nominal_cpu_flops  # noqa: E402
 
 emit = emitter("train")
@@ -50,6 +50,7 @@ def main():
   parser.add_argument("--remat", default=None, help="Override model.execution.remat_policy.")
   parser.add_argument("--steps", type=int, default=5)
   args = parser.parse_args()
+  xla_flags.set_cpu_flags()  # As the trainer does (--cpu_flags), before JAX starts its backend.
   environment(emit)
 
   cfg = Config.from_dict(presets.get_config(args.preset))

@@ -39,6 +39,8 @@ def define_flags() -> None:
   sharding.define_process_flags()
   flags.DEFINE_bool("tpu_flags", True, "Add xla_flags.TPU_FLAGS (overlapped collectives) to "
                     "LIBTPU_INIT_ARGS; a flag already there keeps its value.")
+  flags.DEFINE_bool("cpu_flags", True, "Add xla_flags.CPU_FLAGS (memory-optimized scheduling) to "
+                    "XLA_FLAGS; a flag already there keeps its value.")
   flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -151,6 +153,8 @@ def main(argv):
   config = Config.from_cli(f.config)  # Checked before anything starts.
   if f.tpu_flags:
     xla_flags.set_tpu_flags()  # Before the first JAX call loads libtpu.
+  if f.cpu_flags:
+    xla_flags.set_cpu_flags()  # Before the first JAX call starts a backend.
   try:
     sharding.initialize_processes(f.distributed, f.coordinator_address, f.num_processes,
                                   f.process_id)

@@ -24,10 +24,16 @@ print("all-gather" in text)
 
 def test_the_users_flags_win_by_name_and_ours_are_added():
   env = {xla_flags.ENV: "--xla_enable_async_all_gather=false --xla_other=1"}
-  merged = xla_flags.with_tpu_flags(env).split()
+  merged = xla_flags.with_flags(env, xla_flags.ENV, xla_flags.TPU_FLAGS).split()
   assert merged[:2] == ["--xla_enable_async_all_gather=false", "--xla_other=1"]
   assert merged[2:] == [f for f in xla_flags.TPU_FLAGS if not f.startswith("--xla_enable_async")]
-  assert xla_flags.with_tpu_flags({}).split() == list(xla_flags.TPU_FLAGS)
+  assert xla_flags.with_flags({}, xla_flags.ENV, xla_flags.TPU_FLAGS).split() == list(
+      xla_flags.TPU_FLAGS)
+  cpu = {xla_flags.CPU_ENV: "--xla_cpu_enable_concurrency_optimized_scheduler=true"}
+  assert xla_flags.with_flags(cpu, xla_flags.CPU_ENV, xla_flags.CPU_FLAGS) == cpu[xla_flags.CPU_ENV]
+  assert xla_flags.with_flags({xla_flags.CPU_ENV: "--xla_dump_to=d"}, xla_flags.CPU_ENV,
+                              xla_flags.CPU_FLAGS).split() == [
+      "--xla_dump_to=d", "--xla_cpu_enable_concurrency_optimized_scheduler=false"]
 
 
 def test_libtpu_compiles_with_the_flags():
