@@ -58,6 +58,11 @@ ROWS = (
     # are the trainable tree's FSDP gathers and gradient reductions, which overlap with compute.
     ("flamingo_9b", "v5p-16", {"mesh.data": 1, "mesh.fsdp": 8, "mesh.frozen": "replicated",
                                "model.execution.remat_policy": "save_dot_except_mlp_in"}),
+    # The 80B row's structure on Trillium: one LM pass, everything FSDP-split over 16 chips (32 GiB
+    # each), clips 4 to a padded row so that video's 16 rows split.
+    ("flamingo_9b", "v6e-16", {"mesh.data": 1, "mesh.fsdp": 16, "mesh.frozen": "fsdp",
+                               "model.execution.remat_policy": "save_dot_except_mlp_in",
+                               "data.datasets.video.pack": 4, "data.datasets.video.row_len": 256}),
     ("flamingo_9b", "v5p-64", {"mesh.data": 1, "mesh.fsdp": 32,
                                "model.execution.remat_policy": "dots", **_VIDEO_UNPACKED}),
     # One LM pass on 16 chips, the frozen LM (140 GB) FSDP-split (8.2 GiB per chip), gathered once

@@ -7,8 +7,8 @@ lists every all-gather, reduce-scatter, all-reduce, all-to-all and collective-pe
 in an `async-start` or in the TPU's async collective fusions) with its payload, replica groups and
 run count (a collective the compiler moves in pieces through a loop counts once per loop:
 `_continued_runs`); `communication_seconds` charges each the ring algorithm's bytes per chip over the ICI
-links of the torus axes its groups span (`Interconnect`, from the data sheets). `loop_seconds` and
-`custom_kernels` tell the cost model what XLA's cost analysis counts once or not at all.
+links of the torus axes its groups span (`Interconnect`, from the data sheets). What XLA's cost
+analysis counts once or not at all (loop trips, Pallas kernels) is costed in `hlo_loops.py`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ OPS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-p
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
                 "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "f8e4m3fn": 1, "f8e5m2": 1,
                 "s4": 0.5, "u4": 0.5}
-_ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]")
+ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]")
 _HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) \(.*\{$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.+?) ([a-z][\w\-]*)\((.*)$")
 _CALLS = re.compile(r"\b(calls|to_apply|body|condition|branch_computations|called_computations)="
@@ -50,7 +50,7 @@ class Module:
 def array_bytes(shape: str) -> float:
   """Bytes of every array in an HLO type (a tuple: their sum)."""
   return sum(_DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
-             for dtype, dims in _ARRAY.findall(shape))
+             for dtype, dims in ARRAY.findall(shape))
 
 
 def parse_module(text: str) -> Module:
@@ -108,9 +108,9 @@ def _callees(instruction: Instruction,
 def _runs(computations: dict[str, list[Instruction]], entry: str) -> dict[str, int]:
   """Executions per step of every computation reachable from `entry`: over its call sites, the
   caller's runs times the site's count (a while body: the trip count)."""
-  reachable = _reachable(computations, entry)
+  names = reachable(computations, entry)
   callers: dict[str, list[tuple[str, int]]] = {}
-  for name in reachable:
+  for name in names:
     for instruction in computations.get(name, []):
       for callee, count in _callees(instruction, computations):
         callers.setdefault(callee, []).append((name, count))
@@ -120,10 +120,10 @@ def _runs(computations: dict[str, list[Instruction]], entry: str) -> dict[str, i
     if name not in done:
       done[name] = sum(count(caller) * k for caller, k in callers.get(name, []))
     return done[name]
-  return {name: count(name) for name in reachable}
+  return {name: count(name) for name in names}
 
 
-def _reachable(computations: dict[str, list[Instruction]], root: str) -> set[str]:
+def reachable(computations: dict[str, list[Instruction]], root: str) -> set[str]:
   """`root` and every computation it calls, directly or not."""
   seen, pending = {root}, [root]
   while pending:
@@ -157,7 +157,7 @@ def _iota(dims: Sequence[int], perm: Sequence[int] | None) -> np.ndarray:
   return (ids.transpose(perm) if perm else ids).reshape(-1)
 
 
-def _ints(text: str) -> list[int]:
+def ints(text: str) -> list[int]:
   return [int(x) for x in re.findall(r"\d+", text or "")]
 
 
@@ -171,7 +171,7 @@ def replica_groups(rest: str, num_devices: int) -> list[list[int]]:
   if mesh:
     axes = re.findall(r"'(\w+)'=(\d+)", mesh.group(1))
     sizes = [int(s) for _, s in axes]
-    ids = (_iota(_ints(mesh.group(2)), _ints(mesh.group(3)) or None) if mesh.group(2)
+    ids = (_iota(ints(mesh.group(2)), ints(mesh.group(3)) or None) if mesh.group(2)
            else np.arange(math.prod(sizes))).reshape(sizes)
     spanned = [i for i, (name, _) in enumerate(axes) if f"'{name}'" in mesh.group(4)]
     kept = [i for i in range(len(axes)) if i not in spanned]
@@ -180,13 +180,13 @@ def replica_groups(rest: str, num_devices: int) -> list[list[int]]:
   iota = re.search(r"replica_groups=\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", rest)
   if iota:
     groups, size = int(iota.group(1)), int(iota.group(2))
-    return _iota(_ints(iota.group(3)), _ints(iota.group(4)) or None).reshape(groups, size).tolist()
+    return _iota(ints(iota.group(3)), ints(iota.group(4)) or None).reshape(groups, size).tolist()
   listed = re.search(r"replica_groups=\{((?:\{[\d,]*\},?)*)\}", rest)
   if listed and listed.group(1):
-    return [_ints(g) for g in re.findall(r"\{([\d,]*)\}", listed.group(1))]
+    return [ints(g) for g in re.findall(r"\{([\d,]*)\}", listed.group(1))]
   pairs = re.search(r"source_target_pairs=\{(.*?)\}\}", rest)
   if pairs:
-    return [_ints(p) for p in re.findall(r"\{(\d+,\d+)", pairs.group(1) + "}")]
+    return [ints(p) for p in re.findall(r"\{(\d+,\d+)", pairs.group(1) + "}")]
   return [list(range(num_devices))]
 
 
@@ -204,7 +204,7 @@ class Collective:
 
 def _payload(op: str, instruction: Instruction, group_size: int) -> float:
   """Bytes of the full buffer the collective moves, per device (see Collective.payload_bytes)."""
-  arrays = [array_bytes(f"{d}[{s}]") for d, s in _ARRAY.findall(instruction.shape)]
+  arrays = [array_bytes(f"{d}[{s}]") for d, s in ARRAY.findall(instruction.shape)]
   if instruction.op.endswith("-start") and op in ("all-gather", "collective-permute"):
     arrays = arrays[len(arrays) // 2:] if op == "all-gather" else arrays[1:2]
   total = sum(arrays)
@@ -345,69 +345,3 @@ def communication_seconds(items: Sequence[Collective], ici: Interconnect) -> dic
     out["async" if c.is_async else "sync"] += seconds(c, ici) * c.runs
     out["bytes"] += ring_bytes(c.op, c.payload_bytes, len(c.groups[0])) * c.runs
   return out
-
-
-# ------------------------------------------------------------------------------- loops and kernels
-
-def _dims(shape: str) -> list[int]:
-  match = _ARRAY.search(shape)
-  return [int(d) for d in match.group(2).split(",") if d] if match else []
-
-
-def matmul_flops(module: Module) -> dict[str, float]:
-  """Per computation: FLOPs of its dots and convolutions, each counted once (2 x output elements x
-  contracted elements; a convolution contracts its kernel's input features: the TPU compiler writes
-  batched matmuls as convolutions whose spatial windows stand for batch dimensions). Used only for
-  a loop body's share of the program's matmul FLOPs."""
-  shapes = {i.name: i.shape for instructions in module.computations.values() for i in instructions}
-  out = {}
-  for name, instructions in module.computations.items():
-    total = 0.0
-    for i in instructions:
-      if i.op not in ("dot", "convolution"):
-        continue
-      operands = re.findall(r"%([\w.\-]+)", i.rest.split(")", 1)[0])
-      outputs = math.prod(_dims(i.shape))
-      if i.op == "dot" and operands:
-        lhs = _dims(shapes.get(operands[0], ""))
-        contracted = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", i.rest)
-        total += 2 * outputs * math.prod(lhs[int(d)] for d in _ints(contracted and contracted.group(1)))
-      elif len(operands) > 1:
-        kernel = _dims(shapes.get(operands[1], ""))
-        labels = re.search(r"dim_labels=\w+_(\w+)->", i.rest)
-        feature = labels.group(1).find("i") if labels else -1
-        if 0 <= feature < len(kernel):
-          total += 2 * outputs * kernel[feature]
-    out[name] = total
-  return out
-
-
-MAIN_LOOP_SHARE = 0.5  # A loop body with at least this share of the matmul FLOPs is the step's.
-
-
-def loop_seconds(module: Module, compiler_s: float, peak_flops: float) -> float:
-  """Seconds the while loops' further trips add to a program that XLA's cost analysis counted with
-  every body once (`compiler_s`): per loop, (trip count - 1) x runs of the loop x its body's time.
-  A body holding most of the program's matmul FLOPs (>= MAIN_LOOP_SHARE: micro-batches, a layer
-  scan) takes its FLOP share of `compiler_s`, the program's own mix of compute and memory time; a
-  body holding a slice of them (the windowed-einsum loops the SPMD partitioner makes for FSDP
-  matmuls: a matmul chunk beside a collective-permute) takes its matmul FLOPs over `peak_flops`, so
-  the memory-bound work outside it is not multiplied by its trips."""
-  flops = matmul_flops(module)
-  total = sum(flops.values())
-  if not total:
-    return 0.0
-  seconds = 0.0
-  for body, trip, runs in while_loops(module):
-    body_flops = sum(flops[c] for c in _reachable(module.computations, body))
-    share = body_flops / total
-    once = share * compiler_s if share >= MAIN_LOOP_SHARE else body_flops / peak_flops
-    seconds += (trip - 1) * runs * once
-  return seconds
-
-
-def custom_kernels(module: Module) -> int:
-  """Runs per step of Pallas / Mosaic kernels (`tpu_custom_call`), which XLA's cost analysis
-  does not cost."""
-  return sum(module.runs.get(name, 0) for name, instructions in module.computations.items()
-             for i in instructions if 'custom_call_target="tpu_custom_call"' in i.rest)

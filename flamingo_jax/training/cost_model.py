@@ -5,7 +5,7 @@ Each reduced compile (layers unrolled, `ProgramCost`) is costed per chip as:
             some programs: flops / peak + bytes / HBM bandwidth, no overlap), plus what it does not
             count: the while loops that remain run their body (trip count - 1) more times (trip
             counts read from the HLO; a body holding most of the step is charged its share of
-            the program's time, a smaller one its matmul FLOPs at peak: collectives.loop_seconds), and
+            the program's time, a smaller one its matmul FLOPs at peak: hlo_loops.loop_seconds), and
             Pallas kernels (splash attention) their analytic FLOPs and bytes at the chip's peak / HBM
             bandwidth;
   communication = the HLO's collectives over the ICI (collectives.communication_seconds), split

@@ -23,7 +23,7 @@ import jax
 
 from flamingo_jax import sharding
 from flamingo_jax.config import Config
-from flamingo_jax.training import aot, collectives, cost_model, flops
+from flamingo_jax.training import aot, collectives, cost_model, flops, hlo_loops
 from flamingo_jax.training.setup import build_setup, jit_train_step
 
 METHOD = ("reduced-depth unrolled compiles (XLA cost analysis + loop trips from the HLO + analytic "
@@ -110,8 +110,8 @@ def executable_cost(compiled, topology: aot.Topology, mesh: jax.sharding.Mesh,
       collectives.collectives(module, topology.chips), interconnect(topology, mesh))
   return cost_model.ProgramCost(
       depth=depth, compiler_s=compiler_s,
-      loop_s=collectives.loop_seconds(module, compiler_s, chip.peak_flops),
-      kernel_s=kernels() if collectives.custom_kernels(module) else 0.0,
+      loop_s=hlo_loops.loop_seconds(module, compiler_s, chip.peak_flops),
+      kernel_s=kernels() if hlo_loops.custom_kernels(module) else 0.0,
       flops=flop, bytes=accessed, comm_async_s=comm["async"], comm_sync_s=comm["sync"],
       comm_bytes=comm["bytes"], roofline=optimal <= 0)
 

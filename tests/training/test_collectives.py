@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from flamingo_jax.training import aot, collectives
+from flamingo_jax.training import aot, collectives, hlo_loops
 
 # A hand-written module: an all-gather in a fusion, an all-reduce in a loop of 5 trips (bound read
 # from its condition), a reduce-scatter in the mesh form, a collective-permute, and a Pallas kernel
@@ -77,7 +77,7 @@ def test_collectives_payloads_groups_and_run_counts():
   assert (permute.op, permute.payload_bytes, permute.is_async) == ("collective-permute", 2048, True)
   assert not gather.is_async and not reduce.is_async
   assert collectives.while_loops(module) == [("body", 5, 1)]
-  assert collectives.custom_kernels(module) == 1
+  assert hlo_loops.custom_kernels(module) == 1
 
 
 def test_communication_time_is_ring_bytes_over_the_spanned_links():
@@ -138,7 +138,7 @@ def test_trip_count_of_a_compiled_scan_is_read_from_the_hlo():
   loops = collectives.while_loops(module)
   assert [trip for _, trip, _ in loops] == [7]
   # The scan holds all of the program's matmuls: its 6 further trips at the program's own time.
-  assert collectives.loop_seconds(module, 1.0, peak_flops=1e12) == pytest.approx(6.0)
+  assert hlo_loops.loop_seconds(module, 1.0, peak_flops=1e12) == pytest.approx(6.0)
 
 
 def test_a_small_loop_reruns_at_its_matmul_flops_over_peak():
@@ -154,7 +154,7 @@ def test_a_small_loop_reruns_at_its_matmul_flops_over_peak():
   module = collectives.parse_module(compiled.as_text())
   assert [trip for _, trip, _ in collectives.while_loops(module)] == [5]
   # 4 further trips of one 128^3 matmul (2 * 128^3 FLOPs) at 1e12 FLOP/s, whatever compiler_s is.
-  assert collectives.loop_seconds(module, 1.0, peak_flops=1e12) == pytest.approx(
+  assert hlo_loops.loop_seconds(module, 1.0, peak_flops=1e12) == pytest.approx(
       4 * 2 * 128 ** 3 / 1e12)
 
 
