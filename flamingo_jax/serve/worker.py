@@ -5,8 +5,9 @@ call (one batched prefill; a /score job runs whole when its turn comes: scoring 
 engine step; answer the requests that ended. It sleeps
 while there is nothing to do. Answers go back to the event loop that asked
 (`loop.call_soon_threadsafe`). A job whose client gave up (timeout) is skipped, or its row freed. An
-error in one job fails that job alone; an error in a step fails the requests in the rows and
-rebuilds the engine's state; the loop goes on.
+error in one job (its checks, its scoring) fails that job alone; an error in an admission or a step
+fails the requests being admitted and those in the rows and rebuilds the engine's state; the loop
+goes on.
 """
 
 from __future__ import annotations

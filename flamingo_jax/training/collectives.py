@@ -6,8 +6,8 @@ known_trip_count, else its condition's bound), everything else once per call. `c
 lists every all-gather, reduce-scatter, all-reduce, all-to-all and collective-permute (sync, `-start`,
 in an `async-start` or in the TPU's async collective fusions) with its payload, replica groups and
 run count (a collective the compiler moves in pieces through a loop counts once per loop:
-`_continued_runs`); `communication_seconds` charges each the ring algorithm's bytes per chip over the ICI
-links of the torus axes its groups span (`Interconnect`, from the data sheets). What XLA's cost
+`_continued_runs`); `communication_seconds` charges each the ring algorithm's bytes per chip over
+the ICI links of the torus axes its groups span (`Interconnect`, from the data sheets). What XLA's cost
 analysis counts once or not at all (loop trips, Pallas kernels) is costed in `hlo_loops.py`.
 """
 
@@ -53,6 +53,11 @@ def array_bytes(shape: str) -> float:
              for dtype, dims in ARRAY.findall(shape))
 
 
+def operands(instruction: Instruction) -> list[str]:
+  """The names of the instruction's operands (those before its attributes)."""
+  return re.findall(r"%([\w.\-]+)", instruction.rest.split(")", 1)[0])
+
+
 def parse_module(text: str) -> Module:
   """The computations of an HLO module's text and how often each runs (while trip counts)."""
   computations: dict[str, list[Instruction]] = {}
@@ -87,7 +92,7 @@ def trip_count(instruction: Instruction, computations: dict[str, list[Instructio
   constants = {i.name: i.rest for i in condition if i.op == "constant"}
   for i in condition:
     if i.op == "compare" and "direction=LT" in i.rest:
-      bound = re.findall(r"%([\w.\-]+)", i.rest.split(")", 1)[0])[-1:]
+      bound = operands(i)[-1:]
       if bound and bound[0] in constants:
         return int(constants[bound[0]].split(")", 1)[0])
   return None
@@ -219,8 +224,7 @@ def _continued(instructions: list[Instruction]) -> bool:
   root = instructions[-1] if instructions else None
   if root is None or root.op != "tuple":
     return False
-  handed_back = re.findall(r"%([\w.\-]+)", root.rest)
-  return any(params.get(name) in results for name in handed_back)
+  return any(params.get(name) in results for name in operands(root))
 
 
 def _continued_runs(module: Module) -> dict[str, int]:
@@ -245,13 +249,11 @@ def _continued_runs(module: Module) -> dict[str, int]:
         calls[i.name] = callee
     if not calls:
       continue
-    sources = {i.name: re.findall(r"%([\w.\-]+)", i.rest.split(")", 1)[0])
-               for i in instructions if i.op == "get-tuple-element"}
+    sources = {i.name: operands(i) for i in instructions if i.op == "get-tuple-element"}
     for i in instructions:
       if i.name not in calls:
         continue
-      operands = re.findall(r"%([\w.\-]+)", i.rest.split(")", 1)[0])
-      if not any(src in calls for op in operands for src in sources.get(op, ())):
+      if not any(src in calls for op in operands(i) for src in sources.get(op, ())):
         out[calls[i.name]] += runs // trips.get(caller, 1)
   return out
 

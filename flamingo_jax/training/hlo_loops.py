@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 import re
 
-from flamingo_jax.training.collectives import ARRAY, Module, ints, reachable, while_loops
+from flamingo_jax.training.collectives import (ARRAY, Module, ints, operands, reachable,
+                                                 while_loops)
 
 
 def _dims(shape: str) -> list[int]:
@@ -27,14 +28,14 @@ def matmul_flops(module: Module) -> dict[str, float]:
     for i in instructions:
       if i.op not in ("dot", "convolution"):
         continue
-      operands = re.findall(r"%([\w.\-]+)", i.rest.split(")", 1)[0])
+      names = operands(i)
       outputs = math.prod(_dims(i.shape))
-      if i.op == "dot" and operands:
-        lhs = _dims(shapes.get(operands[0], ""))
+      if i.op == "dot" and names:
+        lhs = _dims(shapes.get(names[0], ""))
         contracted = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", i.rest)
         total += 2 * outputs * math.prod(lhs[int(d)] for d in ints(contracted and contracted.group(1)))
-      elif len(operands) > 1:
-        kernel = _dims(shapes.get(operands[1], ""))
+      elif len(names) > 1:
+        kernel = _dims(shapes.get(names[1], ""))
         labels = re.search(r"dim_labels=\w+_(\w+)->", i.rest)
         feature = labels.group(1).find("i") if labels else -1
         if 0 <= feature < len(kernel):
