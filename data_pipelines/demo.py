@@ -16,8 +16,8 @@ model that looks at the images beats a text-only LM on the held-out loss.
 * video: 6 frames (1 fps) of a digit moving left, right, up or down: "a red seven moving left".
 * naming: pages that teach in-context binding, as web pages do at scale. Each page gives 2-4 of the
   colours fresh nonsense names, drawn from a generated pool (`nonsense_names`), and shows 4-9 digits,
-  each followed by its colour's name ("<image>dax"; in half the pages with the colour word too:
-  "<image>red dax"). A colour's first name is new; each later one can only be read back from the
+  each followed by its colour's name ("<image>Baux"; in half the pages with the colour word too:
+  "<image>red Baux"). A colour's first name is new; each later one can only be read back from the
   page, never memorised.
 
 Train and held-out ("eval") splits use disjoint digit scans (the first 1500 / the other 297), and
@@ -32,6 +32,7 @@ the naming pages (kind interleaved; the dataset's path is DIR/naming/<split>).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import pydoc
 import re
@@ -51,6 +52,10 @@ COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 240),
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MOVES = {"left": (0, -3), "right": (0, 3), "up": (-3, 0), "down": (3, 0)}
 CANVAS, GLYPH, FRAMES, JITTER = 40, 24, 6, 3
+# Bumped whenever a build writes different pages or tokenizer pieces (2: two-piece names), so that
+# runs never mix a corpus and stages trained on an older one (`check_version`).
+CORPUS_VERSION = 2
+VERSION_FILE = "corpus.json"
 SIZES = {"train": {"pairs": 3000, "interleaved": 800, "video": 400, "naming": 4000},
          "eval": {"pairs": 300, "interleaved": 100, "video": 60, "naming": 200}}
 NAMING_IMAGES = (4, 9)  # Digits per naming page (inclusive).
@@ -103,16 +108,23 @@ def _clip(rng, scans, targets) -> tuple[list[bytes], str]:
   return frames, f"a {colour} {DIGITS[targets[i]]} moving {move}"
 
 
+# Nonsense names are two syllables, a capitalised onset + vowel ("Ba") and a vowel + coda ("ux"):
+# every syllable is one tokenizer piece (`NAME_PIECES`, forced when the tokenizer is trained), so a
+# held-out name is a new pairing of pieces the model knows, and its first piece mostly tells the
+# page's names apart.
+NAME_STARTS = tuple(o + v for o in "BDGJKMNPRSVWZ" for v in "aeiou")
+NAME_ENDS = tuple(v + c for v in "aeiou" for c in "kxz")
+NAME_PIECES = tuple("\u2581" + start for start in NAME_STARTS) + NAME_ENDS
+
+
 def nonsense_names(pool: str) -> tuple[str, ...]:
-  """The pool's pronounceable one-syllable nonsense names ("blick", "dax"), sorted: every onset,
-  vowel and coda below (1,650 names), split by a hash into "train" (about 3/4) and "heldout" (the
-  rest; never in a training page)."""
+  """The pool's two-syllable nonsense names ("Baux", "Mizek"), sorted: every start and end above
+  (975 names), split by a hash into "train" (about 3/4) and "heldout" (the rest; never in a
+  training page)."""
   if pool not in ("train", "heldout"):
     raise ValueError(f"Unknown name pool {pool!r}; use 'train' or 'heldout'.")
-  onsets = (*"bdfgklmnprstvz", "bl", "br", "dr", "fl", "fr", "gl", "gr", "kr", "pl", "pr", "sk",
-            "sl", "sp", "st", "tr", "zw")
-  names = ("".join(p) for p in itertools.product(onsets, "aeiou", (*"bdfgkmnptx", "ck")))
-  return tuple(n for n in names if (zlib.crc32(n.encode()) % 4 == 0) == (pool == "heldout"))
+  names = (start + end for start, end in itertools.product(NAME_STARTS, NAME_ENDS))
+  return tuple(sorted(n for n in names if (zlib.crc32(n.encode()) % 4 == 0) == (pool == "heldout")))
 
 
 def _naming_page(rng, scans, names) -> tuple[list[tuple[str, bytes]], list[str]]:
@@ -205,8 +217,27 @@ def build(out_dir: str, seed: int = 0) -> dict:
   # Default values render with their memory address ("<object object at 0x7f..>"): dropped, so
   # every build of the corpus trains the same tokenizer.
   lines = [_ADDRESS.sub("", line.strip()) for doc in docs for line in doc.splitlines() if line.strip()]
-  tokenizer.train(train_text + lines, info["tokenizer"], vocab_size=512)
+  tokenizer.train(train_text + lines, info["tokenizer"], vocab_size=512,
+                  user_symbols=NAME_PIECES)
+  version_path = os.path.join(out_dir, VERSION_FILE)
+  with open(version_path + ".tmp", "w") as f:
+    json.dump({"version": CORPUS_VERSION, "command": command}, f)
+  os.replace(version_path + ".tmp", version_path)
   return info
+
+
+def check_version(root: str) -> None:
+  """Raises ValueError naming `root` when its corpus was built by another version of this module."""
+  try:
+    with open(os.path.join(root, VERSION_FILE)) as f:
+      found = json.load(f).get("version")
+  except (OSError, ValueError):
+    found = None
+  if found != CORPUS_VERSION:
+    raise ValueError(
+        f"the demo corpus in {root} is version {found or 'unknown (older)'}, this code builds "
+        f"version {CORPUS_VERSION} (different names and tokenizer pieces); move {root} away (and "
+        "every run trained on it), and the quickstart builds the current corpus there.")
 
 
 def main(argv: list[str]) -> None:

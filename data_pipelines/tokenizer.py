@@ -105,14 +105,16 @@ class Tokenizer:
     return "".join(out)
 
 
-def train(sentences, out_path: str, vocab_size: int = 512):
+def train(sentences, out_path: str, vocab_size: int = 512, user_symbols: tuple[str, ...] = ()):
   """Trains a unigram sentencepiece model with byte fallback (every string encodes) on an iterable
-  of strings and writes it to `out_path` (a `.model` file)."""
+  of strings and writes it to `out_path` (a `.model` file); each of `user_symbols` is one piece
+  wherever it occurs ("\u2581" marks a word start)."""
   with open(out_path, "wb") as f:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences), model_writer=f, vocab_size=vocab_size,
         model_type="unigram", byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1,
-        eos_id=2, pad_id=3, hard_vocab_limit=True, minloglevel=2, num_threads=1)
+        eos_id=2, pad_id=3, hard_vocab_limit=True, minloglevel=2, num_threads=1,
+        user_defined_symbols=list(user_symbols))
 
 
 def main(argv: list[str]) -> None:

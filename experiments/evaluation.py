@@ -60,7 +60,7 @@ PAPER_TASKS = dict(
 def _demo_tasks(root):
   demo = dict(source="demo", data_dir=root, support_split="train", query_split="eval")
   # The corpus's own page layouts ("<image>This one is a red seven.<EOC>", "<image>This is a
-  # seven.<EOC>", "<image>dax<EOC>"), which the tiny model knows.
+  # seven.<EOC>", "<image>Baux<EOC>"), which the tiny model knows.
   captions = _task("captioning", prompt="<image>This one is {answer}.<EOC>", num_queries=64, **demo)
   digits = _task("classification", prompt="<image>This is a {answer}.<EOC>", num_queries=150,
                  class_names=DIGITS, **demo)

@@ -107,11 +107,13 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   config, workdir = Config.from_cli(flags.FLAGS.config), flags.FLAGS.workdir
   paths = [config.data.tokenizer] + [spec.path for spec in config.data.datasets.values()]
-  if config.data.source == "arrayrecord" and not all(map(os.path.exists, paths)):
-    root = os.path.dirname(config.data.tokenizer)  # Built by an older version: built again.
+  root = os.path.dirname(config.data.tokenizer)
+  if config.data.source == "arrayrecord" and not any(map(os.path.exists, paths)):
     print(f"== building the demo corpus in {root}", flush=True)
     demo.build(root)
   try:
+    if config.data.source == "arrayrecord":
+      demo.check_version(root)
     run_stages(config, workdir)
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None

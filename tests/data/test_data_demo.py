@@ -5,6 +5,7 @@ import io
 import time
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from data_pipelines import demo, records
@@ -22,9 +23,19 @@ def test_demo_builds_quickly_with_both_splits_of_every_kind(tmp_path):
 
 def test_name_pools_are_disjoint_and_large():
   train, heldout = demo.nonsense_names("train"), demo.nonsense_names("heldout")
-  assert (len(train), len(heldout)) == (1238, 412)
+  assert (len(train), len(heldout)) == (810, 165)
   assert not set(train) & set(heldout)
-  assert all(name.isalpha() and name.islower() for name in train + heldout)
+  assert all(name.isalpha() and name[0].isupper() and name[1:].islower()
+             for name in train + heldout)
+
+
+def test_every_name_is_two_pieces_its_first_the_start_syllable(tokenizer):
+  """Held-out names are new pairings of pieces the model has seen, and the first piece tells most
+  of a page's names apart (the piece the binding must retrieve)."""
+  for name in demo.nonsense_names("train") + demo.nonsense_names("heldout"):
+    ids = tokenizer.encode(name)
+    assert [tokenizer.decode([i]) for i in ids] == [name[:2], name[2:]]
+    assert tokenizer.encode(f"red {name}")[-2:] == ids  # The same pieces after a colour word.
 
 
 def _colour(image: bytes) -> str:
@@ -56,9 +67,19 @@ def test_naming_pages_bind_one_fresh_name_per_colour(demo_corpus):
       bound = {}
       for colour, words in page:
         name = words[-1]
-        if len(words) == 2:  # "red dax": the colour word, then the name.
+        if len(words) == 2:  # "red Baux": the colour word, then the name.
           assert words[0] == colour
         assert name in pool  # Held-out names only in held-out pages, never in training.
         assert bound.setdefault(colour, name) == name  # One name per colour on the page ...
       assert len(set(bound.values())) == len(bound)  # ... and one colour per name.
       assert len(page) > len(bound)  # At least one name asked back.
+
+
+def test_a_corpus_from_another_version_is_named_not_used(demo_corpus, tmp_path):
+  demo.check_version(demo_corpus[0])  # Built by this code.
+  with pytest.raises(ValueError, match=f"{tmp_path} is version unknown .older.*builds version "
+                                       f"{demo.CORPUS_VERSION}"):
+    demo.check_version(str(tmp_path))  # An older corpus: no version file.
+  (tmp_path / demo.VERSION_FILE).write_text('{"version": 1}')
+  with pytest.raises(ValueError, match="is version 1, this code builds"):
+    demo.check_version(str(tmp_path))
