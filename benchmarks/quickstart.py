@@ -1,6 +1,6 @@
 r"""The quickstart as a new user runs it: wall time and what the model learned, on held-out data.
 
-  python benchmarks/quickstart.py [--workdir DIR]
+  python benchmarks/quickstart.py [--workdir DIR] [--stages binding]
 
 Runs `make quickstart`'s command (`python -m flamingo_jax.tools.quickstart`, after the install) in a
 subprocess, into a new workdir that also receives the corpus (`corpus=<workdir>/corpus`, built from
@@ -14,7 +14,9 @@ results it wrote (<workdir>/fewshot/results.json, experiments/evaluation.py:demo
                             whether the 4-shot interval's low end lies above the 0-shot high end
   cider_gain_0_to_4         captioning CIDEr at 4 shots minus at 0 shots
 
-Each accuracy line carries its 95% interval and the number of queries.
+Each accuracy line carries its 95% interval and the number of queries. `--stages binding` runs the
+quickstart with `experiments/flamingo.py:tiny,data=demo,stages=binding` (its LM and Flamingo stages on
+the naming pages alone) and prints the same lines as benchmark `quickstart_binding`.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ if __package__ in (None, ""):
 
 from benchmarks.common import emitter  # noqa: E402
 
-def run_quickstart(workdir: str) -> float:
+def run_quickstart(workdir: str, stages: str) -> float:
   """Seconds of one quickstart process writing into the empty `workdir` (corpus in <workdir>/corpus)."""
   if os.path.exists(workdir) and os.listdir(workdir):
     raise SystemExit(f"error: --workdir {workdir} is not empty; pass a new or empty directory.")
-  config = f"experiments/flamingo.py:tiny,data=demo,corpus={os.path.join(workdir, 'corpus')}"
+  config = (f"experiments/flamingo.py:tiny,data=demo,corpus={os.path.join(workdir, 'corpus')},"
+            f"stages={stages}")
   start = time.perf_counter()
   subprocess.run([sys.executable, "-m", "flamingo_jax.tools.quickstart", "--config", config,
                   "--workdir", workdir], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"},
@@ -48,11 +51,13 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default=None,
                       help="A new or empty directory (default: a new one under workdirs/).")
+  parser.add_argument("--stages", default="all", choices=("all", "binding"),
+                      help="experiments/flamingo.py's `stages` argument.")
   args = parser.parse_args()
   os.makedirs("workdirs", exist_ok=True)
   workdir = args.workdir or tempfile.mkdtemp(prefix="benchmark_quickstart-", dir="workdirs")
-  emit = emitter("quickstart")
-  seconds = run_quickstart(workdir)
+  emit = emitter("quickstart" if args.stages == "all" else f"quickstart_{args.stages}")
+  seconds = run_quickstart(workdir, args.stages)
   emit("quickstart_minutes", seconds / 60, "minutes")
   with open(os.path.join(workdir, "fewshot", "results.json")) as f:
     tasks = json.load(f)["tasks"]

@@ -14,19 +14,23 @@ model that looks at the images beats a text-only LM on the held-out loss.
   seven." (or, for a third of them, the digit alone: "This is a seven."), sometimes with an
   introduction and a closing remark.
 * video: 6 frames (1 fps) of a digit moving left, right, up or down: "a red seven moving left".
-* naming: pages that teach in-context binding, as web pages do at scale. Each page gives 2-4 of the
-  colours fresh nonsense names, drawn from a generated pool (`nonsense_names`), and shows 4-9 digits,
-  each followed by its colour's name ("<image>Baux"; in half the pages with the colour word too:
-  "<image>red Baux"). A colour's first name is new; each later one can only be read back from the
-  page, never memorised.
+* naming, naming_words and naming_images: pages that teach in-context binding, as web pages do at
+  scale. Each page gives 2-4 of the colours fresh nonsense names, drawn from a generated pool
+  (`nonsense_names`), and shows digits, each followed by its colour's name. A colour's first name is
+  new; each later one can only be read back from the page, never memorised. naming_words spells the
+  colour out ("<image>red Baux"), so the text alone binds (the text-only LM learns to read a name
+  back by its colour word there); in naming_images the image is the only key ("<image>Baux"), as in
+  the few-shot renaming task; both show 8-16 digits. naming (the quickstart's) shows 4-9, half its
+  pages spelled out.
 
 Train and held-out ("eval") splits use disjoint digit scans (the first 1500 / the other 297), and
 disjoint name pools (`nonsense_names("train")` / `nonsense_names("heldout")`; the held-out names
 appear in no training page and not in the tokenizer's text). Layout under DIR: tokenizer.model (512
 pieces, trained on the training text plus the standard library's docstrings so that 512 pieces
-exist), and dataset directories (data_pipelines/manifest.py): {train,eval}/ with the kinds
-interleaved, pairs and video (a dataset's path is DIR/<split>/<kind>), and naming/{train,eval}/ with
-the naming pages (kind interleaved; the dataset's path is DIR/naming/<split>).
+exist), corpus.json (the corpus version), and dataset directories (data_pipelines/manifest.py):
+{train,eval}/ with the kinds interleaved, pairs and video (a dataset's path is DIR/<split>/<kind>),
+and <naming kind>/{train,eval}/ with the naming pages (kind interleaved; the dataset's path is
+DIR/<naming kind>/<split>).
 """
 
 from __future__ import annotations
@@ -52,13 +56,18 @@ COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 240),
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MOVES = {"left": (0, -3), "right": (0, 3), "up": (-3, 0), "down": (3, 0)}
 CANVAS, GLYPH, FRAMES, JITTER = 40, 24, 6, 3
-# Bumped whenever a build writes different pages or tokenizer pieces (2: two-piece names), so that
-# runs never mix a corpus and stages trained on an older one (`check_version`).
+# Bumped whenever a build writes different pages or tokenizer pieces (2: two-piece names and the
+# binding pages), so that runs never mix a corpus and stages trained on an older one
+# (`check_version`).
 CORPUS_VERSION = 2
 VERSION_FILE = "corpus.json"
-SIZES = {"train": {"pairs": 3000, "interleaved": 800, "video": 400, "naming": 4000},
-         "eval": {"pairs": 300, "interleaved": 100, "video": 60, "naming": 200}}
-NAMING_IMAGES = (4, 9)  # Digits per naming page (inclusive).
+SIZES = {"train": {"pairs": 3000, "interleaved": 800, "video": 400, "naming": 4000,
+                   "naming_words": 4000, "naming_images": 4000},
+         "eval": {"pairs": 300, "interleaved": 100, "video": 60, "naming": 200, "naming_words": 200,
+                  "naming_images": 200}}
+# The naming kinds: whether the colour is spelled out (None: in half the pages), digits per page.
+NAMING = {"naming": (None, (4, 9)), "naming_words": (True, (8, 16)),
+          "naming_images": (False, (8, 16))}
 INTROS = ("Here are some digits I drew.", "A page from my notebook.", "Look at these numbers.")
 OUTROS = ("That is all for today.", "Thanks for reading.")
 _ADDRESS = re.compile(r" at 0x[0-9a-f]+")
@@ -127,18 +136,20 @@ def nonsense_names(pool: str) -> tuple[str, ...]:
   return tuple(sorted(n for n in names if (zlib.crc32(n.encode()) % 4 == 0) == (pool == "heldout")))
 
 
-def _naming_page(rng, scans, names) -> tuple[list[tuple[str, bytes]], list[str]]:
-  """A page binding fresh names to 2-4 colours: every digit followed by its colour's name, at least
-  one name asked back."""
+def _naming_page(rng, scans, names, kind: str) -> tuple[list[tuple[str, bytes]], list[str]]:
+  """A page of a NAMING kind binding fresh names to 2-4 colours: every digit followed by its colour's
+  name (after the colour word where spelled out), at least one name asked back."""
+  spelled, (fewest, most) = NAMING[kind]
   colours = list(rng.choice(list(COLOURS), rng.integers(2, 5), replace=False))
   named = dict(zip(colours, (names[i] for i in rng.choice(len(names), len(colours), replace=False))))
-  count = rng.integers(max(NAMING_IMAGES[0], len(colours) + 1), NAMING_IMAGES[1] + 1)
+  count = rng.integers(max(fewest, len(colours) + 1), most + 1)
   order = colours + [colours[i] for i in rng.integers(len(colours), size=count - len(colours))]
-  with_colour = rng.random() < 0.5
+  if spelled is None:
+    spelled = rng.random() < 0.5
   parts, texts = [], []
   for colour in rng.permutation(order):
     image = _still_image(rng, scans[rng.integers(len(scans))], colour)
-    texts.append(f"{colour} {named[colour]}" if with_colour else named[colour])
+    texts.append(f"{colour} {named[colour]}" if spelled else named[colour])
     parts += [("image", image), ("text", texts[-1].encode())]
   return parts, texts
 
@@ -168,7 +179,7 @@ def _record(kind: str, key: str, rng, scans, targets, names) -> tuple[bytes, str
   if kind == "video":
     frames, caption = _clip(rng, scans, targets)
     return records.video(key, frames, list(range(len(frames))), caption), caption
-  parts, texts = (_naming_page(rng, scans, names) if kind == "naming" else
+  parts, texts = (_naming_page(rng, scans, names, kind) if kind in NAMING else
                   _document(rng, scans, targets))
   return records.interleaved(key, parts), " ".join(texts)
 
@@ -178,7 +189,7 @@ def _write_dataset(dataset_dir: str, kinds: dict[str, int], make, command: str) 
   then the manifest; returns {kind: its directory}."""
   dirs, shards = {}, {}
   for kind, count in kinds.items():
-    record_kind = "interleaved" if kind == "naming" else kind
+    record_kind = "interleaved" if kind in NAMING else kind
     kind_dir = os.path.join(dataset_dir, record_kind)
     with records.ShardWriter(kind_dir, record_kind, max_shard_bytes=1 << 20) as writer:
       for n in tqdm(range(count), desc=f"{dataset_dir}/{kind}", leave=False):
@@ -189,9 +200,10 @@ def _write_dataset(dataset_dir: str, kinds: dict[str, int], make, command: str) 
   return dirs
 
 
-def build(out_dir: str, seed: int = 0) -> dict:
-  """Writes the corpus; returns {"tokenizer": path, "train": {kind: dir}, "eval": {kind: dir}} with
-  kinds interleaved, pairs, video and naming (the naming pages' dataset directory)."""
+def build(out_dir: str, seed: int = 0, sizes: dict[str, dict[str, int]] = SIZES) -> dict:
+  """Writes the corpus (`sizes`: records per split and kind, as SIZES); returns {"tokenizer": path,
+  "train": {kind: dir}, "eval": {kind: dir}} with kinds interleaved, pairs, video and the NAMING
+  kinds (their dataset directories)."""
   digits = load_digits()
   split_scans = {"train": (digits.images[:1500], digits.target[:1500]),
                  "eval": (digits.images[1500:], digits.target[1500:])}
@@ -199,7 +211,7 @@ def build(out_dir: str, seed: int = 0) -> dict:
   command = f"python -m data_pipelines.demo --out {out_dir} --seed {seed}"
   rng = np.random.default_rng(seed)
   info, train_text = {"tokenizer": os.path.join(out_dir, "tokenizer.model")}, []
-  for split, sizes in SIZES.items():
+  for split, counts in sizes.items():
     args = (*split_scans[split], split_names[split])
 
     def make(kind, n):
@@ -208,11 +220,11 @@ def build(out_dir: str, seed: int = 0) -> dict:
         train_text.append(text)
       return record
 
-    naming_dir = os.path.join(out_dir, "naming", split)
     info[split] = _write_dataset(os.path.join(out_dir, split),
-                                 {k: v for k, v in sizes.items() if k != "naming"}, make, command)
-    _write_dataset(naming_dir, {"naming": sizes["naming"]}, make, command)
-    info[split]["naming"] = naming_dir
+                                 {k: v for k, v in counts.items() if k not in NAMING}, make, command)
+    for kind in NAMING:
+      info[split][kind] = os.path.join(out_dir, kind, split)
+      _write_dataset(info[split][kind], {kind: counts[kind]}, make, command)
   docs = [pydoc.render_doc(name, renderer=pydoc.plaintext) for name in TOKENIZER_DOC_MODULES]
   # Default values render with their memory address ("<object object at 0x7f..>"): dropped, so
   # every build of the corpus trains the same tokenizer.

@@ -8,7 +8,9 @@ r"""Flamingo presets: `get_config("<preset>[,data=demo]")` with preset one of PR
 
 `data=demo` trains on the bundled demo corpus (`python -m data_pipelines.demo --out workdirs/demo_corpus`;
 the quickstart builds it) instead of the synthetic stream; it fits the `tiny` model (32 px, 512 tokens).
-`corpus=DIR` reads (and lets the quickstart build) the demo corpus in DIR instead.
+`corpus=DIR` reads (and lets the quickstart build) the demo corpus in DIR instead. `stages=binding`
+(with data=demo) trains the quickstart's LM and Flamingo stages on the naming pages alone
+(`_binding_stages`): in-context binding with the LM frozen, at the cost of everything else.
 
 Every field is documented once, in flamingo_jax/config/ (model.py, run.py). Override from the
 command line:
@@ -24,6 +26,8 @@ from flamingo_jax.config.args import parse_arg
 
 PRESETS = ("tiny", "bench", "flamingo_3b", "flamingo_9b", "flamingo_80b")
 DEMO_CORPUS = "workdirs/demo_corpus"  # Where `data=demo` configs read the bundled corpus.
+# The demo's naming pages with the colour spelled out / only in the image, 8-16 digits each.
+BINDING_NAMING = ("naming_words", "naming_images")
 
 # Vision tower for the paper presets: the paper's NFNet-F6 (435M, 288 px) has no public weights; a
 # SigLIP-layout ViT of the same width and size (1536 wide, 15 layers, 16-px patches at 288 px: 427M)
@@ -107,20 +111,37 @@ def demo_data(root: str) -> dict:
                 eval_path=os.path.join(root, "eval", kind), batch_size=batch_size, seq_len=seq_len,
                 max_images=max_images, num_frames=num_frames, loss_weight=loss_weight,
                 p_next=p_next, random_flip=False)
-  naming = dataset("interleaved", 8, 80, 9, 1, 1.0)  # Names read back by colour: p_next stays 0.
-  naming.update(path=os.path.join(root, "naming", "train"),
-                eval_path=os.path.join(root, "naming", "eval"))
-  return dict(source="arrayrecord", tokenizer=os.path.join(root, "tokenizer.model"), datasets=dict(
-      interleaved=dataset("interleaved", 8, 64, 4, 1, 1.0),
-      pairs=dataset("pairs", 8, 32, 1, 1, 1.0),
-      video=dataset("video", 4, 32, 1, 4, 0.03),
-      naming=naming))
+
+  def naming(kind, seq_len, max_images):  # Names read back by colour: p_next stays 0.
+    spec = dataset("interleaved", 8, seq_len, max_images, 1, 1.0)
+    spec.update(path=os.path.join(root, kind, "train"), eval_path=os.path.join(root, kind, "eval"))
+    return spec
+  # The dense naming kinds serve `stages=binding` (_binding_stages) only.
+  return dict(source="arrayrecord", tokenizer=os.path.join(root, "tokenizer.model"),
+              exclude=",".join(BINDING_NAMING), datasets=dict(
+                  interleaved=dataset("interleaved", 8, 64, 4, 1, 1.0),
+                  pairs=dataset("pairs", 8, 32, 1, 1, 1.0),
+                  video=dataset("video", 4, 32, 1, 4, 0.03),
+                  naming=naming("naming", 80, 9),
+                  **{kind: naming(kind, 96, 16) for kind in BINDING_NAMING}))
+
+
+def _binding_stages(config: ml_collections.ConfigDict) -> None:
+  """`stages=binding`: the quickstart's LM and Flamingo stages on the naming pages alone, long
+  enough for in-context binding with the LM frozen (docs/results.md): the LM learns to read a name
+  back by its colour word on 32 spelled-out pages per step, then the Flamingo stage learns to key it
+  by the image on both kinds."""
+  others = ",".join(name for name in config.data.datasets if name not in BINDING_NAMING)
+  config.data.exclude = others
+  config.quickstart.update(dict(lm_steps=1500, flamingo_steps=800,
+                                lm_exclude="naming_images",
+                                lm_batch_sizes={"naming_words": 32}))
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   """`<preset>[,data=demo[,corpus=DIR]]`: the preset's model, data and training settings (the rest:
   defaults)."""
-  args = parse_arg(arg, data="synthetic", corpus=DEMO_CORPUS)
+  args = parse_arg(arg, data="synthetic", corpus=DEMO_CORPUS, stages="all")
   preset = args["preset"]
   paper = preset.startswith("flamingo_")
   config = Config().as_config_dict()
@@ -134,6 +155,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   data["datasets"] = {name: DatasetConfig(**spec).to_dict()
                       for name, spec in data["datasets"].items()}
   config.data.update(data)
+  if args["stages"] not in ("all", "binding"):
+    raise ValueError(f"Config argument stages={args['stages']!r}: use all or binding.")
+  if args["stages"] == "binding":
+    if args["data"] != "demo":
+      raise ValueError("Config argument stages=binding needs data=demo (the naming pages).")
+    _binding_stages(config)
   if preset == "bench":  # On one CPU host (benchmarks/peers.py, BENCHMARKS.md): unrolled layers
     # step ~6% faster than scanned ones; 32 positions of the loss at a time cut the step's buffers
     # by the [B, T, 32002] logits, their softmax and gradient (~0.2 GB) and its time by ~3%.

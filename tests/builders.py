@@ -96,3 +96,11 @@ def write_tokenizer(path: str, vocab_size: int = 512, seed: int = 0) -> None:
         character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=3, hard_vocab_limit=True,
         minloglevel=2, num_threads=1,
         control_symbols=[f"<reserved{i}>" for i in range(max(vocab_size - 512, 0))])
+
+
+# Records per split and kind of the demo corpora the tests build (data_pipelines.demo.build's `sizes`):
+# every kind, a few batches of each.
+DEMO_SIZES = {"train": {"pairs": 200, "interleaved": 100, "video": 60, "naming": 100,
+                        "naming_words": 100, "naming_images": 100},
+              "eval": {"pairs": 60, "interleaved": 30, "video": 20, "naming": 30, "naming_words": 30,
+                       "naming_images": 30}}

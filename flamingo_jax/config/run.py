@@ -255,11 +255,19 @@ class QuickstartConfig(Section):
   # The text-only LM stage's peak learning rate (the others use optimizer.learning_rate): copying
   # names back from the page forms within its few hundred steps only at a higher rate.
   lm_learning_rate: float = 5e-3
+  # Datasets the LM stage leaves out besides data.exclude (comma-separated), and its own batch sizes
+  # {dataset: size}: the demo's LM learns to read a name back by its colour word only on pages that
+  # spell the colour out, and only with many of them per step (experiments/flamingo.py, binding).
+  lm_exclude: str = ""
+  lm_batch_sizes: dict[str, int] = dataclasses.field(default_factory=dict)
   heldout_batches: int = 4  # Held-out batches of every dataset in the final comparison.
 
   def check(self, prefix: str) -> None:
     positive(prefix, self, "contrastive_steps", "lm_steps", "flamingo_steps", "heldout_batches",
              "contrastive_batch_size", "lm_learning_rate")
+    for name, size in self.lm_batch_sizes.items():
+      if size <= 0:
+        fail(join(prefix, f"lm_batch_sizes.{name}"), size, "must be > 0.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -61,6 +61,13 @@ def stage_config(config: Config, task: str, workdir: str) -> Config:
     overrides["data.exclude"] = ""
   if task == "lm":
     overrides["optimizer.learning_rate"] = config.quickstart.lm_learning_rate
+    overrides["data.exclude"] = ",".join(filter(None, (config.data.exclude,
+                                                       config.quickstart.lm_exclude)))
+    for name, size in config.quickstart.lm_batch_sizes.items():
+      if name not in config.data.datasets:
+        raise ValueError(f"Invalid config: quickstart.lm_batch_sizes names {name!r}, which is not "
+                         f"one of data.datasets ({', '.join(config.data.datasets)}).")
+      overrides[f"data.datasets.{name}.batch_size"] = size
   if task == "flamingo":
     overrides["init.vision_checkpoint"] = os.path.join(stage_dir(workdir, "contrastive"), "export",
                                                        "vision")

@@ -38,7 +38,7 @@ def test_demo_batches_have_the_contract_shapes(demo_corpus, tokenizer):
   config = demo_data_config(demo_corpus[0])
   mixture = build_mixture(config, image_size=32, tokenizer=tokenizer)
   step = next(mixture)
-  assert set(step) == {"interleaved", "pairs", "video", "naming"}
+  assert set(step) == {"interleaved", "pairs", "video", "naming"}  # The dense kinds: excluded.
   for name, batch in step.items():
     d = config.datasets[name]
     b, t, n, f = d.batch_size, d.seq_len, d.max_images, d.num_frames

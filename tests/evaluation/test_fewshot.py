@@ -18,7 +18,7 @@ from flamingo_jax.evaluation import evaluate, fewshot, metrics, rices
 from flamingo_jax.evaluation import runner as runner_lib
 from flamingo_jax.inference import decoding
 from flamingo_jax.models.vision import VisionTransformer
-from tests.builders import init_params, tiny_config
+from tests.builders import DEMO_SIZES, init_params, tiny_config
 
 SIZE = 32
 
@@ -27,7 +27,7 @@ SIZE = 32
 def demo_corpus(tmp_path_factory):
   """The bundled demo corpus (its 512-piece tokenizer fits the tiny model)."""
   from data_pipelines import demo
-  return demo.build(str(tmp_path_factory.mktemp("corpus")))
+  return demo.build(str(tmp_path_factory.mktemp("corpus")), sizes=DEMO_SIZES)
 
 
 def _example(key, colour, answers=("a cat",), question=""):

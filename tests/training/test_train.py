@@ -28,7 +28,7 @@ from flamingo_jax.training.tasks import make_task
 from flamingo_jax.weights import pretrained
 from flamingo_jax.weights import tree as ptree
 from flamingo_jax.weights.store import Checkpointer
-from tests.builders import init_params, make_batch, tiny_config
+from tests.builders import DEMO_SIZES, init_params, make_batch, tiny_config
 from tests.configs import train_small
 
 TRAIN_CONFIG = "tests/configs/train_small.py"
@@ -223,7 +223,7 @@ def _final_checkpoint(workdir, step, config: Config):
 def demo_root(tmp_path_factory):
   """The demo corpus (ArrayRecord shards of the three kinds, tokenizer), built once (~5 s)."""
   root = tmp_path_factory.mktemp("demo")
-  demo.build(str(root))
+  demo.build(str(root), sizes=DEMO_SIZES)
   return root
 
 
