@@ -21,13 +21,14 @@ import os
 
 import ml_collections
 
+from data_pipelines import demo
 from flamingo_jax.config import Config, DatasetConfig
 from flamingo_jax.config.args import parse_arg
 
 PRESETS = ("tiny", "bench", "flamingo_3b", "flamingo_9b", "flamingo_80b")
 DEMO_CORPUS = "workdirs/demo_corpus"  # Where `data=demo` configs read the bundled corpus.
-# The demo's naming pages with the colour spelled out / only in the image, 8-16 digits each.
-BINDING_NAMING = ("naming_words", "naming_images")
+# The demo's binding pages: the naming kinds that always (or never) spell the colour out.
+BINDING_NAMING = tuple(kind for kind, (spelled, _) in demo.NAMING.items() if spelled is not None)
 
 # Vision tower for the paper presets: the paper's NFNet-F6 (435M, 288 px) has no public weights; a
 # SigLIP-layout ViT of the same width and size (1536 wide, 15 layers, 16-px patches at 288 px: 427M)

@@ -98,7 +98,8 @@ def heldout_losses(flamingo_config: Config, params) -> dict[str, tuple[float, fl
 
 
 def run_stages(config: Config, workdir: str) -> None:
-  """The three stages in turn; a stage whose export exists is skipped (the command resumes)."""
+  """The three stages in turn; a stage whose export exists is skipped (the command resumes), and a
+  stage stopped before its last step (SIGTERM) stops the command."""
   stages = [stage_config(config, task, workdir) for task, _ in STAGES]  # All checked first.
   for (task, export), stage in zip(STAGES, stages):
     directory = stage_dir(workdir, task)
@@ -106,7 +107,10 @@ def run_stages(config: Config, workdir: str) -> None:
       print(f"== {task}: done earlier ({directory})")
       continue
     print(f"== stage {task} -> {directory}", flush=True)
-    trainer.train(stage, directory)
+    step = int(trainer.train(stage, directory).step)
+    if step < stage.train.num_steps:  # Stopped by SIGTERM: the next stage needs this one's export.
+      raise SystemExit(f"== {task} stopped at step {step} of {stage.train.num_steps} (SIGTERM); run "
+                       "the same command again to resume it.")
 
 
 def main(argv):

@@ -1,10 +1,13 @@
 """The quickstart's three stages: what each one reads and with which batch (no training here; the
 whole quickstart runs in benchmarks/quickstart.py)."""
 
+import types
+
 import pytest
 
 from experiments import flamingo
 from flamingo_jax.config import Config
+from flamingo_jax.tools import quickstart
 from flamingo_jax.tools.quickstart import stage_config
 
 
@@ -51,3 +54,16 @@ def test_the_binding_stages_read_the_naming_pages_alone():
   assert _read(stage_config(config, "contrastive", "/run")) == {"pairs": 64}
   with pytest.raises(ValueError, match="stages=binding needs data=demo"):
     flamingo.get_config("tiny,stages=binding")
+
+
+def test_a_stage_stopped_by_sigterm_stops_the_command(monkeypatch, tmp_path):
+  trained = []
+
+  def train(stage, directory):  # The LM stage stops at step 120 of 500, as after SIGTERM.
+    trained.append(stage.task)
+    return types.SimpleNamespace(step=stage.train.num_steps if stage.task == "contrastive" else 120)
+
+  monkeypatch.setattr(quickstart.trainer, "train", train)
+  with pytest.raises(SystemExit, match="lm stopped at step 120 of 500 .SIGTERM.; run the same"):
+    quickstart.run_stages(_demo(), str(tmp_path))
+  assert trained == ["contrastive", "lm"]  # The Flamingo stage never started.
