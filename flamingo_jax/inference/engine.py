@@ -1,10 +1,11 @@
 """Continuous batching: B decode rows stepped together, each row a request at its own point.
 
 The device state (`Rows`, donated to and replaced by every call) holds, for each row b < B:
-  cache          the LM's self-attention keys/values, leaves [B, S, K, Dh] (batch on axis 0 once
-                 `decoding.decoding_model` unrolls the layers; [units, B, S, K, Dh] when scanned)
-  context_cache  the gated blocks' visual keys/values, leaves [B, N * R, K, Dh] (N = max_images):
-                 computed once per request, when it is admitted; the steps only read them
+  cache          the LM's self-attention keys/values, leaves [B, K, ., .] (layers.CACHE_AXES: keys
+                 [B, K, Dh, S], values [B, K, S, Dh]; batch on axis 0 once
+                 `decoding.decoding_model` unrolls the layers; [units, B, ...] when scanned)
+  context_cache  the gated blocks' visual keys/values, the same layout over N * R slots
+                 (N = max_images): computed once per request, when it is admitted; the steps only read them
   key_mask [B, S] bool   the cache slots holding real tokens (False on a prompt's left padding)
   index [B] int32        the cache slot the row's next fed token goes to
   position [B] int32     that token's position (the real tokens before it)
@@ -116,7 +117,7 @@ def _covering(rows: int, slots: int) -> int:
 
 
 def _batch_axis(leaf: jax.Array) -> int:
-  return leaf.ndim - 4  # Cache leaves end with [B, slots, K, Dh]; stacked layers lead.
+  return leaf.ndim - 4  # Cache leaves end with [B, K, ., .]; stacked layers lead.
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_images"))

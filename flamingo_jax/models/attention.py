@@ -29,6 +29,7 @@ Shapes: B batch, T query length, S key length, H query heads, K key/value heads,
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import flax.linen as nn
@@ -102,6 +103,38 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     mask = same if mask is None else mask & same
   return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
                                       implementation="cudnn" if kernel == "cudnn" else "xla")
+
+
+def cached_attention(q: jax.Array, parts) -> jax.Array:
+  """Softmax(q k^T / sqrt(Dh)) v over the keys of several parts (a decoding cache and the new
+  tokens), laid out so that no step copies them.
+
+  q [B, T, H, Dh]; parts: a sequence of (keys [B, K, S_i, Dh], values [B, K, Dh, S_i], mask
+  [B, 1 or H, 1 or T, S_i] bool), K dividing H (grouped-query attention); one softmax over all
+  their keys -> [B, T, H, Dh] in q.dtype. Scores and softmax in float32. In this layout XLA's CPU
+  products read the keys and values as they lie: with the [B, S, K, Dh] one it transposed every
+  layer's keys and values at every step (about a third of a `bench` decode step), and a product
+  reading the cache just written made it copy the cache (so decoding passes the cache as it was
+  and the new tokens as two parts).
+  """
+  b, t, h, dh = q.shape
+  kv_heads = parts[0][0].shape[1]
+  groups = h // kv_heads
+  q = q.reshape(b, t, kv_heads, groups, dh) * jnp.asarray(dh ** -0.5, q.dtype)
+
+  def per_group(mask):  # -> [B, K or 1, G or 1, T or 1, S_i]
+    if mask.shape[1] == h > 1:
+      return mask.reshape(b, kv_heads, groups, *mask.shape[2:])
+    return mask[:, :, None]
+
+  scores = jnp.concatenate([jnp.where(per_group(mask), jnp.einsum(
+      "btkgd,bksd->bkgts", q, keys, preferred_element_type=jnp.float32),
+      jnp.finfo(jnp.float32).min) for keys, _, mask in parts], axis=-1)
+  probs = jax.nn.softmax(scores, axis=-1)
+  ends = list(itertools.accumulate(keys.shape[2] for keys, _, _ in parts))
+  out = sum(jnp.einsum("bkgts,bkds->btkgd", p.astype(values.dtype), values)
+            for p, (_, values, _) in zip(jnp.split(probs, ends[:-1], axis=-1), parts))
+  return out.reshape(b, t, h, dh).astype(q.dtype)
 
 
 def _splash(q, k, v, is_causal, segments):

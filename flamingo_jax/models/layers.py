@@ -7,6 +7,7 @@ Shapes: B batch, T query length, S key length, D width, H heads, K key/value hea
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -114,6 +115,18 @@ def rotary(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array
   return out.astype(x.dtype)
 
 
+# The decoding caches' layout, heads before slots, so that attention.cached_attention reads them
+# without a copy: keys [B, K, Dh, S], values [B, K, S, Dh] (by logical axis).
+CACHE_AXES = {"cached_key": ("batch", "act_heads", "length", "act_kv"),
+              "cached_value": ("batch", "act_heads", "act_kv", "length")}
+
+
+def _cache_layout(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """k, v [B, S, K, Dh] -> keys [B, K, Dh, S], values [B, K, S, Dh] (CACHE_AXES), constrained."""
+  return (constrain(k.transpose(0, 2, 1, 3), CACHE_AXES["cached_key"]),
+          constrain(v.transpose(0, 2, 3, 1), CACHE_AXES["cached_value"]))
+
+
 class DecodeSlots(NamedTuple):
   """Where a decoding call's tokens go in the self-attention key/value cache (see `Attention`).
 
@@ -137,13 +150,14 @@ class Attention(nn.Module):
 
   Decoding uses the `cache` collection (mutable in the decoding apply, see `decoding.py`):
   * self-attention with `decode` given: this call's keys/values [B, T, K, Dh] (rotary applied) are
-    written into `cache/cached_key`, `cache/cached_value` [B, S, K, Dh] (zeros when absent; S is
-    decode.key_mask's length) at slots decode.index..index+T-1, and the queries attend over the
-    whole cache, causally by slot, skipping the slots that decode.key_mask rules out;
+    written into `cache/cached_key` [B, K, Dh, S] and `cache/cached_value` [B, K, S, Dh]
+    (CACHE_AXES; zeros when absent; S is decode.key_mask's length) at slots
+    decode.index..index+T-1, and the queries attend over the whole cache, causally by slot,
+    skipping the slots that decode.key_mask rules out;
   * `cache_context=True` (cross-attention): the first call (the `context_cache` collection mutable)
     projects `context` and stores its keys and values as `context_cache/cached_key`, `cached_value`
-    [B, S, K, Dh]; later calls (the collection read-only) reuse them and ignore `context`. A later
-    call may bring G * B query rows (beams, scoring candidates): rows b * G .. b * G + G - 1 share
+    in the same layout; later calls (the collection read-only) reuse them and ignore `context`. A
+    later call may bring G * B query rows (beams, scoring candidates): rows b * G .. b * G + G - 1 share
     row b's cached keys/values.
   """
 
@@ -189,43 +203,59 @@ class Attention(nn.Module):
       if self.rope_theta is not None:
         k = rotary(k, positions, inv_freq)
       if cache_context:
-        kv_axes = ("batch", "length", "act_heads", "act_kv")
-        self.put_variable("context_cache", "cached_key", constrain(k, kv_axes))
-        self.put_variable("context_cache", "cached_value", constrain(v, kv_axes))
-    if decode is not None:
-      k, v, mask = self._update_cache(k, v, decode)
+        k, v = _cache_layout(k, v)
+        self.put_variable("context_cache", "cached_key", k)
+        self.put_variable("context_cache", "cached_value", v)
     rows, t = q.shape[:2]
-    groups = rows // k.shape[0]  # > 1: groups of query rows share one cached context row.
-    if groups > 1:
-      q = q.reshape(k.shape[0], groups * t, *q.shape[2:])
-      mask = mask.reshape(k.shape[0], groups, *mask.shape[1:]).swapaxes(1, 2).reshape(
-          k.shape[0], mask.shape[1], groups * t, mask.shape[-1])
-    q = constrain(q, ("batch", "length", "act_heads", "act_kv"))
-    kernel = attention.resolve(ex.attention, attention.current_platform(), ex.dtype)
-    out = attention.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal and decode is None,
-                                          segments=segments, kernel=kernel)
+    if decode is None and not cache_context:
+      q = constrain(q, ("batch", "length", "act_heads", "act_kv"))
+      kernel = attention.resolve(ex.attention, attention.current_platform(), ex.dtype)
+      out = attention.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                            segments=segments, kernel=kernel)
+    else:
+      parts = self._update_cache(k, v, decode) if decode is not None else [(k, v, mask)]
+      cache_rows = parts[0][0].shape[0]
+      groups = rows // cache_rows  # > 1: groups of query rows share one cached context row.
+      if groups > 1:
+        q = q.reshape(cache_rows, groups * t, *q.shape[2:])
+        parts = [(keys, values, m.reshape(cache_rows, groups, *m.shape[1:]).swapaxes(1, 2).reshape(
+            cache_rows, m.shape[1], groups * t, m.shape[-1])) for keys, values, m in parts]
+      q = constrain(q, ("batch", "length", "act_heads", "act_kv"))
+      out = attention.cached_attention(q, parts)
     out = out.reshape(rows, t, *out.shape[2:])
     out = dense(self.out_features, ("heads", "kv", "embed"), ex, use_bias=self.use_bias,
                 num_in=2, name="out")(out)
     return checkpoint_name(out, "out_proj")
 
-  def _update_cache(self, k: jax.Array, v: jax.Array, decode: DecodeSlots):
-    """Writes k, v [B, T, K, Dh] at decode.index -> (cached keys, values [B, S, K, Dh], mask
-    [B, 1, T, S]: slot <= the query's slot and allowed by decode.key_mask)."""
-    b, t, kv_heads, head_dim = k.shape
+  def _update_cache(self, k: jax.Array, v: jax.Array, decode: DecodeSlots) -> list:
+    """Writes k, v [B, T, K, Dh] at slots decode.index.. of the cache and returns what the queries
+    attend to, as attention.cached_attention's parts: the cache as it was (the slots before each
+    row's index that decode.key_mask allows; none when the cache is new, at the prefill) and this
+    call's T tokens (causal among themselves).
+    The queries never read the written cache, so the write happens in place."""
+    b, t = k.shape[:2]
     length = decode.key_mask.shape[1]
     index = jnp.broadcast_to(decode.index, (b,))  # [B]: each row's first slot.
-    write = jax.vmap(lambda cache, new, i: jax.lax.dynamic_update_slice(cache, new, (i, 0, 0)))
-    cached = {}
-    for name, new in (("cached_key", k), ("cached_value", v)):
-      var = self.variable("cache", name, jnp.zeros, (b, length, kv_heads, head_dim), new.dtype)
-      var.value = constrain(write(var.value, new.astype(var.value.dtype), index),
-                            ("batch", "length", "act_heads", "act_kv"))
-      cached[name] = var.value
-    query_slot = index[:, None] + jnp.arange(t)  # [B, T]
-    causal = jnp.arange(length) <= query_slot[..., None]  # [B, T, S]
-    mask = causal[:, None] & decode.key_mask[:, None, None, :]
-    return cached["cached_key"], cached["cached_value"], mask
+    fresh = not self.has_variable("cache", "cached_key")  # The prefill: nothing cached before.
+    new = _cache_layout(k, v)
+    old = []
+    for name, x in zip(CACHE_AXES, new):
+      slot_axis = CACHE_AXES[name].index("length")
+      var = self.variable("cache", name, jnp.zeros,
+                          x.shape[:slot_axis] + (length,) + x.shape[slot_axis + 1:], x.dtype)
+      old.append(var.value)
+      x = x.astype(var.value.dtype)
+      if jnp.ndim(decode.index) == 0:  # One slot for every row: one write.
+        written = jax.lax.dynamic_update_slice_in_dim(var.value, x, decode.index, slot_axis)
+      else:
+        written = jax.vmap(functools.partial(jax.lax.dynamic_update_slice_in_dim,
+                                             axis=slot_axis - 1))(var.value, x, index)
+      var.value = constrain(written, CACHE_AXES[name])
+    before = (jnp.arange(length) < index[:, None]) & decode.key_mask  # [B, S]
+    slots = index[:, None] + jnp.arange(t)  # [B, T]: this call's slots.
+    allowed = jnp.take_along_axis(decode.key_mask, jnp.minimum(slots, length - 1), axis=1)
+    among = jnp.tril(jnp.ones((t, t), bool)) & allowed[:, None, :]  # [B, T, T]
+    return ([] if fresh else [(*old, before[:, None, None, :])]) + [(*new, among[:, None])]
 
 
 class Mlp(nn.Module):

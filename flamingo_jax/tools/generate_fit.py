@@ -91,12 +91,12 @@ class Programs:
 
   def caches(self, shape: ServeShape):
     """Abstract (cache, context_cache, visual) as the prefill leaves them: keys / values
-    [(L,) B, S, K, Dh] split over the rows and the heads (`layers.Attention`), visual over rows."""
+    [(L,) B, K, ., .] (layers.CACHE_AXES) split over the rows and the heads, visual over rows."""
     with sharding.active(self.mesh):
       _, cache, context_cache, visual = jax.eval_shape(self._prefill_fn(shape), self.params,
                                                        *self._inputs(shape))
-    def heads(x):  # [(L,) B, S, K, Dh]
-      spec = jax.P(*([None] * (x.ndim - 4)), ("data", "fsdp"), None, "tensor", None)
+    def heads(x):  # [(L,) B, K, ., .]
+      spec = jax.P(*([None] * (x.ndim - 4)), ("data", "fsdp"), "tensor", None, None)
       return jax.ShapeDtypeStruct(x.shape, x.dtype,
                                   sharding=jax.sharding.NamedSharding(self.mesh, spec))
     return (jax.tree.map(heads, cache), jax.tree.map(heads, context_cache),
@@ -158,25 +158,30 @@ def largest_batch(programs: Programs, shape: ServeShape, total: float, hbm: floa
   """The largest batch (a multiple of `step`, the batch devices) whose decode step fits `hbm` at
   `shape.context`, by secant steps on compiled memory: from the compiles at the batch (`total`
   bytes) and at twice the batch, the line through the last two compiles gives the next candidate,
-  compiled in turn (`rounds` at most). Also the largest context at `shape.batch`, from the last
-  line with each row's share taken as proportional to its context."""
+  compiled in turn (`rounds` at most; memory is not linear in the batch everywhere, so the last
+  candidate may not fit). Also the largest context at `shape.batch`, from the line through the last
+  two compiles with each row's share taken as proportional to its context."""
   compiled = {shape.batch: total}
 
   def compile_at(batch):
     compiled[batch] = _compiled_memory(programs, dataclasses.replace(shape, batch=batch),
                                        with_prefill=False)["decode"]["total"]
 
+  def line():  # (fixed bytes, bytes per row) through the last two compiles.
+    (b1, m1), (b2, m2) = ((b, compiled[b]) for b in order[-2:])
+    per_row = (m2 - m1) / (b2 - b1)
+    return m1 - b1 * per_row, per_row
+
   compile_at(2 * shape.batch)
   order = [shape.batch, 2 * shape.batch]
   for _ in range(rounds):
-    (b1, m1), (b2, m2) = ((b, compiled[b]) for b in order[-2:])
-    per_row = (m2 - m1) / (b2 - b1)
-    fixed = m1 - b1 * per_row
+    fixed, per_row = line()
     candidate = int((hbm - fixed) // (per_row * step)) * step if per_row > 0 else 0
     if candidate < step or candidate in compiled:
       break
     compile_at(candidate)
     order.append(candidate)
+  fixed, per_row = line()
   fitting = [b for b, m in compiled.items() if m <= hbm]
   best = max(fitting, default=0)
   return {"decode_fixed_gib": fixed / GIB, "decode_gib_per_row": per_row / GIB,
