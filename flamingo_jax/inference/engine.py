@@ -2,10 +2,11 @@
 
 The device state (`Rows`, donated to and replaced by every call) holds, for each row b < B:
   cache          the LM's self-attention keys/values, leaves [B, K, ., .] (layers.CACHE_AXES: keys
-                 [B, K, Dh, S], values [B, K, S, Dh]; batch on axis 0 once
+                 [B, K, S, Dh], values [B, K, Dh, S]; batch on axis 0 once
                  `decoding.decoding_model` unrolls the layers; [units, B, ...] when scanned)
   context_cache  the gated blocks' visual keys/values, the same layout over N * R slots
-                 (N = max_images): computed once per request, when it is admitted; the steps only read them
+                 (N = max_images): computed once per request, when it is admitted; the steps only
+                 read them
   key_mask [B, S] bool   the cache slots holding real tokens (False on a prompt's left padding)
   index [B] int32        the cache slot the row's next fed token goes to
   position [B] int32     that token's position (the real tokens before it)

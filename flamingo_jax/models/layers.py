@@ -116,13 +116,13 @@ def rotary(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array
 
 
 # The decoding caches' layout, heads before slots, so that attention.cached_attention reads them
-# without a copy: keys [B, K, Dh, S], values [B, K, S, Dh] (by logical axis).
+# without a copy: keys [B, K, S, Dh], values [B, K, Dh, S] (by logical axis).
 CACHE_AXES = {"cached_key": ("batch", "act_heads", "length", "act_kv"),
               "cached_value": ("batch", "act_heads", "act_kv", "length")}
 
 
 def _cache_layout(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """k, v [B, S, K, Dh] -> keys [B, K, Dh, S], values [B, K, S, Dh] (CACHE_AXES), constrained."""
+  """k, v [B, S, K, Dh] -> keys [B, K, S, Dh], values [B, K, Dh, S] (CACHE_AXES), constrained."""
   return (constrain(k.transpose(0, 2, 1, 3), CACHE_AXES["cached_key"]),
           constrain(v.transpose(0, 2, 3, 1), CACHE_AXES["cached_value"]))
 
@@ -150,15 +150,15 @@ class Attention(nn.Module):
 
   Decoding uses the `cache` collection (mutable in the decoding apply, see `decoding.py`):
   * self-attention with `decode` given: this call's keys/values [B, T, K, Dh] (rotary applied) are
-    written into `cache/cached_key` [B, K, Dh, S] and `cache/cached_value` [B, K, S, Dh]
+    written into `cache/cached_key` [B, K, S, Dh] and `cache/cached_value` [B, K, Dh, S]
     (CACHE_AXES; zeros when absent; S is decode.key_mask's length) at slots
     decode.index..index+T-1, and the queries attend over the whole cache, causally by slot,
-    skipping the slots that decode.key_mask rules out;
+    skipping the slots that decode.key_mask rules out (`_update_cache`);
   * `cache_context=True` (cross-attention): the first call (the `context_cache` collection mutable)
     projects `context` and stores its keys and values as `context_cache/cached_key`, `cached_value`
     in the same layout; later calls (the collection read-only) reuse them and ignore `context`. A
-    later call may bring G * B query rows (beams, scoring candidates): rows b * G .. b * G + G - 1 share
-    row b's cached keys/values.
+    later call may bring G * B query rows (beams, scoring candidates): rows b * G .. b * G + G - 1
+    share row b's cached keys/values.
   """
 
   num_heads: int

@@ -109,8 +109,8 @@ def run_stages(config: Config, workdir: str) -> None:
     print(f"== stage {task} -> {directory}", flush=True)
     step = int(trainer.train(stage, directory).step)
     if step < stage.train.num_steps:  # Stopped by SIGTERM: the next stage needs this one's export.
-      raise SystemExit(f"== {task} stopped at step {step} of {stage.train.num_steps} (SIGTERM); run "
-                       "the same command again to resume it.")
+      raise SystemExit(f"== {task} stopped at step {step} of {stage.train.num_steps} (SIGTERM); "
+                       "run the same command again to resume it.")
 
 
 def main(argv):
