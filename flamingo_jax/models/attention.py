@@ -107,15 +107,15 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
 
 def cached_attention(q: jax.Array, parts) -> jax.Array:
   """Softmax(q k^T / sqrt(Dh)) v over the keys of several parts (a decoding cache and the new
-  tokens), laid out so that no step copies them.
+  tokens), laid out so that XLA's CPU products read them without transposing them.
 
   q [B, T, H, Dh]; parts: a sequence of (keys [B, K, S_i, Dh], values [B, K, Dh, S_i], mask
   [B, 1 or H, 1 or T, S_i] bool), K dividing H (grouped-query attention); one softmax over all
   their keys -> [B, T, H, Dh] in q.dtype. Scores and softmax in float32. In this layout XLA's CPU
   products read the keys and values as they lie: with the [B, S, K, Dh] one it transposed every
-  layer's keys and values at every step (about a third of a `bench` decode step), and a product
-  reading the cache just written made it copy the cache (so decoding passes the cache as it was
-  and the new tokens as two parts).
+  layer's keys and values at every step (about a third of a `bench` decode step). Decoding passes
+  the cache as it was and the new tokens as two parts: a product reading the cache just written
+  made XLA copy the cache twice per step, against once this way (docs/decisions.md).
   """
   b, t, h, dh = q.shape
   kv_heads = parts[0][0].shape[1]

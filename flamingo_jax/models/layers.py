@@ -231,8 +231,8 @@ class Attention(nn.Module):
     """Writes k, v [B, T, K, Dh] at slots decode.index.. of the cache and returns what the queries
     attend to, as attention.cached_attention's parts: the cache as it was (the slots before each
     row's index that decode.key_mask allows; none when the cache is new, at the prefill) and this
-    call's T tokens (causal among themselves).
-    The queries never read the written cache, so the write happens in place."""
+    call's T tokens (causal among themselves). The queries never read the written cache, which
+    halves the copies XLA makes of it per step (docs/decisions.md, "Cache layout")."""
     b, t = k.shape[:2]
     length = decode.key_mask.shape[1]
     index = jnp.broadcast_to(decode.index, (b,))  # [B]: each row's first slot.
@@ -245,12 +245,8 @@ class Attention(nn.Module):
                           x.shape[:slot_axis] + (length,) + x.shape[slot_axis + 1:], x.dtype)
       old.append(var.value)
       x = x.astype(var.value.dtype)
-      if jnp.ndim(decode.index) == 0:  # One slot for every row: one write.
-        written = jax.lax.dynamic_update_slice_in_dim(var.value, x, decode.index, slot_axis)
-      else:
-        written = jax.vmap(functools.partial(jax.lax.dynamic_update_slice_in_dim,
-                                             axis=slot_axis - 1))(var.value, x, index)
-      var.value = constrain(written, CACHE_AXES[name])
+      write = jax.vmap(functools.partial(jax.lax.dynamic_update_slice_in_dim, axis=slot_axis - 1))
+      var.value = constrain(write(var.value, x, index), CACHE_AXES[name])
     before = (jnp.arange(length) < index[:, None]) & decode.key_mask  # [B, S]
     slots = index[:, None] + jnp.arange(t)  # [B, T]: this call's slots.
     allowed = jnp.take_along_axis(decode.key_mask, jnp.minimum(slots, length - 1), axis=1)
