@@ -11,8 +11,8 @@ of `prompt_len` tokens with `images` images, and must produce the same `new_toke
 of `repeats` runs after a warm-up.
 * cached: `decoding.generate` (prefill with the images' keys/values computed once, then one token
   per step through the key/value cache).
-* uncached: the best loop without a cache, one jitted loop: the images encoded (vision tower and
-  resampler) once per request, then for every new token the LM with its gated blocks over the
+* uncached: the best loop without a cache, one jitted loop (compiled with the same XLA options as
+  the cached loop): the images encoded (vision tower and resampler) once per request, then for every new token the LM with its gated blocks over the
   right-padded [B, prompt_len + new_tokens] buffer (causal, so the padding changes nothing), with
   logits at the last position only (`DecoderLM(logits_at=...)`).
 `cached_over_recompute_<prompt_len>` = uncached / cached request time, the minimum over batches
@@ -46,7 +46,8 @@ from flamingo_jax.models.lm import DecoderLM  # noqa: E402
 emit = emitter("decode")
 
 
-@functools.partial(jax.jit, static_argnames=("config", "new_tokens"))
+@functools.partial(jax.jit, static_argnames=("config", "new_tokens"),
+                   compiler_options=decoding.LOOP_COMPILER_OPTIONS)
 def uncached_greedy(config: FlamingoConfig, params, tokens, images, new_tokens: int):
   """Greedy decoding without a key/value cache: images encoded once, then the LM over the whole
   buffer for every new token, logits at the last filled position only."""
