@@ -47,7 +47,7 @@ emit = emitter("decode")
 
 
 @functools.partial(jax.jit, static_argnames=("config", "new_tokens"),
-                   compiler_options=decoding.LOOP_COMPILER_OPTIONS)
+                   compiler_options=decoding.CACHE_COMPILER_OPTIONS)
 def uncached_greedy(config: FlamingoConfig, params, tokens, images, new_tokens: int):
   """Greedy decoding without a key/value cache: images encoded once, then the LM over the whole
   buffer for every new token, logits at the last filled position only."""

@@ -44,12 +44,13 @@ from flamingo_jax.models.layers import DecodeSlots
 from flamingo_jax.weights import layout
 from flamingo_jax.weights import tree as ptree
 
-# XLA options of the compiled generation loop. With region analysis, copy insertion sees that a
-# step writes the self-attention cache only after its last read of it, and updates it in place:
-# without it XLA copies every layer's keys and values at every step (32 copies per `bench` token,
-# docs/decisions.md, "Cache layout"). A compiler debug option: the GPU and TPU compilers accept
-# it and leave their own analysis as it is.
-LOOP_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+# XLA options of the compiled functions that update a decoding cache step by step (the generation
+# loop here, the serving engine's step). With region analysis, copy insertion sees that a step
+# writes the self-attention cache only after its last read of it, and updates it in place: without
+# it XLA copies every layer's keys and values at every step (32 copies per `bench` token here, the
+# whole cache twice per engine step; docs/decisions.md, "Cache layout"). A compiler debug option:
+# the GPU and TPU compilers accept it and keep their own analysis.
+CACHE_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 def decoding_model(config: FlamingoConfig, params) -> tuple[FlamingoConfig, ptree.Params]:
@@ -271,7 +272,7 @@ def _beam_search(model, params, visual, tokens, prompt_mask, sampling: SamplingC
 
 
 @functools.partial(jax.jit, static_argnames=("config", "sampling"),
-                   compiler_options=LOOP_COMPILER_OPTIONS)
+                   compiler_options=CACHE_COMPILER_OPTIONS)
 def _generate(config: FlamingoConfig, params, tokens, prompt_mask, images,
               sampling: SamplingConfig, stop_tokens: jax.Array, rng):
   config, params = decoding_model(config, params)

@@ -157,7 +157,7 @@ def _admit(config: FlamingoConfig, sampling: SamplingConfig, params, rows: Rows,
 
 
 @functools.partial(jax.jit, static_argnames=("config", "sampling", "used"),
-                   donate_argnames=("rows",))
+                   donate_argnames=("rows",), compiler_options=decoding.CACHE_COMPILER_OPTIONS)
 def _step(config: FlamingoConfig, sampling: SamplingConfig, params, rows: Rows, visual, used: int):
   """One token for each of the first `used` rows -> (rows, the picked tokens [used]); the other
   rows are left as they are. visual [B, N, R, D] is only a shape: the gated blocks read their
