@@ -1,7 +1,7 @@
 r"""Serving benchmark: the HTTP server's throughput and latency with 1 and 8 concurrent clients.
 
   python benchmarks/serve.py [--models tiny,bench] [--slots 8] [--requests 4] [--prompt_tokens 24]
-                             [--new_tokens 32]
+                             [--new_tokens 32] [--repeats 3]
 
 For each model: a random-weight run (tests/builders.py: its tokenizer, record and checkpoint, as the
 tests build one) served by `python -m flamingo_jax.serve` in a subprocess on a localhost port, with
@@ -9,13 +9,15 @@ tests build one) served by `python -m flamingo_jax.serve` in a subprocess on a l
 tokens (greedy). Once it answers (every shape compiled before it listens) and one request has run,
 C clients (threads with http.client) each send --requests requests one after the other: a prompt of
 about prompt_tokens tokens with one random image of the model's size, sent as a base64 PNG.
+1 client, then 8, --repeats times in turn; each figure is the median of its runs (latencies pooled).
 The engine steps only the rows in use (a power of two covering the busy rows), so 1 client on the
 8-slot server steps one row: the same work as a 1-slot server, the best baseline for 1 client.
 Prints JSON lines per model:
-  serve_tokens_per_s   new tokens / wall time of the run (extras: clients=1|8, slots)
-  serve_p50_ms, serve_p99_ms   per-request latency seen by the client (send to full answer; with
-                       8 x --requests requests p99 is about the slowest)
-  serve_batching_gain  tokens/s with 8 clients over tokens/s with 1, same server (target >= 4)
+  serve_tokens_per_s   new tokens / wall time of a run, the median (extras: clients=1|8, slots,
+                       runs: each run's figure)
+  serve_p50_ms, serve_p99_ms   per-request latency seen by the client (send to full answer),
+                       over every run's requests (extra: requests, their number)
+  serve_batching_gain  median tokens/s with 8 clients over that with 1, same server (target >= 4)
 """
 
 from __future__ import annotations
@@ -140,15 +142,24 @@ def drive(port: int, requests: list[dict], clients: int) -> tuple[float, list[fl
   return time.perf_counter() - start, [t for share in shares for t in share]
 
 
-def measure(port: int, requests: list[dict], clients: int, emit_tag: dict) -> float:
-  """Drives the server with `clients` clients and emits the figures -> tokens/s."""
-  seconds, latencies = drive(port, requests, clients)
-  rate = len(requests) * requests[0]["max_new_tokens"] / seconds
-  tag = dict(clients=clients, requests=len(requests), **emit_tag)
-  emit("serve_tokens_per_s", rate, "tokens/s", **tag)
-  emit("serve_p50_ms", 1000 * np.percentile(latencies, 50), "ms", **tag)
-  emit("serve_p99_ms", 1000 * np.percentile(latencies, 99), "ms", **tag)
-  return rate
+def measure(port: int, requests: list[dict], repeats: int, emit_tag: dict) -> dict[int, float]:
+  """Drives the server with 1 client, then 8, `repeats` times in turn (the two alternate, so a
+  slower spell of a shared machine falls on both), and emits the figures -> {clients: the median
+  tokens/s}."""
+  rates, latencies = {1: [], 8: []}, {1: [], 8: []}
+  for _ in range(repeats):
+    for clients in rates:
+      share = requests[:clients * (len(requests) // 8)]
+      seconds, times = drive(port, share, clients)
+      rates[clients].append(len(share) * share[0]["max_new_tokens"] / seconds)
+      latencies[clients] += times
+  for clients in rates:
+    tag = dict(clients=clients, requests=len(latencies[clients]), repeats=repeats, **emit_tag)
+    emit("serve_tokens_per_s", float(np.median(rates[clients])), "tokens/s",
+         runs=[round(r, 1) for r in rates[clients]], **tag)
+    emit("serve_p50_ms", 1000 * np.percentile(latencies[clients], 50), "ms", **tag)
+    emit("serve_p99_ms", 1000 * np.percentile(latencies[clients], 99), "ms", **tag)
+  return {clients: float(np.median(r)) for clients, r in rates.items()}
 
 
 def bench_model(preset: str, args) -> None:
@@ -163,8 +174,8 @@ def bench_model(preset: str, args) -> None:
       emit("serve_startup_s", time.perf_counter() - start, "s", model=preset,
            note="run built, loaded, every shape compiled")
       call(port, "/generate", requests[-1])  # A first request: nothing left to warm up.
-      rates = {clients: measure(port, requests[:clients * args.requests], clients,
-                                dict(slots=args.slots, **tag)) for clients in (1, 8)}
+      rates = measure(port, requests[:8 * args.requests], args.repeats,
+                      dict(slots=args.slots, **tag))
     emit("serve_batching_gain", rates[8] / rates[1], "ratio", model=preset, slots=args.slots,
          target=4)
 
@@ -176,6 +187,8 @@ def main():
   parser.add_argument("--requests", type=int, default=4, help="Requests per client.")
   parser.add_argument("--prompt_tokens", type=int, default=24)
   parser.add_argument("--new_tokens", type=int, default=32)
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="Runs of each client count, 1 and 8 in turn; the median is reported.")
   args = parser.parse_args()
   environment(emit)
   for preset in args.models.split(","):

@@ -115,7 +115,7 @@ def cached_attention(q: jax.Array, parts) -> jax.Array:
   products read the keys and values as they lie: with the [B, S, K, Dh] one it transposed every
   layer's keys and values at every step (about a third of a `bench` decode step). Decoding passes
   the cache as it was and the new tokens as two parts: a product reading the cache just written
-  made XLA copy the cache twice per step, against once this way (docs/decisions.md).
+  made XLA copy the cache at every step; this way it writes it in place (docs/decisions.md).
   """
   b, t, h, dh = q.shape
   kv_heads = parts[0][0].shape[1]

@@ -231,8 +231,8 @@ class Attention(nn.Module):
     """Writes k, v [B, T, K, Dh] at slots decode.index.. of the cache and returns what the queries
     attend to, as attention.cached_attention's parts: the cache as it was (the slots before each
     row's index that decode.key_mask allows; none when the cache is new, at the prefill) and this
-    call's T tokens (causal among themselves). The queries never read the written cache, which
-    halves the copies XLA makes of it per step (docs/decisions.md, "Cache layout")."""
+    call's T tokens (causal among themselves). The queries never read the written cache, so that
+    XLA can write it in place (with decoding.CACHE_COMPILER_OPTIONS; docs/decisions.md)."""
     b, t = k.shape[:2]
     length = decode.key_mask.shape[1]
     index = jnp.broadcast_to(decode.index, (b,))  # [B]: each row's first slot.
