@@ -11,10 +11,11 @@ of `prompt_len` tokens with `images` images, and must produce the same `new_toke
 of `repeats` runs after a warm-up.
 * cached: `decoding.generate` (prefill with the images' keys/values computed once, then one token
   per step through the key/value cache).
-* uncached: the best loop without a cache, one jitted loop (compiled with the same XLA options as
-  the cached loop): the images encoded (vision tower and resampler) once per request, then for every new token the LM with its gated blocks over the
-  right-padded [B, prompt_len + new_tokens] buffer (causal, so the padding changes nothing), with
-  logits at the last position only (`DecoderLM(logits_at=...)`).
+* uncached: the best loop without a cache, one jitted loop (compiled with the cached loop's XLA
+  options): the images encoded (vision tower and resampler) once per request, then for every new
+  token the LM with its gated blocks over the right-padded [B, prompt_len + new_tokens] buffer
+  (causal, so the padding changes nothing), with logits at the last position only
+  (`DecoderLM(logits_at=...)`).
 `cached_over_recompute_<prompt_len>` = uncached / cached request time, the minimum over batches
 (target >= 10 at 256). `cached_decode_tokens_per_s_b<B>` is the cached loop's rate without its
 prefill: (time for new_tokens - time for 1 token) / (new_tokens - 1). Scoring: `decoding.score` of C
