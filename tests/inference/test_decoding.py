@@ -1,6 +1,7 @@
 """Cached decoding (flamingo_jax/inference/decoding.py) against full recomputation, on the tiny model."""
 
 import collections
+import re
 import subprocess
 import sys
 
@@ -16,8 +17,9 @@ from data_pipelines.tokenizer import Tokenizer
 from data_pipelines.tokenizer import train as train_tokenizer
 from experiments import flamingo as flamingo_presets
 from flamingo_jax import sharding
-from flamingo_jax.config import Config, SamplingConfig
+from flamingo_jax.config import Config, SamplingConfig, ServeConfig
 from flamingo_jax.inference import decoding
+from flamingo_jax.inference import engine as engine_lib
 from flamingo_jax.inference import generate as generate_cli
 from flamingo_jax.models import masking
 from flamingo_jax.models.layers import Dense
@@ -347,3 +349,40 @@ def test_image_keys_values_computed_once_per_request():
   num_gated = sum(s.num_units for s in layer_plan(config.lm.num_layers, config.xattn) if s.has_xattn)
   assert calls == {"vision": 1, "xattn_key": num_gated,
                    "lm_key": config.lm.num_layers * (1 + MAX_NEW)}, calls
+
+
+def _cache_copies(hlo: str, shapes: set[tuple[int, ...]], computation: str | None = None) -> int:
+  """The copy instructions in optimised HLO text (in `computation` only, if given) whose result has
+  one of `shapes`."""
+  if computation is not None:
+    start = hlo.index(f"%{computation} ")
+    hlo = hlo[start:hlo.index("\n}", start)]
+  found = re.findall(r"= f32\[([\d,]+)\]\S* copy\(", hlo)
+  return sum(tuple(int(d) for d in dims.split(",")) in shapes for dims in found)
+
+
+def test_the_loop_and_the_engine_step_write_the_cache_in_place():
+  """With decoding.CACHE_COMPILER_OPTIONS, XLA writes the self-attention cache in place: the
+  compiled greedy loop's body and the engine's step copy no buffer of a cache leaf's shape (keys
+  [B, K, S, Dh], values [B, K, Dh, S]); without the option they copy each layer's keys and values
+  at every step."""
+  config = _config()
+  params = _params(config)
+  tokens, mask, images = _prompts(config)
+  b, t = tokens.shape
+  k, dh = config.lm.num_kv_heads, config.lm.head_dim
+
+  def shapes(rows, slots):
+    return {(rows, k, slots, dh), (rows, k, dh, slots)}
+
+  hlo = decoding._generate.lower(config, params, tokens, mask, images, GREEDY,
+                                 jnp.asarray([config.eoc_token_id]), jax.random.key(0)
+                                 ).compile().as_text()
+  body = re.search(r"\bwhile\(.*?body=%?([\w.-]+)", hlo).group(1)
+  assert _cache_copies(hlo, shapes(b, t + MAX_NEW), body) == 0
+
+  serve = ServeConfig(slots=2, max_prompt_tokens=16, max_images=2, sampling=GREEDY)
+  engine = engine_lib.Engine(config, params, serve, (config.eoc_token_id,))
+  step = engine_lib._step.lower(engine.config, serve.sampling, engine.decoding_params,
+                                engine._rows, engine._visual, 2).compile().as_text()
+  assert _cache_copies(step, shapes(2, serve.cache_length)) == 0
