@@ -159,30 +159,31 @@ def largest_batch(programs: Programs, shape: ServeShape, total: float, hbm: floa
   `shape.context`, by secant steps on compiled memory: from the compiles at the batch (`total`
   bytes) and at twice the batch, the line through the last two compiles gives the next candidate,
   compiled in turn (`rounds` at most; memory is not linear in the batch everywhere, so the last
-  candidate may not fit). Also the largest context at `shape.batch`, from the line through the last
-  two compiles with each row's share taken as proportional to its context."""
+  candidate may not fit). Also the largest context at `shape.batch`, from the line through the two
+  largest compiles that fit (the last two if fewer fit: past the fit the compiler may change its
+  layouts, and memory jump), each row's share taken as proportional to its context."""
   compiled = {shape.batch: total}
 
   def compile_at(batch):
     compiled[batch] = _compiled_memory(programs, dataclasses.replace(shape, batch=batch),
                                        with_prefill=False)["decode"]["total"]
 
-  def line():  # (fixed bytes, bytes per row) through the last two compiles.
-    (b1, m1), (b2, m2) = ((b, compiled[b]) for b in order[-2:])
+  def line(batches):  # (fixed bytes, bytes per row) through the compiles at two batches.
+    (b1, m1), (b2, m2) = sorted((b, compiled[b]) for b in batches)
     per_row = (m2 - m1) / (b2 - b1)
     return m1 - b1 * per_row, per_row
 
   compile_at(2 * shape.batch)
   order = [shape.batch, 2 * shape.batch]
   for _ in range(rounds):
-    fixed, per_row = line()
+    fixed, per_row = line(order[-2:])
     candidate = int((hbm - fixed) // (per_row * step)) * step if per_row > 0 else 0
     if candidate < step or candidate in compiled:
       break
     compile_at(candidate)
     order.append(candidate)
-  fixed, per_row = line()
-  fitting = [b for b, m in compiled.items() if m <= hbm]
+  fitting = sorted(b for b, m in compiled.items() if m <= hbm)
+  fixed, per_row = line(fitting[-2:] if len(fitting) >= 2 else order[-2:])
   best = max(fitting, default=0)
   return {"decode_fixed_gib": fixed / GIB, "decode_gib_per_row": per_row / GIB,
           "max_batch_at_context": best,
