@@ -178,7 +178,8 @@ def run_generate_row(emit, row) -> None:
        context=SERVE_SHAPE.context, compiled_gib=r["max_batch_decode_total_gib"],
        batches_compiled=r["batches_compiled"], **tags)
   emit(f"serve_max_context_{name}", r["max_context_at_batch"], "slots",
-       batch=SERVE_SHAPE.batch, method="extrapolated from the two largest decode compiles that fit", **tags)
+       batch=SERVE_SHAPE.batch,
+       method="extrapolated from the two largest decode compiles that fit", **tags)
   if r.get("estimate"):
     e = r["estimate"]
     emit(f"serve_est_tokens_per_s_per_chip_{name}", e["tokens_per_s_per_chip"], "tokens/s",
