@@ -48,8 +48,9 @@ from flamingo_jax.weights import tree as ptree
 # loop here, the serving engine's step). With region analysis, copy insertion sees that a step
 # writes the self-attention cache only after its last read of it, and updates it in place: without
 # it XLA copies every layer's keys and values at every step (32 copies per `bench` token here, the
-# whole cache twice per engine step; docs/decisions.md, "Cache layout"). A compiler debug option:
-# the GPU and TPU compilers accept it and keep their own analysis.
+# whole cache twice per engine step; docs/decisions.md, "Cache layout"). A field of XLA's debug
+# options, which every backend reads; only the CPU compiler acts on it (libtpu's compile-only
+# devices accept it).
 CACHE_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 

@@ -161,7 +161,7 @@ def largest_batch(programs: Programs, shape: ServeShape, total: float, hbm: floa
   compiled in turn (`rounds` at most; memory is not linear in the batch everywhere, so the last
   candidate may not fit). Also the largest context at `shape.batch`, from the line through the two
   largest compiles that fit (the last two if fewer fit: past the fit the compiler may change its
-  layouts, and memory jump), each row's share taken as proportional to its context."""
+  layouts, and memory jumps), each row's share taken as proportional to its context."""
   compiled = {shape.batch: total}
 
   def compile_at(batch):
