@@ -142,14 +142,15 @@ def drive(port: int, requests: list[dict], clients: int) -> tuple[float, list[fl
   return time.perf_counter() - start, [t for share in shares for t in share]
 
 
-def measure(port: int, requests: list[dict], repeats: int, emit_tag: dict) -> dict[int, float]:
-  """Drives the server with 1 client, then 8, `repeats` times in turn (the two alternate, so a
-  slower spell of a shared machine falls on both), and emits the figures -> {clients: the median
-  tokens/s}."""
+def measure(port: int, requests: list[dict], per_client: int, repeats: int,
+            emit_tag: dict) -> dict[int, float]:
+  """Drives the server with 1 client, then 8, each sending `per_client` of `requests`, `repeats`
+  times in turn (the two alternate, so a slower spell of a shared machine falls on both), and emits
+  the figures -> {clients: the median tokens/s}."""
   rates, latencies = {1: [], 8: []}, {1: [], 8: []}
   for _ in range(repeats):
     for clients in rates:
-      share = requests[:clients * (len(requests) // 8)]
+      share = requests[:clients * per_client]
       seconds, times = drive(port, share, clients)
       rates[clients].append(len(share) * share[0]["max_new_tokens"] / seconds)
       latencies[clients] += times
@@ -174,8 +175,7 @@ def bench_model(preset: str, args) -> None:
       emit("serve_startup_s", time.perf_counter() - start, "s", model=preset,
            note="run built, loaded, every shape compiled")
       call(port, "/generate", requests[-1])  # A first request: nothing left to warm up.
-      rates = measure(port, requests[:8 * args.requests], args.repeats,
-                      dict(slots=args.slots, **tag))
+      rates = measure(port, requests, args.requests, args.repeats, dict(slots=args.slots, **tag))
     emit("serve_batching_gain", rates[8] / rates[1], "ratio", model=preset, slots=args.slots,
          target=4)
 

@@ -9,7 +9,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from flamingo_jax import sharding
-from flamingo_jax.models import attention
+from flamingo_jax.models import attention, layers
 
 
 def _qkv(b, t, h, k, dh, s=None, seed=0):
@@ -62,15 +62,11 @@ def test_xla_combines_a_mask_with_the_segments():
   np.testing.assert_allclose(out, _reference(q, k, v, allowed), atol=1e-5, rtol=1e-5)
 
 
-def _cache_layout(k, v):  # [B, S, K, Dh] -> keys [B, K, S, Dh], values [B, K, Dh, S].
-  return k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)
-
-
 def test_cached_attention_equals_the_masked_softmax_with_gqa():
   q, k, v = _qkv(b=2, t=3, h=4, k=2, dh=8, s=10)
   allowed = np.random.default_rng(1).random((2, 3, 10)) < 0.6
   allowed[:, :, 0] = True  # Every query sees at least one key.
-  keys, values = _cache_layout(k, v)
+  keys, values = layers._cache_layout(k, v)
   parts = [(keys[:, :, :7], values[..., :7], jnp.asarray(allowed)[:, None, :, :7]),
            (keys[:, :, 7:], values[..., 7:], jnp.asarray(allowed)[:, None, :, 7:])]
   out = attention.cached_attention(q, parts)  # One softmax over the keys of both parts.
@@ -80,7 +76,7 @@ def test_cached_attention_equals_the_masked_softmax_with_gqa():
 def test_cached_attention_takes_a_mask_per_head():
   q, k, v = _qkv(b=1, t=2, h=4, k=2, dh=8, s=6)
   mask = jnp.asarray(np.random.default_rng(2).random((1, 4, 2, 6)) < 0.5).at[..., 0].set(True)
-  out = attention.cached_attention(q, [(*_cache_layout(k, v), mask)])
+  out = attention.cached_attention(q, [(*layers._cache_layout(k, v), mask)])
   np.testing.assert_allclose(out, attention.dot_product_attention(q, k, v, mask=mask), atol=1e-5,
                              rtol=1e-5)
 
