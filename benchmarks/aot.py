@@ -184,9 +184,10 @@ def run_generate_row(emit, row) -> None:
   emit(f"serve_max_batch_{name}", r["max_batch_at_context"], "rows",
        context=SERVE_SHAPE.context, compiled_gib=r["max_batch_decode_total_gib"],
        batches_compiled=r["batches_compiled"], **tags)
-  emit(f"serve_max_context_{name}", r["max_context_at_batch"], "slots",
-       batch=SERVE_SHAPE.batch,
-       method="extrapolated from the two largest decode compiles that fit", **tags)
+  if r["max_context_at_batch"] is not None:  # None: the compiles give no line that grows.
+    emit(f"serve_max_context_{name}", r["max_context_at_batch"], "slots",
+         batch=SERVE_SHAPE.batch,
+         method="extrapolated from the two largest decode compiles that fit", **tags)
   if r.get("estimate"):
     e = r["estimate"]
     emit(f"serve_est_tokens_per_s_per_chip_{name}", e["tokens_per_s_per_chip"], "tokens/s",

@@ -161,7 +161,8 @@ def largest_batch(programs: Programs, shape: ServeShape, total: float, hbm: floa
   compiled in turn (`rounds` at most; memory is not linear in the batch everywhere, so the last
   candidate may not fit). Also the largest context at `shape.batch`, from the line through the two
   largest compiles that fit (the last two if fewer fit: past the fit the compiler may change its
-  layouts, and memory jumps), each row's share taken as proportional to its context."""
+  layouts, and memory jumps), each row's share taken as proportional to its context; None when
+  that line does not grow with the batch."""
   compiled = {shape.batch: total}
 
   def compile_at(batch):
@@ -177,7 +178,12 @@ def largest_batch(programs: Programs, shape: ServeShape, total: float, hbm: floa
   order = [shape.batch, 2 * shape.batch]
   for _ in range(rounds):
     fixed, per_row = line(order[-2:])
-    candidate = int((hbm - fixed) // (per_row * step)) * step if per_row > 0 else 0
+    if per_row > 0:
+      candidate = int((hbm - fixed) // (per_row * step)) * step
+    elif compiled[max(order)] <= hbm:  # Memory did not grow with the batch (the compiler changed
+      candidate = 2 * max(order)       # its layouts between the two): no line yet, double on.
+    else:
+      break
     if candidate < step or candidate in compiled:
       break
     compile_at(candidate)
@@ -189,8 +195,9 @@ def largest_batch(programs: Programs, shape: ServeShape, total: float, hbm: floa
           "max_batch_at_context": best,
           "max_batch_decode_total_gib": compiled[best] / GIB if best else None,
           "batches_compiled": {b: compiled[b] / GIB for b in order},
+          # None where the line does not grow with the batch: no context can be read from it.
           "max_context_at_batch": int((hbm - fixed) // (shape.batch * per_row / shape.context))
-          if per_row > 0 else 0}
+          if per_row > 0 else None}
 
 
 def decode_estimate(config: Config, topology: aot.Topology, devices, shape: ServeShape,
@@ -270,7 +277,9 @@ def format_report(r: dict[str, Any]) -> str:
       f"  largest batch at context {s['context']}: {r['max_batch_at_context']}"
       + (f" (compiled: {r['max_batch_decode_total_gib']:.2f} GiB)"
          if r["max_batch_decode_total_gib"] else "")
-      + f"; largest context at batch {s['batch']}: {r['max_context_at_batch']} (extrapolated)",
+      + f"; largest context at batch {s['batch']}: "
+      + (f"{r['max_context_at_batch']} (extrapolated)" if r["max_context_at_batch"] is not None
+         else "not extrapolated (decode memory did not grow with the batch)"),
   ]
   if r.get("estimate"):
     e = r["estimate"]

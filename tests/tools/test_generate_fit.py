@@ -51,3 +51,23 @@ def test_the_cli_checks_shapes_and_names_what_to_change(capsys):
     aot_check.check_generate(_tiny().replace({"mesh.fsdp": 1, "mesh.tensor": 4}), "v5e:2x2", SHAPE)
   with pytest.raises(RuntimeError, match="cannot compile ahead of time for a GPU"):
     aot_check.check_generate(_tiny(), "h100", SHAPE)
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_the_batch_search_doubles_where_memory_does_not_grow(monkeypatch, rounds):
+  # Compiled decode memory (GiB) by batch, as XLA gave Flamingo-80B on v5e-32: less at 32 rows than
+  # at 16 (the compiler changed its layouts), so the first line has no slope to solve.
+  table = {16: 15.7, 32: 15.2, 64: 15.1 if rounds == 1 else 15.9, 68: 16.1}
+  monkeypatch.setattr(generate_fit, "_compiled_memory", lambda programs, shape, with_prefill: {
+      "decode": {"total": table[shape.batch] * 2 ** 30}})
+  shape = generate_fit.ServeShape(batch=16, context=2048, prompt=1024, images=8)
+  found = generate_fit.largest_batch(None, shape, table[16] * 2 ** 30, 16 * 2 ** 30, step=2,
+                                     rounds=rounds)
+  assert found["max_batch_at_context"] == 64
+  if rounds == 1:  # 32 -> 64 still shrinks: no line, no context.
+    assert list(found["batches_compiled"]) == [16, 32, 64]
+    assert found["max_context_at_batch"] is None
+  else:  # The line through 32 and 64 (14.5 GiB + 0.021875 per row) points at 68, over 16 GiB.
+    assert list(found["batches_compiled"]) == [16, 32, 64, 68]
+    assert found["decode_gib_per_row"] == pytest.approx(0.021875, rel=1e-12)
+    assert found["max_context_at_batch"] == math.floor(1.5 / (16 * 0.021875 / 2048))
