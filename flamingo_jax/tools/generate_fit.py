@@ -180,8 +180,9 @@ def largest_batch(programs: Programs, shape: ServeShape, total: float, hbm: floa
     fixed, per_row = line(order[-2:])
     if per_row > 0:
       candidate = int((hbm - fixed) // (per_row * step)) * step
-    elif compiled[max(order)] <= hbm:  # Memory did not grow with the batch (the compiler changed
-      candidate = 2 * max(order)       # its layouts between the two): no line yet, double on.
+    elif compiled[max(order)] <= hbm:
+      # Memory did not grow with the batch (the compiler changed its layouts): no line yet.
+      candidate = 2 * max(order)
     else:
       break
     if candidate < step or candidate in compiled:
