@@ -38,7 +38,12 @@ from flamingo_jax.training import aot, estimate  # noqa: E402
 # Where data x fsdp devices exceed video's 8 packed rows (64 clips, pack=8), the rows cannot be split:
 # video runs unpacked (64 rows) in its own LM pass (train.lm_pass=per_dataset; experiments/flamingo.py).
 _VIDEO_UNPACKED = {"train.lm_pass": "per_dataset", "data.datasets.video.pack": 1}
-# (preset, slice, config overrides): README.md's TPU table, smallest slice first per preset.
+# One LM pass on 16 chips, frozen and trainable weights FSDP-split over all 16, remat by name, clips
+# packed 4 to a 256-token row (row_len) so that video's 16 rows split over the 16 batch devices.
+_ONE_PASS_FSDP16 = {"mesh.data": 1, "mesh.fsdp": 16, "mesh.frozen": "fsdp",
+                    "model.execution.remat_policy": "save_dot_except_mlp_in",
+                    "data.datasets.video.pack": 4, "data.datasets.video.row_len": 256}
+# (preset, slice, config overrides): docs/results.md's TPU table, smallest slice first per preset.
 ROWS = (
     ("flamingo_3b", "v5p-16", {"mesh.data": 1, "mesh.fsdp": 8,
                                "model.execution.remat_policy": "dots"}),
@@ -58,24 +63,16 @@ ROWS = (
     # are the trainable tree's FSDP gathers and gradient reductions, which overlap with compute.
     ("flamingo_9b", "v5p-16", {"mesh.data": 1, "mesh.fsdp": 8, "mesh.frozen": "replicated",
                                "model.execution.remat_policy": "save_dot_except_mlp_in"}),
-    # The 80B row's structure on Trillium: one LM pass, everything FSDP-split over 16 chips (32 GiB
-    # each), clips 4 to a padded row so that video's 16 rows split.
-    ("flamingo_9b", "v6e-16", {"mesh.data": 1, "mesh.fsdp": 16, "mesh.frozen": "fsdp",
-                               "model.execution.remat_policy": "save_dot_except_mlp_in",
-                               "data.datasets.video.pack": 4, "data.datasets.video.row_len": 256}),
-    # The same structure on v5e's 16 GiB chips for the 3B preset (9B's 16.8 GiB of temporaries per
-    # chip on v6e-16 leave it no room there).
-    ("flamingo_3b", "v5e-16", {"mesh.data": 1, "mesh.fsdp": 16, "mesh.frozen": "fsdp",
-                               "model.execution.remat_policy": "save_dot_except_mlp_in",
-                               "data.datasets.video.pack": 4, "data.datasets.video.row_len": 256}),
+    # The 80B v5p-32 row's structure on Trillium's 32 GiB chips.
+    ("flamingo_9b", "v6e-16", _ONE_PASS_FSDP16),
+    # The same on v5e's 16 GiB chips for the 3B preset (9B's 16.8 GiB of temporaries per chip on
+    # v6e-16 leave it no room there).
+    ("flamingo_3b", "v5e-16", _ONE_PASS_FSDP16),
     ("flamingo_9b", "v5p-64", {"mesh.data": 1, "mesh.fsdp": 32,
                                "model.execution.remat_policy": "dots", **_VIDEO_UNPACKED}),
-    # One LM pass on 16 chips, the frozen LM (140 GB) FSDP-split (8.2 GiB per chip), gathered once
-    # forward and once backward per update, asynchronously: clips packed 4 to a 256-token row
-    # (row_len) so that video's 16 rows split over the 16 batch devices.
-    ("flamingo_80b", "v5p-32", {"mesh.data": 1, "mesh.fsdp": 16, "mesh.frozen": "fsdp",
-                                "model.execution.remat_policy": "save_dot_except_mlp_in",
-                                "data.datasets.video.pack": 4, "data.datasets.video.row_len": 256}),
+    # The frozen LM (140 GB) FSDP-split (8.2 GiB per chip), gathered once forward and once backward
+    # per update, asynchronously.
+    ("flamingo_80b", "v5p-32", _ONE_PASS_FSDP16),
     ("flamingo_80b", "v5p-128", {"mesh.data": 1, "mesh.fsdp": 64, **_VIDEO_UNPACKED}),
     ("flamingo_80b", "v5p-256", {"mesh.data": 1, "mesh.fsdp": 64, "mesh.tensor": 2,
                                  **_VIDEO_UNPACKED}),
