@@ -43,7 +43,7 @@ _VIDEO_UNPACKED = {"train.lm_pass": "per_dataset", "data.datasets.video.pack": 1
 _ONE_PASS_FSDP16 = {"mesh.data": 1, "mesh.fsdp": 16, "mesh.frozen": "fsdp",
                     "model.execution.remat_policy": "save_dot_except_mlp_in",
                     "data.datasets.video.pack": 4, "data.datasets.video.row_len": 256}
-# (preset, slice, config overrides): docs/results.md's TPU table, smallest slice first per preset.
+# (preset, slice, config overrides): the rows of docs/results.md's TPU training table.
 ROWS = (
     ("flamingo_3b", "v5p-16", {"mesh.data": 1, "mesh.fsdp": 8,
                                "model.execution.remat_policy": "dots"}),
