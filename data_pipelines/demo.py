@@ -3,13 +3,11 @@ r"""The bundled demo corpus: all three kinds, built in seconds from sklearn's ha
   python -m data_pipelines.demo --out DIR
 
 Every image is one of scikit-learn's 8x8 digit scans (real handwriting, shipped with the package),
-upscaled to 24 px, painted in one of four colours and placed at a random spot on a noisy 40 px
-canvas. Captions name the colour and the digit ("a red seven"), which only the image tells, so a
+upscaled to 24 px, painted in one of four colours and placed on a noisy 40 px canvas (a still
+within JITTER pixels of the centre; a clip's digit moves across it). Captions name the colour and the digit ("a red seven"), which only the image tells, so a
 model that looks at the images beats a text-only LM on the held-out loss.
 
 * pairs: `<image>` + "a red seven".
-* interleaved: pages of 2-4 digits, each image followed by a sentence about it ("This one is a red
-  seven."), sometimes with an introduction and a closing remark.
 * interleaved: pages of 2-4 digits, each image followed by a sentence about it: "This one is a red
   seven." (or, for a third of them, the digit alone: "This is a seven."), sometimes with an
   introduction and a closing remark.
@@ -57,11 +55,13 @@ DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
 MOVES = {"left": (0, -3), "right": (0, 3), "up": (-3, 0), "down": (3, 0)}
 CANVAS, GLYPH, FRAMES, JITTER = 40, 24, 6, 3
 # Bumped whenever a build writes different pages or tokenizer pieces (2: two-piece names and the
-# binding pages), so that runs never mix a corpus and stages trained on an older one
-# (`check_version`).
-CORPUS_VERSION = 2
+# binding pages; 3: 12,000 pairs, four times as many), so that runs never mix a corpus and stages
+# trained on an older one (`check_version`).
+CORPUS_VERSION = 3
 VERSION_FILE = "corpus.json"
-SIZES = {"train": {"pairs": 3000, "interleaved": 800, "video": 400, "naming": 4000,
+# 12,000 pairs: about eight renders (colour, spot, noise) of each of the 1,500 training scans, the
+# variety the vision tower needs to name the held-out writers' digits (docs/results.md).
+SIZES = {"train": {"pairs": 12000, "interleaved": 800, "video": 400, "naming": 4000,
                    "naming_words": 4000, "naming_images": 4000},
          "eval": {"pairs": 300, "interleaved": 100, "video": 60, "naming": 200, "naming_words": 200,
                   "naming_images": 200}}

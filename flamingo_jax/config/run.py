@@ -246,9 +246,9 @@ class QuickstartConfig(Section):
   """`python -m flamingo_jax.tools.quickstart`: the three stages' lengths and settings that differ
   between them, and the final comparison."""
 
-  contrastive_steps: int = 600
+  contrastive_steps: int = 1200
   lm_steps: int = 500
-  flamingo_steps: int = 600
+  flamingo_steps: int = 1500
   contrastive_dataset: str = "pairs"  # The image-text dataset the vision tower pretrains on.
   # The contrastive stage's batch (its in-batch negatives) in place of the dataset's own.
   contrastive_batch_size: int = 64

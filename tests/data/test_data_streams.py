@@ -35,10 +35,11 @@ def demo_data_config(root: str, **overrides) -> DataConfig:
 
 
 def test_demo_batches_have_the_contract_shapes(demo_corpus, tokenizer):
-  config = demo_data_config(demo_corpus[0])
+  assert demo_data_config(demo_corpus[0]).selected().keys() == {"interleaved", "pairs", "video"}
+  config = demo_data_config(demo_corpus[0], exclude="")  # Every kind, the naming pages too.
   mixture = build_mixture(config, image_size=32, tokenizer=tokenizer)
   step = next(mixture)
-  assert set(step) == {"interleaved", "pairs", "video", "naming"}  # The dense kinds: excluded.
+  assert set(step) == {"interleaved", "pairs", "video", "naming", "naming_words", "naming_images"}
   for name, batch in step.items():
     d = config.datasets[name]
     b, t, n, f = d.batch_size, d.seq_len, d.max_images, d.num_frames
@@ -49,7 +50,8 @@ def test_demo_batches_have_the_contract_shapes(demo_corpus, tokenizer):
     # Every <image> token has a real image slot and padded slots are zeros.
     assert ((batch["tokens"] == tokenizer.image_id).sum(1) == batch["image_mask"].sum(1)).all()
     assert not batch["images"][~batch["image_mask"]].any()
-  assert mixture.loss_weights == {"interleaved": 1.0, "pairs": 1.0, "video": 0.03, "naming": 1.0}
+  assert mixture.loss_weights == {"interleaved": 1.0, "pairs": 1.0, "video": 0.03, "naming": 1.0,
+                                  "naming_words": 1.0, "naming_images": 1.0}
   assert mixture.counters()["pairs/records"] >= 8
 
 
@@ -97,8 +99,13 @@ def test_resume_in_process_through_an_orbax_json_checkpoint(demo_corpus, tokeniz
   assert restored.counters() == mixture.counters()
 
 
+# 8 pairs of 32 tokens packed two to a row, 4 clips two to a row.
+_PACKED = {"datasets.pairs.pack": 2, "datasets.pairs.batch_size": 8, "datasets.pairs.seq_len": 32,
+           "datasets.video.pack": 2}
+
+
 def test_packed_batches_have_the_shapes_the_step_is_compiled_for(demo_corpus, tokenizer):
-  config = demo_data_config(demo_corpus[0], **{"datasets.pairs.pack": 2, "datasets.video.pack": 2})
+  config = demo_data_config(demo_corpus[0], **_PACKED)
   step = next(build_mixture(config, image_size=32, tokenizer=tokenizer))
   for name, batch in step.items():
     expected = {k: (shape, np.dtype(dtype))
@@ -111,7 +118,7 @@ def test_packed_batches_have_the_shapes_the_step_is_compiled_for(demo_corpus, to
 
 
 def test_packed_streams_resume_exactly_and_count_what_they_pack(demo_corpus, tokenizer):
-  config = demo_data_config(demo_corpus[0], **{"datasets.pairs.pack": 2, "datasets.video.pack": 2})
+  config = demo_data_config(demo_corpus[0], **_PACKED)
   mixture = build_mixture(config, image_size=32, tokenizer=tokenizer)
   take(mixture, 2)
   state = json.loads(json.dumps(mixture.get_state()))
@@ -141,8 +148,8 @@ def test_resume_with_two_worker_processes(demo_corpus, tokenizer):
 def test_round_robin_takes_one_dataset_per_step_and_resumes_in_turn(demo_corpus, tokenizer):
   config = demo_data_config(demo_corpus[0], accumulation="round_robin")
   mixture = build_mixture(config, image_size=32, tokenizer=tokenizer)
-  assert [list(s) for s in take(mixture, 5)] == [["interleaved"], ["pairs"], ["video"],
-                                                 ["naming"], ["interleaved"]]
+  assert [list(s) for s in take(mixture, 4)] == [["interleaved"], ["pairs"], ["video"],
+                                                 ["interleaved"]]
   state = mixture.get_state()
   restored = build_mixture(config, image_size=32, tokenizer=tokenizer)
   restored.set_state(state)

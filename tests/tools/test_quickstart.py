@@ -22,20 +22,22 @@ def _read(stage: Config) -> dict[str, int]:
 def test_each_stage_reads_its_datasets_with_its_batches():
   config = _demo()
   contrastive = stage_config(config, "contrastive", "/run")
-  assert (_read(contrastive), contrastive.train.num_steps) == ({"pairs": 64}, 600)
+  assert (_read(contrastive), contrastive.train.num_steps) == ({"pairs": 64}, 1200)
+  assert contrastive.optimizer.learning_rate == 2e-3
   lm = stage_config(config, "lm", "/run")
-  assert _read(lm) == {"interleaved": 8, "pairs": 8, "video": 4, "naming": 8}
+  assert _read(lm) == {"interleaved": 8, "pairs": 32, "video": 4}
   assert (lm.train.num_steps, lm.optimizer.learning_rate) == (500, 5e-3)
   both = stage_config(config, "flamingo", "/run")
-  assert _read(both) == {"interleaved": 8, "pairs": 8, "video": 4, "naming": 8}
+  assert _read(both) == {"interleaved": 8, "pairs": 32, "video": 4}
+  assert (both.train.num_steps, both.optimizer.learning_rate) == (1500, 2e-3)
   assert (both.init.vision_checkpoint, both.init.lm_checkpoint) == ("/run/vision/export/vision",
                                                                     "/run/lm/export/lm")
 
 
 def test_lm_batch_sizes_apply_to_the_lm_stage_only():
-  config = _demo().replace({"quickstart.lm_batch_sizes": {"naming": 32}})
-  assert _read(stage_config(config, "lm", "/run"))["naming"] == 32
-  assert _read(stage_config(config, "flamingo", "/run"))["naming"] == 8
+  config = _demo().replace({"quickstart.lm_batch_sizes": {"video": 32}})
+  assert _read(stage_config(config, "lm", "/run"))["video"] == 32
+  assert _read(stage_config(config, "flamingo", "/run"))["video"] == 4
 
 
 def test_lm_batch_sizes_must_name_a_dataset_and_a_positive_size():
@@ -51,6 +53,7 @@ def test_the_binding_stages_read_the_naming_pages_alone():
   assert (_read(lm), lm.train.num_steps) == ({"naming_words": 32}, 1500)
   both = stage_config(config, "flamingo", "/run")
   assert (_read(both), both.train.num_steps) == ({"naming_words": 8, "naming_images": 8}, 800)
+  assert both.optimizer.learning_rate == 1e-3
   assert _read(stage_config(config, "contrastive", "/run")) == {"pairs": 64}
   with pytest.raises(ValueError, match="stages=binding needs data=demo"):
     flamingo.get_config("tiny,stages=binding")
