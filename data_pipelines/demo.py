@@ -4,8 +4,9 @@ r"""The bundled demo corpus: all three kinds, built in seconds from sklearn's ha
 
 Every image is one of scikit-learn's 8x8 digit scans (real handwriting, shipped with the package),
 upscaled to 24 px, painted in one of four colours and placed on a noisy 40 px canvas (a still
-within JITTER pixels of the centre; a clip's digit moves across it). Captions name the colour and the digit ("a red seven"), which only the image tells, so a
-model that looks at the images beats a text-only LM on the held-out loss.
+within JITTER pixels of the centre; a clip's digit moves across it). Captions name the colour and
+the digit ("a red seven"), which only the image tells, so a model that looks at the images beats a
+text-only LM on the held-out loss.
 
 * pairs: `<image>` + "a red seven".
 * interleaved: pages of 2-4 digits, each image followed by a sentence about it: "This one is a red

@@ -118,9 +118,9 @@ def demo_data(root: str) -> dict:
     spec = dataset("interleaved", 8, seq_len, max_images, 1, 1.0)
     spec.update(path=os.path.join(root, kind, "train"), eval_path=os.path.join(root, kind, "eval"))
     return spec
-  # Trained on by default: interleaved, pairs and video. The naming pages taught no binding within the
-  # quickstart's budget (docs/results.md): `stages=binding` trains on the dense kinds alone, and
-  # `--config.data.exclude=` brings every kind in.
+  # Trained on by default: interleaved, pairs and video. The naming pages taught no binding within
+  # the quickstart's budget (docs/results.md): `stages=binding` trains on the dense kinds alone,
+  # and `--config.data.exclude=` brings every kind in.
   return dict(source="arrayrecord", tokenizer=os.path.join(root, "tokenizer.model"),
               exclude=",".join(("naming",) + BINDING_NAMING), datasets=dict(
                   interleaved=dataset("interleaved", 8, 64, 4, 1, 1.0),
