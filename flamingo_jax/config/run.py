@@ -248,7 +248,7 @@ class QuickstartConfig(Section):
 
   contrastive_steps: int = 1200
   lm_steps: int = 500
-  flamingo_steps: int = 1500
+  flamingo_steps: int = 1200
   contrastive_dataset: str = "pairs"  # The image-text dataset the vision tower pretrains on.
   # The contrastive stage's batch (its in-batch negatives) in place of the dataset's own.
   contrastive_batch_size: int = 64

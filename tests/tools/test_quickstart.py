@@ -29,7 +29,7 @@ def test_each_stage_reads_its_datasets_with_its_batches():
   assert (lm.train.num_steps, lm.optimizer.learning_rate) == (500, 5e-3)
   both = stage_config(config, "flamingo", "/run")
   assert _read(both) == {"interleaved": 8, "pairs": 32, "video": 4}
-  assert (both.train.num_steps, both.optimizer.learning_rate) == (1500, 2e-3)
+  assert (both.train.num_steps, both.optimizer.learning_rate) == (1200, 2e-3)
   assert (both.init.vision_checkpoint, both.init.lm_checkpoint) == ("/run/vision/export/vision",
                                                                     "/run/lm/export/lm")
 
