@@ -252,8 +252,8 @@ class QuickstartConfig(Section):
   contrastive_dataset: str = "pairs"  # The image-text dataset the vision tower pretrains on.
   # The contrastive stage's batch (its in-batch negatives) in place of the dataset's own.
   contrastive_batch_size: int = 64
-  # The text-only LM stage's peak learning rate (the others use optimizer.learning_rate): copying
-  # names back from the page forms within its few hundred steps only at a higher rate.
+  # The text-only LM stage's peak learning rate (the others use optimizer.learning_rate): the demo's
+  # LM learns to copy names back from the page (`stages=binding`) only at a rate this high.
   lm_learning_rate: float = 5e-3
   # Datasets the LM stage leaves out besides data.exclude (comma-separated), and its own batch sizes
   # {dataset: size}: the demo's LM learns to read a name back by its colour word only on pages that
